@@ -1,0 +1,224 @@
+"""Tests for fql.py: losses on cases with known answers, the two-mode bandit, learning curve vs BC,
+bad input, NaN handling, determinism, and every data path (Minari dir, embedded id, OGBench file)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import OGBENCH_TINY, ROOT, import_script
+from toy_envs import GOOD_MODE
+
+fql = import_script("fql")
+
+
+def tiny(**overrides) -> "fql.Args":
+    base = fql.Args(cuda=False, hidden_dim=64, num_layers=2, batch_size=64, total_steps=200, eval_freq=200,
+                    eval_episodes=5, log_freq=100)
+    return replace(base, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+class ExactField(torch.nn.Module):
+    """The exact conditional velocity towards a fixed action c: v(x_t, t) = (c - x_t) / (1 - t)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, obs, x_t, t):
+        return (self.c - x_t) / (1.0 - t)
+
+
+def test_bc_flow_loss_is_zero_for_the_exact_velocity_of_the_linear_path():
+    torch.manual_seed(0)
+    actions = torch.tensor([[0.3, -0.7]]).expand(512, 2).double()
+    obs = torch.zeros(512, 3, dtype=torch.float64)
+    assert fql.bc_flow_loss(ExactField(actions), obs, actions).item() < 1e-12
+
+
+def test_bc_flow_loss_of_the_zero_field_is_the_second_moment_of_the_target():
+    # v = 0: loss = E||a - x_0||^2 / d = a^2 + 1 per dimension (x_0 ~ N(0, I))
+    torch.manual_seed(0)
+    actions = torch.full((20000, 2), 0.5)
+    zero = lambda obs, x, t: torch.zeros_like(x)  # noqa: E731
+    assert fql.bc_flow_loss(zero, torch.zeros(20000, 1), actions).item() == pytest.approx(1.25, rel=0.02)
+
+
+def test_euler_sampler_with_a_constant_field_lands_on_x0_plus_v():
+    v = torch.tensor([0.25, -0.5])
+    field = lambda obs, x, t: v.expand_as(x)  # noqa: E731
+    z = torch.tensor([[0.1, 0.2], [0.9, -0.9]])
+    out = fql.sample_bc_flow(field, torch.zeros(2, 1), z, flow_steps=10)
+    assert torch.allclose(out, (z + v).clamp(-1, 1), atol=1e-6)
+
+
+def make_nets(obs_dim=3, act_dim=2, hidden=32):
+    torch.manual_seed(0)
+    return (fql.VectorField(obs_dim, act_dim, hidden, 2), fql.OneStepPolicy(obs_dim, act_dim, hidden, 2),
+            fql.Critic(obs_dim, act_dim, hidden, 2, 2), fql.Critic(obs_dim, act_dim, hidden, 2, 2))
+
+
+def test_distillation_target_has_no_gradient_path_into_the_bc_flow():
+    bc_flow, onestep, critic, _ = make_nets()
+    distill, q_loss = fql.onestep_losses(onestep, bc_flow, critic, torch.randn(16, 3), 2, flow_steps=10, normalize_q_loss=False)
+    (distill + q_loss).backward()
+    assert all(p.grad is None for p in bc_flow.parameters())
+    assert all(p.grad is None for p in critic.parameters())  # the Q term must not train the critic
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in onestep.parameters())
+
+
+def constant_critic(critic, values):
+    """Make member k output values[k] everywhere (zero last-layer weights, bias = value)."""
+    last = critic.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(values, dtype=torch.float32).view(-1, 1, 1))
+    return critic
+
+
+@pytest.mark.parametrize("q_agg, next_q", [("mean", 2.0), ("min", 1.0)])
+def test_critic_loss_known_answer_and_q_agg_only_in_the_target(q_agg, next_q):
+    _, onestep, critic, target = make_nets()
+    constant_critic(critic, [0.5, 1.5])
+    constant_critic(target, [1.0, 3.0])
+    batch = {"observations": torch.randn(4, 3), "actions": torch.rand(4, 2) * 2 - 1, "next_observations": torch.randn(4, 3),
+             "rewards": torch.tensor([0.0, 1.0, -1.0, 2.0]), "masks": torch.tensor([1.0, 1.0, 0.0, 1.0])}
+    loss, q = fql.critic_loss(critic, target, onestep, batch, gamma=0.9, q_agg=q_agg)
+    target_q = batch["rewards"] + 0.9 * batch["masks"] * next_q
+    expected = ((torch.tensor([[0.5], [1.5]]) - target_q) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.allclose(q, torch.tensor([[0.5] * 4, [1.5] * 4]))
+
+
+def test_normalized_q_loss_is_minus_one_for_a_positive_constant_critic():
+    bc_flow, onestep, critic, _ = make_nets()
+    constant_critic(critic, [3.0, 5.0])
+    _, q_loss = fql.onestep_losses(onestep, bc_flow, critic, torch.randn(8, 3), 2, 10, normalize_q_loss=True)
+    assert q_loss.item() == pytest.approx(-1.0)
+
+
+# ---------------------------------------------------------------------------------------------- behaviour
+def mode_fraction(actions: np.ndarray) -> float:
+    """Share of actions closer to the bandit's better mode."""
+    return float(np.mean(np.linalg.norm(actions - GOOD_MODE, axis=1) < np.linalg.norm(actions + GOOD_MODE, axis=1)))
+
+
+def test_bandit_bc_flow_keeps_both_modes_while_the_onestep_policy_picks_the_better_one(bandit_dataset, in_tmp):
+    args = tiny(env_id=str(bandit_dataset), total_steps=1500, alpha=0.3, hidden_dim=128, eval_episodes=200,
+                eval_freq=1500, save_model=True)
+    metrics = fql.main(args)
+    state = torch.load(next(in_tmp.glob("runs/*/fql.pt")))
+    bc_flow, onestep = fql.VectorField(2, 2, 128, 2), fql.OneStepPolicy(2, 2, 128, 2)
+    bc_flow.load_state_dict(state["actor_bc_flow"])
+    onestep.load_state_dict(state["actor_onestep_flow"])
+    torch.manual_seed(0)
+    obs, z = torch.ones(2000, 2), torch.randn(2000, 2)
+    bc_share = mode_fraction(fql.sample_bc_flow(bc_flow, obs, z, 10).numpy())
+    with torch.no_grad():
+        onestep_share = mode_fraction(onestep(obs, z).clamp(-1, 1).numpy())
+    assert 0.3 < bc_share < 0.7, bc_share
+    assert onestep_share > 0.9, onestep_share
+    assert metrics["eval/normalized_score"] > metrics["eval/bc_flow_normalized_score"] + 15
+
+
+def test_learning_curve_on_the_embedded_reacher_dataset_beats_bc(in_tmp):
+    """FQL's one-step policy vs the BC flow trained in the same run (100 evaluation episodes each)."""
+    args = tiny(env_id="flowrl/reacher/mixed-v0", total_steps=3000, alpha=0.3, hidden_dim=128, batch_size=256,
+                eval_freq=3000, eval_episodes=100)
+    metrics = fql.main(args)
+    assert metrics["eval/normalized_score"] > metrics["eval/bc_flow_normalized_score"] + 10, metrics
+
+
+# ---------------------------------------------------------------------------------------------- data paths
+def test_ogbench_file_loads_and_trains(ogbench_dir, in_tmp):
+    data = fql.load_offline_data(OGBENCH_TINY, str(ogbench_dir))
+    t = data.transitions
+    assert t["observations"].shape == (98, 2) and t["next_observations"].shape == (98, 2) and t["actions"].shape == (98, 2)
+    assert set(np.unique(t["rewards"])) <= {-1.0, 0.0} and set(np.unique(t["masks"])) <= {0.0, 1.0}
+    metrics = fql.main(tiny(env_id=OGBENCH_TINY, ogbench_dataset_dir=str(ogbench_dir), total_steps=20, eval_episodes=1,
+                            eval_freq=20, log_freq=10, eval_bc_flow=False))
+    assert "eval/success" in metrics and "eval/normalized_score" not in metrics
+
+
+def test_online_finetuning_appends_to_the_buffer_and_logs_returns(bandit_dataset, in_tmp):
+    metrics = fql.main(tiny(env_id=str(bandit_dataset), total_steps=50, online_steps=50, eval_freq=100, log_freq=25))
+    assert np.isfinite(metrics["eval/episodic_return"])
+    assert list(in_tmp.glob("runs/*/events.out.tfevents.*"))
+
+
+def test_same_seed_gives_the_same_networks_on_cpu(bandit_dataset, tmp_path, monkeypatch):
+    states = []
+    for run in range(2):
+        (tmp_path / str(run)).mkdir()
+        monkeypatch.chdir(tmp_path / str(run))
+        fql.main(tiny(env_id=str(bandit_dataset), total_steps=60, eval_freq=60, log_freq=30, save_model=True, eval_bc_flow=False))
+        states.append(torch.load(next((tmp_path / str(run)).glob("runs/*/fql.pt"))))
+    for name in ("actor_bc_flow", "actor_onestep_flow", "critic"):
+        for key, value in states[0][name].items():
+            assert torch.equal(value, states[1][name][key]), (name, key)
+
+
+def test_checkpoint_reloads_and_evaluates(bandit_dataset, in_tmp):
+    first = fql.main(tiny(env_id=str(bandit_dataset), total_steps=100, eval_freq=100, save_model=True))
+    path = next(in_tmp.glob("runs/*/fql.pt"))
+    again = fql.main(tiny(env_id=str(bandit_dataset), total_steps=100, checkpoint=str(path)))
+    assert again["eval/episodic_return"] == pytest.approx(first["eval/episodic_return"])
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def run_script(*argv, env=None):
+    import os
+
+    return subprocess.run([sys.executable, str(ROOT / "fql.py"), *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
+    result = run_script("--env-id", "nosuch/dataset-v0", "--no-cuda")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_discrete_action_dataset_is_rejected(minari_root):
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    buffers = [EpisodeBuffer(id=0, observations=np.zeros((3, 4), np.float32), actions=np.array([0, 1]),
+                             rewards=np.zeros(2, np.float32), terminations=np.array([False, True]), truncations=np.zeros(2, bool))]
+    minari.create_dataset_from_buffers("test/discrete-v0", buffers, env="CartPole-v1", ref_min_score=0.0,
+                                       ref_max_score=1.0, author="t", author_email="t@t", algorithm_name="t", code_permalink="t")
+    with pytest.raises(fql.DatasetError, match="continuous 1-D Box action space"):
+        fql.load_offline_data(str(minari_root / "test/discrete-v0"), "")
+
+
+def test_non_finite_dataset_values_are_rejected(bandit_dataset, monkeypatch):
+    original = fql.load_minari
+
+    def poisoned(dataset, env_id):
+        data = original(dataset, env_id)
+        data.transitions["rewards"][3] = np.nan
+        return data
+
+    monkeypatch.setattr(fql, "load_minari", poisoned)
+    with pytest.raises(fql.DatasetError, match="non-finite values in 'rewards'"):
+        fql.load_offline_data(str(bandit_dataset), "")
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_dataset, in_tmp):
+    # the env returns NaN rewards from its 20th step: the online phase puts them in the buffer
+    dataset = make_bandit_dataset("nan-bandit", n_episodes=200, nan_reward_after=20)
+    args = tiny(env_id=str(dataset), total_steps=100, eval_freq=100, eval_episodes=1, online_steps=300, log_freq=50,
+                save_model=True)
+    with pytest.raises(fql.NonFiniteLossError, match="non-finite loss"):
+        fql.main(args)
+    state = torch.load(next(in_tmp.glob("runs/*/fql.pt")))
+    assert state["step"] == 100
+    assert all(torch.isfinite(v).all() for v in state["critic"].values())
