@@ -1,0 +1,787 @@
+"""Stepwise Flow Policy (SWFP): a BC-pretrained flow policy fine-tuned online as a cascade of JKO blocks.
+
+Paper: "Iterative Refinement of Flow Policies in Probability Space for Online Reinforcement Learning",
+Mingyang Sun, Pengxiang Ding, Weinan Zhang, Donglin Wang, arXiv:2510.15388 (2025). No official code.
+
+Idea. A flow policy cloned from demonstrations samples actions with a fixed-step Euler scheme
+a_{k+1} = a_k + v(s, a_k, t_k) / K, a_0 ~ N(0, I). The paper reads each Euler step as one step of the
+Jordan-Kinderlehrer-Otto (JKO) scheme, pi_{k+1} = argmin_pi F(pi) + W2^2(pi, pi_k) / (2h), with F made
+of -E_pi[Q] and an entropic regulariser. Online fine-tuning then trains one small flow block per Euler
+step, each inside a Wasserstein trust region of its previous iterate, instead of backpropagating the
+critic through the whole sampler.
+
+What is known and what is not. The abstract (the only part of the paper we could read) fixes the pieces
+above. The per-block objective, the block architecture and every hyper-parameter are THIS REPO'S
+RECONSTRUCTION from that theory, kept minimal:
+  * blocks: block k is a small MLP u_k(s, a_k) (zero-initialised last layer) that refines the frozen
+    BC velocity of step k: a_{k+1} = a_k + h_e (v_theta(s, a_k, t_k) + u_k(s, a_k)), h_e = 1 / K;
+  * splitting: the frozen BC step a~_{k+1} = a_k + h_e v_theta(s, a_k, t_k) is the JKO step of the BC
+    part of F; the block then takes the JKO step of F_RL(pi) = -E_pi[Q] + beta E_pi[log pi] from that
+    iterate (Lie-Trotter splitting), with the W2^2 term bounded by the coupling a~_{k+1} -> a_{k+1}:
+        L_k = E[ -Q(s, a_{k+1}) - beta log|det d a_{k+1} / d a_k| + ||a_{k+1} - a~_{k+1}||^2 / (2h) ]
+    (change of variables: E log pi_{k+1}(a_{k+1}) = E log pi_k(a_k) - E log|det J_k|, and pi_k does not
+    depend on block k). With Q and beta off, the optimum is u_k = 0: the pretrained flow, unchanged.
+    With a quadratic Q the optimum is the proximal point (a~ + h c) / (1 + h) (tests/test_swfp.py);
+  * the Q term is divided by the batch's detached mean |Q| (`--normalize-q`), so h is scale-free;
+  * all K block losses are computed in one batched pass (blocks stored as stacked weights): each
+    update splits the batch of states into K chunks, chunk k trains block k, so an update costs one
+    pass over the batch; the input a_k of block k comes from the current cascade and is detached;
+  * a TD critic ensemble (2 members, Polyak target, clipped double-Q target, next actions from the
+    refined policy) learns online from a replay buffer that starts with the demonstrations; it is
+    warmed up offline on them before the first environment step.
+`--naive-finetune` is the baseline: the same critic, data and number of updates, but the whole BC flow
+is trained to maximise Q of its final action with the gradient backpropagated through all K Euler steps
+(no trust region, no entropy term).
+
+Usage:
+  python swfp.py                                                     # embedded Reacher, this repo's defaults
+  python swfp.py --pretrain-steps 5000 --critic-warmup-steps 2000 --total-timesteps 1000 --hidden-dim 128 \
+      --num-layers 2 --eval-freq 500 --eval-episodes 100                  # the budget of docs/swfp.md
+  python swfp.py --naive-finetune ...                                # baseline with the same budget
+See docs/swfp.md for the paper <-> code map, logged metrics and results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True` and deterministic algorithms"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    env_id: str = "flowrl/reacher/mixed-v0"
+    """demonstrations: a local Minari dataset dir, an embedded id (datasets/), an OGBench dataset name or a Minari id"""
+    ogbench_dataset_dir: str = "~/.ogbench/data"
+    """where OGBench datasets are read from (downloaded there when missing)"""
+    pretrain_steps: int = 100_000
+    """phase 1: gradient steps of behaviour cloning (flow matching) on the demonstrations"""
+    critic_warmup_steps: int = 10_000
+    """phase 1: TD updates of the critic on the demonstrations (pretrained policy frozen) before going online"""
+    total_timesteps: int = 100_000
+    """phase 2: online environment steps (one critic and one policy update per step)"""
+    batch_size: int = 256
+    """the batch size of each gradient step"""
+    learning_rate: float = 3e-4
+    """the learning rate of every Adam optimizer"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """target critic Polyak rate"""
+    hidden_dim: int = 256
+    """width of the BC flow and critic MLPs"""
+    num_layers: int = 3
+    """hidden layers of the BC flow and critic MLPs"""
+    keep_offline_data: bool = True
+    """the replay buffer starts with the demonstrations (otherwise: online transitions only)"""
+    eval_freq: int = 10_000
+    """evaluate every this many environment steps (and before the first and after the last)"""
+    eval_episodes: int = 50
+    """episodes per evaluation"""
+    log_freq: int = 1000
+    """log losses every this many gradient steps (the only host syncs of the loop)"""
+    save_model: bool = False
+    """save a checkpoint at the end of phase 1 and at every evaluation (runs/<run>/<exp_name>.pt)"""
+    checkpoint: Optional[str] = None
+    """load the networks from this checkpoint (e.g. the end of phase 1) and skip phase 1"""
+
+    # Algorithm specific arguments
+    blocks: int = 10
+    """K: Euler steps of the flow = number of JKO blocks fine-tuned online"""
+    jko_step_size: float = 1.0
+    """h: JKO step size; the W2 trust-region term is ||a_{k+1} - a~_{k+1}||^2 / (2h) (Q normalised: h is scale-free)"""
+    entropy_coef: float = 0.001
+    """beta: weight of the entropic term E[log pi] in each block's JKO objective"""
+    normalize_q: bool = True
+    """divide the Q term by the batch's detached mean |Q| (scale-free step size h)"""
+    block_hidden_dim: int = 64
+    """width of each block's MLP"""
+    block_num_layers: int = 2
+    """hidden layers of each block's MLP"""
+    num_critics: int = 2
+    """size of the critic ensemble (the TD target uses their minimum)"""
+    naive_finetune: bool = False
+    """baseline: fine-tune the whole BC flow by backpropagating Q through all Euler steps (no JKO blocks)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
+    layers, dim = [], in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(dim, hidden_dim), nn.GELU()]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class VectorField(nn.Module):
+    """BC flow policy v_theta(s, x_t, t) -> velocity."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim + 1, hidden_dim, num_layers, act_dim)
+
+    def forward(self, obs: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, x_t, t], dim=-1))
+
+
+class EnsembleLinear(nn.Module):
+    """K independent linear layers applied as one batched matmul: (K, B, in) -> (K, B, out)."""
+
+    def __init__(self, num: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(num, 1, out_dim))
+        bound = math.sqrt(6.0 / (in_dim + out_dim))  # Glorot uniform, per member
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm with a separate affine transform per ensemble member."""
+
+    def __init__(self, num: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(num, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class Critic(nn.Module):
+    """Ensemble of critics Q_phi_j(s, a) -> (num_critics, *batch); MLP with GELU then LayerNorm per hidden layer."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int, num_critics: int):
+        super().__init__()
+        self.num_critics = num_critics
+        layers, dim = [], obs_dim + act_dim
+        for _ in range(num_layers):
+            layers += [EnsembleLinear(num_critics, dim, hidden_dim), nn.GELU(), EnsembleLayerNorm(num_critics, hidden_dim)]
+            dim = hidden_dim
+        layers.append(EnsembleLinear(num_critics, dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], dim=-1)
+        batch_shape = x.shape[:-1]
+        x = x.reshape(1, -1, x.shape[-1]).expand(self.num_critics, -1, -1)
+        return self.net(x).reshape(self.num_critics, *batch_shape)
+
+
+class FlowBlocks(nn.Module):
+    """The K JKO blocks u_k(s, a_k) -> velocity refinement, as stacked weights (one small MLP per Euler step).
+
+    `forward(x)` with x of shape (K, B, in) runs block k on x[k] (all blocks in one batched pass, for
+    training); `step(k, x)` runs block k alone on (B, in) (for sampling). The last layer starts at zero,
+    so the cascade starts as the pretrained flow (identity refinement).
+    """
+
+    def __init__(self, num_blocks: int, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int):
+        super().__init__()
+        dims = [obs_dim + act_dim] + [hidden_dim] * num_layers + [act_dim]
+        self.layers = nn.ModuleList(EnsembleLinear(num_blocks, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        nn.init.zeros_(self.layers[-1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.gelu(x)
+        return x
+
+    def step(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = torch.addmm(layer.bias[k], x, layer.weight[k])
+            if i < len(self.layers) - 1:
+                x = F.gelu(x)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampler: K fixed Euler steps of the (refined) flow, a_{k+1} = a_k + (v_theta + u_k) / K
+# ---------------------------------------------------------------------------------------------
+def flow_rollout(flow: Callable, blocks: Optional[FlowBlocks], obs: torch.Tensor, z: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """All iterates a_0 = z, ..., a_K as a (K + 1, B, act_dim) tensor (unclipped); differentiable when called with grad."""
+    x, dt, xs = z, 1.0 / num_steps, [z]
+    for k in range(num_steps):
+        t = torch.full_like(x[:, :1], k * dt)
+        v = flow(obs, x, t)
+        if blocks is not None:
+            v = v + blocks.step(k, torch.cat([obs, x], dim=-1))
+        x = x + dt * v
+        xs.append(x)
+    return torch.stack(xs)
+
+
+@torch.no_grad()
+def sample_actions(flow: Callable, blocks: Optional[FlowBlocks], obs: torch.Tensor, z: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """The policy: Euler sample of the (refined) flow from noise z, clipped to [-1, 1]."""
+    return flow_rollout(flow, blocks, obs, z, num_steps)[-1].clamp(-1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+def bc_flow_loss(flow: VectorField, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Phase 1, conditional flow matching: x_t = (1 - t) x_0 + t a, target velocity a - x_0 (paper: BC by flow matching)."""
+    x_0 = torch.randn_like(actions)
+    t = torch.rand_like(actions[:, :1])
+    x_t = (1.0 - t) * x_0 + t * actions
+    return F.mse_loss(flow(obs, x_t, t), actions - x_0)
+
+
+def critic_loss(critic: Critic, target_critic: Critic, policy: Callable, batch: dict, gamma: float) -> tuple:
+    """TD loss: E[(Q_j(s, a) - r - gamma * mask * min_j Qbar_j(s', a'))^2], a' ~ the current policy (no entropy bonus)."""
+    with torch.no_grad():
+        next_actions = policy(batch["next_observations"])
+        next_q = target_critic(batch["next_observations"], next_actions).min(0).values
+        target_q = batch["rewards"] + gamma * batch["masks"] * next_q
+    q = critic(batch["observations"], batch["actions"])
+    return F.mse_loss(q, target_q.expand_as(q)), q
+
+
+def jacobian_rows(outputs: torch.Tensor, inputs: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """d outputs / d inputs per sample, (..., d, d), for a map applied sample-wise.
+
+    One backward pass per action dimension (not per sample); d is small for control (2-20).
+    """
+    rows = [torch.autograd.grad(outputs[..., i].sum(), inputs, create_graph=create_graph, retain_graph=True)[0]
+            for i in range(outputs.shape[-1])]
+    return torch.stack(rows, dim=-2)
+
+
+def block_log_det(v_bc: torch.Tensor, u: torch.Tensor, a_k: torch.Tensor, dt: float, create_graph: bool) -> torch.Tensor:
+    """log|det J_k| of the block map a_{k+1} = a_k + dt (v_bc(a_k) + u(a_k)): J_k = I + dt (dv_bc/da + du/da).
+
+    The frozen BC part is differentiated without a graph; only the small block's Jacobian keeps one
+    (for the entropic term's gradient), which keeps the double backward off the big flow network.
+    """
+    eye = torch.eye(a_k.shape[-1], device=a_k.device, dtype=a_k.dtype)
+    jac = eye + dt * (jacobian_rows(v_bc, a_k, create_graph=False) + jacobian_rows(u, a_k, create_graph=create_graph))
+    return torch.linalg.slogdet(jac).logabsdet
+
+
+def jko_block_losses(flow: Callable, blocks: FlowBlocks, critic: Callable, obs: torch.Tensor, iterates: torch.Tensor,
+                     step_size: float, entropy_coef: float, normalize_q: bool, with_entropy: bool) -> dict:
+    """Every block's JKO objective (this repo's reconstruction, see the module docstring), in one batched pass:
+
+        L_k = E[ -Q(s, a_{k+1}) / |Q|  -  beta log|det J_k|  +  ||a_{k+1} - a~_{k+1}||^2 / (2h) ]
+
+    JKO step pi_{k+1} = argmin F(pi) + W2^2(pi, pi_k) / (2h) with F = -E[Q] + beta E[log pi] (paper, abstract),
+    split into the frozen BC Euler step a~_{k+1} = a_k + v_theta / K and the block's proximal step from it.
+    `obs`: (K, B, obs_dim) states of each block, `iterates`: (K, B, d) its inputs a_k (detached). Returns the
+    summed loss and per-block statistics (K,): trust-region displacement E||a_{k+1} - a~_{k+1}||^2, step E||a_{k+1} - a_k||^2, E log|det J_k|
+    and the Q improvement E[Q(s, a_{k+1}) - Q(s, a~_{k+1})].
+    """
+    num_blocks, batch, act_dim = iterates.shape
+    dt = 1.0 / num_blocks
+    a_k = iterates.detach().requires_grad_(with_entropy)
+    t = (torch.arange(num_blocks, device=obs.device, dtype=obs.dtype) * dt).view(-1, 1, 1).expand(-1, batch, 1)
+    v_bc = flow(obs, a_k, t)  # frozen BC velocity (its parameters get no gradient)
+    a_ref = a_k + dt * v_bc  # the pretrained Euler step: the previous iterate of the block's proximal step
+    u = blocks(torch.cat([obs, a_k], dim=-1))
+    a_next = a_ref + dt * u
+    q_all = critic(obs.repeat(2, 1, 1), torch.cat([a_next, a_ref.detach()])).mean(0)  # one critic call for both
+    q, q_ref = q_all[:num_blocks], q_all[num_blocks:]
+    q_term = -q.mean(1)
+    if normalize_q:
+        q_term = q_term / q.abs().mean().detach()
+    displacement = (a_next - a_ref).pow(2).sum(-1)  # W2^2(pi_{k+1}, pi~_{k+1}) <= E of this (coupling bound)
+    loss_k = q_term + displacement.mean(1) / (2.0 * step_size)
+    logdet = torch.zeros(num_blocks, device=obs.device)
+    if with_entropy:
+        logdet = block_log_det(v_bc, u, a_k, dt, create_graph=entropy_coef > 0).mean(1)
+        loss_k = loss_k - entropy_coef * logdet  # beta E[log pi_{k+1}] = beta (E[log pi_k] - E log|det J_k|)
+    return {"loss": loss_k.sum(), "block_loss": loss_k.detach(), "w2_trust": displacement.detach().mean(1),
+            "w2_step": (a_next - iterates).detach().pow(2).sum(-1).mean(1), "log_det": logdet.detach(),
+            "q_improvement": (q - q_ref).detach().mean(1)}
+
+
+def naive_finetune_loss(flow: VectorField, critic: Callable, obs: torch.Tensor, z: torch.Tensor, num_steps: int,
+                        normalize_q: bool) -> torch.Tensor:
+    """Baseline: -Q(s, a_K) with the gradient backpropagated through all K Euler steps into the whole flow."""
+    actions = flow_rollout(flow, None, obs, z, num_steps)[-1].clamp(-1.0, 1.0)
+    q = critic(obs, actions).mean(0)
+    return -q.mean() / q.abs().mean().detach() if normalize_q else -q.mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: datasets, replay buffer, environments, evaluation
+# ---------------------------------------------------------------------------------------------
+class DatasetError(ValueError):
+    """Bad --env-id or dataset contents; reported as one line and a non-zero exit."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) (as FQL's official code)
+
+
+def flatten_obs(space: gym.Space, obs) -> np.ndarray:
+    """Flatten (a batch of) observations of a Box or Dict space to float32 (batch, dim) in `space`'s key order."""
+    if isinstance(space, gym.spaces.Dict):
+        return np.concatenate([flatten_obs(s, obs[k]) for k, s in space.spaces.items()], axis=-1)
+    obs = np.asarray(obs, dtype=np.float32)
+    return obs.reshape(*obs.shape[: obs.ndim - len(space.shape)], -1)
+
+
+def check_spaces(obs_space: gym.Space, act_space: gym.Space) -> None:
+    if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
+        raise DatasetError(f"SWFP needs a continuous 1-D Box action space; this dataset has {act_space}")
+    if not np.all(np.isfinite(act_space.low)) or not np.all(np.isfinite(act_space.high)):
+        raise DatasetError(f"SWFP needs a bounded action space to rescale to [-1, 1]; got {act_space}")
+    spaces = obs_space.spaces.values() if isinstance(obs_space, gym.spaces.Dict) else [obs_space]
+    for space in spaces:
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) > 1:
+            raise DatasetError(f"SWFP handles flat Box (or Dict of flat Box) observations; got {obs_space}")
+
+
+class OfflineData:
+    """Transitions of an offline dataset as float32 arrays, with the means to evaluate on its env."""
+
+    def __init__(self, transitions: dict, make_env: Callable[[], gym.Env], flatten: Callable, score: Callable):
+        self.transitions = transitions  # observations, actions, rewards, masks, next_observations
+        self.make_env = make_env  # -> env with actions in [-1, 1]
+        self.flatten = flatten  # env observation(s) -> float32 (batch, obs_dim)
+        self.score = score  # episode returns -> normalized score x100 (or None)
+
+
+def to_unit_box(actions: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    return np.clip(2.0 * (actions - low) / (high - low) - 1.0, -ACTION_CLIP, ACTION_CLIP).astype(np.float32)
+
+
+def unit_box_env(env: gym.Env) -> gym.Env:
+    space = env.action_space
+    if np.allclose(space.low, -1.0) and np.allclose(space.high, 1.0):
+        return env
+    return gym.wrappers.RescaleAction(env, -1.0, 1.0)
+
+
+def load_minari(dataset, env_id: str) -> OfflineData:
+    import minari
+
+    check_spaces(dataset.observation_space, dataset.action_space)
+    obs_space = dataset.observation_space
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminations", "next_observations")}
+    for episode in dataset.iterate_episodes():
+        obs = flatten_obs(obs_space, episode.observations)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(np.asarray(episode.actions, dtype=np.float32))
+        parts["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
+        parts["terminations"].append(np.asarray(episode.terminations, dtype=np.float32))
+    if not parts["actions"]:
+        raise DatasetError(f"dataset {env_id!r} has no episodes")
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    data["actions"] = to_unit_box(data["actions"], dataset.action_space)
+    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as FQL's official code
+        data["rewards"] = data["rewards"] - 1.0
+    data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
+
+    def make_env():
+        try:
+            return unit_box_env(dataset.recover_environment(eval_env=True))
+        except Exception as e:  # a missing env package, an env id unknown to this gymnasium
+            raise DatasetError(f"cannot recreate the evaluation env of {env_id!r}: {type(e).__name__}: {e}") from e
+
+    has_ref = dataset.storage.metadata.get("ref_min_score") is not None and dataset.storage.metadata.get("ref_max_score") is not None
+    score = (lambda returns: 100.0 * minari.get_normalized_score(dataset, np.asarray(returns))) if has_ref else (lambda r: None)
+    return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score)
+
+
+def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
+    import ogbench
+
+    if "singletask" not in name.split("-"):
+        raise DatasetError(f"SWFP needs a reward-labelled OGBench dataset (e.g. cube-single-play-singletask-task2-v0); got {name!r}")
+    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir))
+    check_spaces(env.observation_space, env.action_space)
+    data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
+    data["actions"] = to_unit_box(data["actions"], env.action_space)
+    env.close()
+    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
+    return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
+
+
+def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
+    """Resolve --env-id: a local Minari dataset dir, an embedded dataset, an OGBench name, a Minari id."""
+    import minari
+
+    tried = []
+    for path in (Path(env_id), Path(__file__).resolve().parent / "datasets" / env_id):
+        for data_dir in (path / "data", path):
+            if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
+                return validated(load_minari(minari.MinariDataset(data_dir), env_id), env_id)
+        tried.append(f"no Minari dataset in {path}")
+    if "/" not in env_id and env_id.endswith("-v0"):
+        try:
+            return validated(load_ogbench(env_id, ogbench_dataset_dir), env_id)
+        except DatasetError:
+            raise
+        except Exception as e:
+            tried.append(f"OGBench: {type(e).__name__}: {e}")
+    else:
+        try:
+            return validated(load_minari(minari.load_dataset(env_id, download=True), env_id), env_id)
+        except DatasetError:
+            raise
+        except Exception as e:
+            tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with "
+                       f"`minari list remote`, see datasets/ for the embedded ones, or pass an OGBench "
+                       f"singletask name such as cube-single-play-singletask-task2-v0")
+
+
+def validated(data: OfflineData, env_id: str) -> OfflineData:
+    for key, array in data.transitions.items():
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise DatasetError(f"dataset {env_id!r} has {int(bad.sum())} non-finite values in {key!r}")
+    return data
+
+
+class ReplayBuffer:
+    """All transitions as tensors on `device`; offline data first, online transitions appended."""
+
+    def __init__(self, transitions: dict, capacity: int, device: torch.device):
+        self.size = len(transitions["rewards"])
+        capacity = max(capacity, self.size)
+        self.data = {}
+        for key, array in transitions.items():
+            tensor = torch.zeros((capacity,) + array.shape[1:], dtype=torch.float32, device=device)
+            tensor[: self.size] = torch.as_tensor(array, device=device)
+            self.data[key] = tensor
+
+    def add(self, **transition) -> None:
+        for key, value in transition.items():
+            self.data[key][self.size] = torch.as_tensor(value, dtype=torch.float32)
+        self.size += 1
+
+    def sample(self, batch_size: int) -> dict:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.data["rewards"].device)
+        return {key: tensor[idx] for key, tensor in self.data.items()}
+
+
+def evaluate(data: OfflineData, envs: list, policy: Callable, episodes: int, seed: int, device: torch.device) -> dict:
+    """Run `episodes` episodes on the `envs` in parallel, one batched policy call per step."""
+    returns, successes = [], []
+    next_episode = 0
+    obs, ep_return, active = [None] * len(envs), [0.0] * len(envs), [False] * len(envs)
+    for i, env in enumerate(envs):
+        if next_episode < episodes:
+            obs[i], _ = env.reset(seed=seed + next_episode)
+            active[i], next_episode = True, next_episode + 1
+    while any(active):
+        ids = [i for i in range(len(envs)) if active[i]]
+        batch = torch.as_tensor(np.stack([data.flatten(obs[i]) for i in ids]), device=device)
+        actions = policy(batch).cpu().numpy()
+        for i, action in zip(ids, actions):
+            obs[i], reward, terminated, truncated, info = envs[i].step(action)
+            ep_return[i] += float(reward)
+            if terminated or truncated:
+                returns.append(ep_return[i])
+                if "success" in info:
+                    successes.append(float(info["success"]))
+                ep_return[i] = 0.0
+                if next_episode < episodes:
+                    obs[i], _ = envs[i].reset(seed=seed + next_episode)
+                    next_episode += 1
+                else:
+                    active[i] = False
+    metrics = {"episodic_return": float(np.mean(returns)), "episodic_return_std": float(np.std(returns))}
+    score = data.score(returns)
+    if score is not None:
+        metrics["normalized_score"] = float(np.mean(score))
+        metrics["normalized_score_std"] = float(np.std(score))
+    if successes:
+        metrics["success"] = float(np.mean(successes))
+    return metrics
+
+
+def save_checkpoint(path: Path, modules: dict, phase: str, step: int, args: Args) -> None:
+    """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
+    state = {name: m.state_dict() for name, m in modules.items()}
+    state.update(phase=phase, step=step, args=asdict(args))
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    if args.blocks < 1 or args.jko_step_size <= 0 or args.entropy_coef < 0:
+        raise DatasetError(f"need --blocks >= 1, --jko-step-size > 0, --entropy-coef >= 0; got {args.blocks}, "
+                           f"{args.jko_step_size}, {args.entropy_coef}")
+
+    data = load_offline_data(args.env_id, args.ogbench_dataset_dir)
+    obs_dim = data.transitions["observations"].shape[1]
+    act_dim = data.transitions["actions"].shape[1]
+    offline = data.transitions if args.keep_offline_data else {k: v[:0] for k, v in data.transitions.items()}
+    buffer = ReplayBuffer(offline, len(offline["rewards"]) + args.total_timesteps, device)
+    bc_buffer = ReplayBuffer(data.transitions, 0, device) if not args.keep_offline_data else buffer
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    flow = VectorField(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
+    blocks = FlowBlocks(args.blocks, obs_dim, act_dim, args.block_hidden_dim, args.block_num_layers).to(device)
+    critic = Critic(obs_dim, act_dim, args.hidden_dim, args.num_layers, args.num_critics).to(device)
+    target_critic = Critic(obs_dim, act_dim, args.hidden_dim, args.num_layers, args.num_critics).to(device)
+    target_critic.load_state_dict(critic.state_dict())
+    target_critic.requires_grad_(False)
+    adam = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    critic_params, target_params = list(critic.parameters()), list(target_critic.parameters())
+    critic_optimizer = torch.optim.Adam(critic_params, lr=args.learning_rate, **adam)
+    modules = dict(flow=flow, blocks=blocks, critic=critic, target_critic=target_critic)
+    skip_phase1 = False
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location=device)
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        skip_phase1 = True
+
+    def noise(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return torch.randn(obs.shape[0], act_dim, device=device, generator=generator)
+
+    refine = None if args.naive_finetune else blocks  # the naive baseline changes the flow itself, no blocks
+
+    def policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return sample_actions(flow, refine, obs, noise(obs, generator), args.blocks)
+
+    def frozen(module: nn.Module) -> Callable:
+        """The module with detached parameters: a policy loss trains the policy through the action only."""
+        params = {name: p.detach() for name, p in module.named_parameters()}
+        return lambda *inputs: torch.func.functional_call(module, params, inputs)
+
+    def td_update(batch: dict) -> tuple:
+        loss, q = critic_loss(critic, target_critic, policy, batch, args.gamma)
+        critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        critic_optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(target_params, critic_params, args.tau)
+        return loss.detach(), q.detach().mean()
+
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    checkpoint_path = run_dir / f"{args.exp_name}.pt"
+    phase1_steps = 0 if args.checkpoint else args.pretrain_steps + args.critic_warmup_steps
+    progress = Progress(phase1_steps + args.total_timesteps, 0)
+
+    def run_evaluation(step: int, prefix: str = "") -> dict:
+        """Same env seeds and policy noise at every evaluation, independent of the training RNG."""
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        result = evaluate(data, eval_envs, lambda obs: policy(obs, generator), args.eval_episodes, 10_000 * args.seed, device)
+        result = {f"eval/{prefix}{k}": v for k, v in result.items()}
+        for k, v in result.items():
+            writer.add_scalar(k, v, step)
+        progress.write(f"env step {step}: " + ", ".join(f"{k[5:]}={v:.3f}" for k, v in result.items() if not k.endswith("_std")))
+        return result
+
+    def check_finite(flag: torch.Tensor, where: str) -> None:
+        if flag.item():
+            raise NonFiniteLossError(f"non-finite loss {where}; training stopped"
+                                     + (f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
+
+    # ----------------------------------------------------------------------- phase 1: BC flow, critic warm-up
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    if not skip_phase1:
+        flow_optimizer = torch.optim.Adam(flow.parameters(), lr=args.learning_rate, **adam)
+        t0 = time.time()
+        for step in range(1, args.pretrain_steps + 1):
+            batch = bc_buffer.sample(args.batch_size)
+            loss = bc_flow_loss(flow, batch["observations"], batch["actions"])
+            flow_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            flow_optimizer.step()
+            nonfinite |= ~torch.isfinite(loss)
+            if step % args.log_freq == 0 or step == args.pretrain_steps:
+                check_finite(nonfinite, f"in BC pretraining by step {step}")
+                sps = args.log_freq / (time.time() - t0)
+                writer.add_scalar("losses/bc_flow_loss", loss.item(), step)
+                writer.add_scalar("charts/pretrain_SPS", sps, step)
+                progress.update(step, sps=sps, bc=loss.item())
+                t0 = time.time()
+        for step in range(1, args.critic_warmup_steps + 1):
+            loss, q_mean = td_update(bc_buffer.sample(args.batch_size))
+            nonfinite |= ~torch.isfinite(loss)
+            if step % args.log_freq == 0 or step == args.critic_warmup_steps:
+                check_finite(nonfinite, f"in critic warm-up by step {step}")
+                writer.add_scalar("losses/critic_warmup_loss", loss.item(), step)
+                progress.update(args.pretrain_steps + step, critic=loss.item(), q=q_mean.item())
+        if args.save_model:
+            save_checkpoint(checkpoint_path, modules, "pretrained", 0, args)
+
+    # ----------------------------------------------------------------------- phase 2: online fine-tuning
+    critic_optimizer.state.clear()  # fresh Adam moments: the same start whether or not phase 1 ran in this process
+    flow.requires_grad_(args.naive_finetune)
+    actor_params = list(flow.parameters()) if args.naive_finetune else list(blocks.parameters())
+    actor_optimizer = torch.optim.Adam(actor_params, lr=args.learning_rate, **adam)
+
+    def update(batch: dict, with_stats: bool) -> dict:
+        loss_critic, q_mean = td_update(batch)
+        obs = batch["observations"]
+        z = noise(obs)
+        stats = {}
+        if args.naive_finetune:
+            loss_actor = naive_finetune_loss(flow, frozen(critic), obs, z, args.blocks, args.normalize_q)
+        else:
+            # the batch is split into K chunks, chunk k trains block k (cost of one pass over the batch, not K)
+            per_block = max(1, obs.shape[0] // args.blocks)
+            obs, z = obs[: per_block * args.blocks], z[: per_block * args.blocks]
+            with torch.no_grad():
+                iterates = flow_rollout(flow, blocks, obs, z, args.blocks)[:-1]  # a_0..a_{K-1}, (K, K * n, d)
+            diag = torch.arange(args.blocks, device=device)
+            iterates = iterates.view(args.blocks, args.blocks, per_block, act_dim)[diag, diag]  # block k: a_k of chunk k
+            obs = obs.view(args.blocks, per_block, obs_dim)
+            stats = jko_block_losses(flow, blocks, frozen(critic), obs, iterates, args.jko_step_size, args.entropy_coef,
+                                     args.normalize_q, with_entropy=args.entropy_coef > 0 or with_stats)
+            loss_actor = stats.pop("loss")
+        actor_optimizer.zero_grad(set_to_none=True)
+        loss_actor.backward()
+        actor_optimizer.step()
+        return {"critic_loss": loss_critic, "actor_loss": loss_actor.detach(), "q_mean": q_mean, **stats}
+
+    online_env = data.make_env()
+    online_obs, episode_return, episode_length = None, 0.0, 0
+    metrics = run_evaluation(0)
+    pretrained = {k.replace("eval/", "eval/pretrained_"): v for k, v in metrics.items()}
+    if args.total_timesteps == 0:
+        metrics.update(pretrained)
+    entropy_0 = 0.5 * act_dim * math.log(2.0 * math.pi * math.e)  # H(N(0, I)) of a_0
+    t0, last_log_step = time.time(), 0
+    for step in range(1, args.total_timesteps + 1):
+        if online_obs is None:
+            online_obs, _ = online_env.reset(seed=args.seed + step)
+        obs_np = data.flatten(online_obs)
+        action = policy(torch.as_tensor(obs_np[None], device=device))[0].cpu().numpy()
+        next_obs, reward, terminated, truncated, info = online_env.step(action)
+        buffer.add(observations=obs_np, actions=action, rewards=reward, masks=1.0 - float(terminated),
+                   next_observations=data.flatten(next_obs))
+        episode_return, episode_length = episode_return + float(reward), episode_length + 1
+        online_obs = next_obs
+        if terminated or truncated:
+            writer.add_scalar("charts/episodic_return", episode_return, step)
+            writer.add_scalar("charts/episodic_length", episode_length, step)
+            if "success" in info:
+                writer.add_scalar("charts/success", float(info["success"]), step)
+            online_obs, episode_return, episode_length = None, 0.0, 0
+
+        log_now = step % args.log_freq == 0 or step == args.total_timesteps
+        eval_now = step % args.eval_freq == 0 or step == args.total_timesteps
+        losses = update(buffer.sample(args.batch_size), with_stats=log_now)
+        nonfinite |= ~(torch.isfinite(losses["critic_loss"]) & torch.isfinite(losses["actor_loss"]))
+        if log_now or eval_now:  # checked before anything is logged, evaluated or saved
+            check_finite(nonfinite, f"within env steps {last_log_step + 1}..{step}")
+        if log_now:
+            sps = (step - last_log_step) / (time.time() - t0)
+            for k in ("critic_loss", "actor_loss", "q_mean"):
+                writer.add_scalar(f"losses/{k}", losses[k].item(), step)
+            if not args.naive_finetune:
+                entropy = entropy_0 + torch.cumsum(losses["log_det"], 0)  # H(pi_{k+1}) = H(pi_k) + E log|det J_k|
+                per_block = {"w2_displacement": losses["w2_trust"], "w2_step": losses["w2_step"], "entropy": entropy,
+                             "q_improvement": losses["q_improvement"], "jko_loss": losses["block_loss"]}
+                for name, values in per_block.items():
+                    for k, v in enumerate(values.tolist()):
+                        writer.add_scalar(f"blocks/{name}_{k}", v, step)
+                    writer.add_scalar(f"blocks/{name}_mean", values.mean().item(), step)
+            writer.add_scalar("charts/SPS", sps, step)
+            progress.update(phase1_steps + step, sps=sps,
+                            critic=losses["critic_loss"].item(), q=losses["q_mean"].item(), **headline(metrics))
+            t0, last_log_step = time.time(), step
+        if eval_now:
+            metrics = {**run_evaluation(step), **pretrained}
+            if args.save_model:
+                save_checkpoint(checkpoint_path, modules, "online", step, args)
+    progress.close()
+    writer.close()
+    for env in eval_envs + [online_env]:
+        env.close()
+    return metrics
+
+
+def headline(metrics: dict) -> dict:
+    """The latest evaluation's main number, for the progress bar."""
+    for key in ("eval/success", "eval/normalized_score", "eval/episodic_return"):
+        if key in metrics:
+            return {key.split("/")[1]: metrics[key]}
+    return {}
+
+
+class Progress:
+    """tqdm bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int, initial: int):
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True)
+        self.total, self.last = total, initial
+
+    def update(self, step: int, **postfix) -> None:
+        text = {k: f"{v:.3g}" for k, v in postfix.items()}
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix(text, refresh=False)
+        else:
+            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()), flush=True)
+        self.last = step
+
+    def write(self, text: str) -> None:
+        (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except (DatasetError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

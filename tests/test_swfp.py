@@ -1,0 +1,255 @@
+"""Tests for swfp.py: the defining properties of the reconstructed per-block JKO objective (identity optimum
+without Q and entropy, proximal point on a quadratic Q, step growing with h, exact log-det), fine-tuning
+vs the pretrained policy on the two-mode bandit in the same run, the naive baseline, bad input, NaN
+handling, checkpoints and determinism."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, import_script
+
+swfp = import_script("swfp")
+
+
+@pytest.fixture(scope="module")
+def small_bandit(make_bandit_dataset):
+    """The two-mode bandit with 300 episodes: loads ~7x faster than the 2000-episode one, for smoke tests."""
+    return make_bandit_dataset("small-bandit", n_episodes=300)
+
+
+def tiny(**overrides) -> "swfp.Args":
+    base = swfp.Args(cuda=False, hidden_dim=64, num_layers=2, batch_size=64, pretrain_steps=200, critic_warmup_steps=50,
+                     total_timesteps=50, eval_freq=50, eval_episodes=5, log_freq=25, blocks=4, block_hidden_dim=32)
+    return replace(base, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def test_bc_flow_loss_of_the_zero_field_is_the_second_moment_of_the_target():
+    # v = 0: loss = E||a - x_0||^2 / d = a^2 + 1 per dimension (x_0 ~ N(0, I))
+    torch.manual_seed(0)
+    actions = torch.full((20000, 2), 0.5)
+    zero = lambda obs, x, t: torch.zeros_like(x)  # noqa: E731
+    assert swfp.bc_flow_loss(zero, torch.zeros(20000, 1), actions).item() == pytest.approx(1.25, rel=0.02)
+
+
+def test_euler_sampler_with_a_constant_field_and_zero_blocks_lands_on_x0_plus_v():
+    v = torch.tensor([0.25, -0.5])
+    field = lambda obs, x, t: v.expand_as(x)  # noqa: E731
+    blocks = swfp.FlowBlocks(10, 1, 2, 16, 2)  # zero-initialised last layer: identity refinement
+    z = torch.tensor([[0.1, 0.2], [0.9, -0.9]])
+    out = swfp.sample_actions(field, blocks, torch.zeros(2, 1), z, num_steps=10)
+    assert torch.allclose(out, (z + v).clamp(-1, 1), atol=1e-6)
+
+
+class ConstantCritic(torch.nn.Module):
+    def forward(self, obs, action):
+        return torch.full((2,) + action.shape[:-1], 3.0)
+
+
+class QuadraticCritic(torch.nn.Module):
+    """Q(s, a) = -||a - c||^2 / 2 for both ensemble members."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, obs, action):
+        q = -0.5 * (action - self.c).pow(2).sum(-1)
+        return torch.stack([q, q])
+
+
+def train_blocks(blocks, flow, critic, obs, iterates, step_size, entropy_coef=0.0, steps=400, lr=1e-2):
+    opt = torch.optim.Adam(blocks.parameters(), lr=lr)
+    for _ in range(steps):
+        stats = swfp.jko_block_losses(flow, blocks, critic, obs, iterates, step_size, entropy_coef, normalize_q=False,
+                                      with_entropy=entropy_coef > 0)
+        opt.zero_grad()
+        stats["loss"].backward()
+        opt.step()
+    return stats
+
+
+def make_flow(obs_dim=3, act_dim=2):
+    torch.manual_seed(0)
+    flow = swfp.VectorField(obs_dim, act_dim, 32, 2)
+    flow.requires_grad_(False)
+    return flow
+
+
+def test_without_q_and_entropy_the_optimum_is_the_identity_refinement():
+    """Q constant, beta = 0: zero-initialised blocks get zero gradient, and trained random blocks return to the
+    pretrained flow (the same actions from the same noise)."""
+    K, B = 4, 128
+    flow = make_flow()
+    obs, z = torch.randn(B, 3), torch.randn(B, 2)
+    blocks = swfp.FlowBlocks(K, 3, 2, 32, 2)
+    iterates = swfp.flow_rollout(flow, blocks, obs, z, K)[:-1]
+    stats = swfp.jko_block_losses(flow, blocks, ConstantCritic(), obs.expand(K, -1, -1), iterates, 0.1, 0.0, False, False)
+    stats["loss"].backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in blocks.parameters())
+    assert torch.all(stats["w2_trust"] == 0)
+
+    with torch.no_grad():
+        for p in blocks.parameters():
+            p.normal_(0.0, 0.3)
+    pretrained = swfp.sample_actions(flow, None, obs, z, K)
+    assert (swfp.sample_actions(flow, blocks, obs, z, K) - pretrained).abs().max() > 0.05  # perturbed
+    for _ in range(3):  # a few rounds: the inputs a_k of later blocks move as earlier blocks converge
+        iterates = swfp.flow_rollout(flow, blocks, obs, z, K)[:-1].detach()
+        train_blocks(blocks, flow, ConstantCritic(), obs.expand(K, -1, -1), iterates, 0.1, steps=150)
+    assert (swfp.sample_actions(flow, blocks, obs, z, K) - pretrained).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("normalize_q", [False, True])
+def test_constant_q_term_has_no_gradient(normalize_q):
+    K = 3
+    flow = make_flow()
+    blocks = swfp.FlowBlocks(K, 3, 2, 16, 2)
+    torch.nn.init.normal_(blocks.layers[-1].weight)
+    stats = swfp.jko_block_losses(flow, blocks, ConstantCritic(), torch.randn(K, 8, 3), torch.randn(K, 8, 2), 1e9, 0.0,
+                                  normalize_q, False)
+    assert stats["q_improvement"].abs().max() == 0
+    stats["loss"].backward()
+    assert max(p.grad.abs().max().item() for p in blocks.parameters() if p.grad is not None) < 1e-6
+
+
+def test_w2_term_gives_the_proximal_point_of_a_quadratic_q_and_larger_h_moves_further():
+    """One block (h_e = 1), constant BC velocity v: a~ = x + v; Q = -||a - c||^2 / 2. The JKO step
+    argmin_a ||a - c||^2 / 2 + ||a - a~||^2 / (2h) is (a~ + h c) / (1 + h): displacement h / (1 + h) ||c - a~||."""
+    v, c = torch.tensor([0.2, -0.1]), torch.tensor([0.8, 0.6])
+    field = lambda obs, x, t: v.expand_as(x)  # noqa: E731
+    x = torch.tensor([[[-0.3, 0.1], [0.4, -0.5], [0.0, 0.0]]])  # (K=1, B=3, d=2)
+    obs = torch.zeros(1, 3, 1)
+    a_ref = x + v
+    steps = []
+    for h in (0.1, 0.5, 2.0):
+        torch.manual_seed(0)
+        blocks = swfp.FlowBlocks(1, 1, 2, 32, 2)
+        train_blocks(blocks, field, QuadraticCritic(c), obs, x, step_size=h, steps=600)
+        with torch.no_grad():
+            a_next = a_ref + blocks(torch.cat([obs, x], -1))
+        prox = (a_ref + h * c) / (1 + h)
+        assert torch.allclose(a_next, prox, atol=1e-2), (h, a_next, prox)
+        step = (a_next - a_ref).norm(dim=-1)
+        assert torch.all(step <= (c - a_ref).norm(dim=-1) * h / (1 + h) + 1e-2)  # the trust region bounds the step
+        steps.append(step)
+    assert torch.all(steps[0] < steps[1]) and torch.all(steps[1] < steps[2])
+
+
+def test_block_log_det_is_the_exact_change_of_variables_term():
+    """Linear BC field v = x A and zero blocks: log|det J| = log|det(I + dt A^T)|; random blocks: matches autograd."""
+    K, B, dt = 2, 5, 0.5
+    A = torch.tensor([[1.0, 0.3], [-0.2, 0.5]])
+    field = lambda obs, x, t: x @ A  # noqa: E731
+    a = torch.randn(K, B, 2, requires_grad=True)
+    obs = torch.randn(K, B, 3)
+    blocks = swfp.FlowBlocks(K, 3, 2, 16, 2)
+    u = blocks(torch.cat([obs, a], -1))
+    logdet = swfp.block_log_det(field(obs, a, None), u, a, dt, create_graph=False)
+    expected = torch.linalg.slogdet(torch.eye(2) + dt * A.T).logabsdet
+    assert torch.allclose(logdet, expected.expand(K, B), atol=1e-6)
+
+    torch.nn.init.normal_(blocks.layers[-1].weight)
+    u = blocks(torch.cat([obs, a], -1))
+    logdet = swfp.block_log_det(field(obs, a, None), u, a, dt, create_graph=False)
+    jac = torch.autograd.functional.jacobian(
+        lambda y: y + dt * (y @ A + blocks.step(1, torch.cat([obs[1, 2:3], y[None]], -1))[0]), a[1, 2].detach())
+    assert logdet[1, 2].item() == pytest.approx(torch.linalg.slogdet(jac).logabsdet.item(), abs=1e-5)
+
+
+def test_entropic_term_spreads_the_iterate_when_q_is_flat():
+    K = 2
+    flow = make_flow()
+    obs, z = torch.randn(K, 64, 3), torch.randn(K, 64, 2)
+    torch.manual_seed(1)
+    blocks = swfp.FlowBlocks(K, 3, 2, 32, 2)
+    stats = train_blocks(blocks, flow, ConstantCritic(), obs, z, step_size=0.1, entropy_coef=0.05, steps=200)
+    without = swfp.jko_block_losses(flow, swfp.FlowBlocks(K, 3, 2, 32, 2), ConstantCritic(), obs, z, 0.1, 0.05, False, True)
+    assert torch.all(stats["log_det"] > without["log_det"] + 0.01), (stats["log_det"], without["log_det"])
+    assert torch.all(stats["w2_trust"] > 0)
+
+
+def test_naive_finetune_loss_reaches_every_flow_parameter_and_no_critic_parameter():
+    flow = swfp.VectorField(3, 2, 16, 2)
+    critic = swfp.Critic(3, 2, 16, 2, 2)
+    params = {n: p.detach() for n, p in critic.named_parameters()}
+    frozen = lambda *x: torch.func.functional_call(critic, params, x)  # noqa: E731
+    swfp.naive_finetune_loss(flow, frozen, torch.randn(8, 3), torch.randn(8, 2), 4, True).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in flow.parameters())
+    assert all(p.grad is None for p in critic.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- behaviour
+def test_online_finetuning_beats_the_pretrained_policy_on_the_bandit(bandit_dataset, in_tmp):
+    """Same run: the pretrained BC flow (evaluated before the first online step) vs after SWFP fine-tuning."""
+    args = tiny(env_id=str(bandit_dataset), pretrain_steps=800, critic_warmup_steps=200, total_timesteps=200,
+                hidden_dim=128, learning_rate=1e-3, jko_step_size=0.5, eval_freq=200, eval_episodes=200, log_freq=100)
+    metrics = swfp.main(args)
+    assert metrics["eval/normalized_score"] > metrics["eval/pretrained_normalized_score"] + 10, metrics
+
+
+def test_naive_finetune_runs_with_the_same_budget_and_logs(small_bandit, in_tmp):
+    metrics = swfp.main(tiny(env_id=str(small_bandit), naive_finetune=True))
+    assert np.isfinite(metrics["eval/episodic_return"]) and "eval/pretrained_episodic_return" in metrics
+    assert list(in_tmp.glob("runs/*/events.out.tfevents.*"))
+
+
+def test_same_seed_gives_the_same_networks_on_cpu(small_bandit, tmp_path, monkeypatch):
+    states = []
+    for run in range(2):
+        (tmp_path / str(run)).mkdir()
+        monkeypatch.chdir(tmp_path / str(run))
+        swfp.main(tiny(env_id=str(small_bandit), pretrain_steps=60, critic_warmup_steps=20, total_timesteps=30,
+                       eval_freq=30, log_freq=15, save_model=True))
+        states.append(torch.load(next((tmp_path / str(run)).glob("runs/*/swfp.pt"))))
+    for name in ("flow", "blocks", "critic"):
+        for key, value in states[0][name].items():
+            assert torch.equal(value, states[1][name][key]), (name, key)
+    assert any(v.abs().sum() > 0 for v in states[0]["blocks"].values())
+
+
+def test_phase1_checkpoint_reloads_as_the_same_pretrained_policy(small_bandit, in_tmp):
+    first = swfp.main(tiny(env_id=str(small_bandit), total_timesteps=0, save_model=True, exp_name="pre"))
+    path = next(in_tmp.glob("runs/*/pre.pt"))
+    again = swfp.main(tiny(env_id=str(small_bandit), total_timesteps=0, checkpoint=str(path)))
+    assert again["eval/episodic_return"] == pytest.approx(first["eval/episodic_return"])
+    assert again["eval/pretrained_episodic_return"] == pytest.approx(first["eval/episodic_return"])
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def run_script(*argv):
+    return subprocess.run([sys.executable, str(ROOT / "swfp.py"), *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
+    result = run_script("--env-id", "nosuch/dataset-v0", "--no-cuda")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_non_positive_step_size_exits_with_one_clear_line(in_tmp):
+    result = run_script("--no-cuda", "--jko-step-size", "0")  # checked before any data is loaded
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: need --blocks >= 1, --jko-step-size > 0")
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_dataset, in_tmp):
+    # the env returns NaN rewards online from its 20th step: the online phase puts them in the buffer
+    dataset = make_bandit_dataset("nan-bandit", n_episodes=200, nan_reward_after=20)
+    args = tiny(env_id=str(dataset), eval_episodes=1, total_timesteps=300, eval_freq=300, log_freq=50, save_model=True)
+    with pytest.raises(swfp.NonFiniteLossError, match="non-finite loss"):
+        swfp.main(args)
+    state = torch.load(next(in_tmp.glob("runs/*/swfp.pt")))
+    assert state["phase"] == "pretrained"
+    assert all(torch.isfinite(v).all() for v in state["critic"].values())
