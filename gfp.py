@@ -1,0 +1,784 @@
+"""Guided Flow Policy (GFP).
+
+Paper: "Guided Flow Policy: Learning from High-Value Actions in Offline Reinforcement Learning",
+Franki Nguimatsia Tiofack, Theotime Le Hellard, Fabian Schramm, Nicolas Perrin-Gilbert, Justin
+Carpentier, ICLR 2026, arXiv:2512.03973. Official code (JAX, a fork of FQL): agents/gfp.py.
+
+Idea. FQL (arXiv:2502.02538) distills a plain behaviour-cloning flow into a one-step actor that
+climbs the critic; the BC flow clones every dataset action, good or bad, so the distillation term
+keeps pulling the actor towards the data's poor modes. GFP makes the guidance mutual:
+  * the one-step actor mu_theta(s, z) maximises the normalised critic lambda * Q(s, mu_theta(s, z))
+    (lambda = 1 / mean|Q|, detached) while being distilled towards the multi-step flow's Euler sample
+    for the SAME noise z;
+  * the multi-step flow "VaBC" (value-aware behaviour cloning) v_omega(s, x_t, t) is trained by
+    flow matching on dataset actions WEIGHTED by
+        w(s, a) = sigmoid((lambda / eta) * (Qbar(s, a) - Qbar(s, clip(mu_theta(s, z))))),
+    a two-way softmax between the dataset action and the actor's action under the target critic
+    (no gradient through w). Actions better than the actor's are cloned with weight -> 1, worse
+    ones are down-weighted towards 0; eta is the temperature, eta = 0 gives plain BC (FQL);
+  * an ensemble of 2 critics (LayerNorm) with a Polyak target, bootstrapped with the actor.
+All three are trained with one summed loss and one Adam step. The deployed policy is the actor
+(one network call per action); the VaBC flow is evaluated as well.
+
+This file implements GFP offline and offline->online as the official code: the `--q-agg`,
+`--target-agg` and `--guidance-agg` switches, `--guidance-fn advantage` (the paper's AWR-like
+ablation, exp((lambda/eta) * advantage), unclipped), `--normalize-q-loss`, the sinusoidal time
+embedding of the VaBC field, `--eta-online` for fine-tuning. Deliberate differences:
+  * `--target-use-next` defaults to True: when the TD target uses the VaBC flow (`--target-agg`
+    vabc/min/mean/max) its next action is sampled at s', as in the paper's equation; the official
+    code samples it at s (its `target_use_next=False` default) -- pass `--no-target-use-next` for that;
+  * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench;
+    Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary;
+  * no image encoders (state-based tasks only; image observations are rejected with an error).
+
+Usage:
+  python gfp.py --total-steps 10000 --hidden-dim 256 --num-layers 3 --alpha 0.3    # embedded Reacher, CPU, minutes
+  python gfp.py --env-id cube-double-noisy-singletask-task2-v0 --alpha 0.1 --eta 1e-4 --target-agg mean
+  python gfp.py --env-id D4RL/pen/expert-v2 --alpha 1 --eta 1e-3 --total-steps 500000
+See docs/gfp.md for the paper <-> code map, per-task hyper-parameters, logged metrics and results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True` and deterministic algorithms"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    env_id: str = "flowrl/reacher/mixed-v0"
+    """dataset: a local Minari dataset dir, an embedded id (datasets/), an OGBench dataset name or a Minari id"""
+    ogbench_dataset_dir: str = "~/.ogbench/data"
+    """where OGBench datasets are read from (downloaded there when missing)"""
+    total_steps: int = 1_000_000
+    """offline gradient steps"""
+    online_steps: int = 0
+    """environment steps of online fine-tuning after the offline phase (one update per step)"""
+    batch_size: int = 256
+    """the batch size of each gradient step"""
+    learning_rate: float = 3e-4
+    """the learning rate of the (single) Adam optimizer"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """target critic Polyak rate"""
+    hidden_dim: int = 512
+    """width of every MLP"""
+    num_layers: int = 4
+    """hidden layers of every MLP"""
+    eval_freq: int = 100_000
+    """evaluate every this many gradient steps (and at the end)"""
+    eval_episodes: int = 50
+    """episodes per evaluation (of the actor, and of the VaBC flow with --eval-flow)"""
+    eval_flow: bool = True
+    """also evaluate the VaBC flow policy (eval/flow_*), as the official code's eval_flow_policy"""
+    log_freq: int = 5000
+    """log losses, guidance statistics and the guidance-weight histogram every this many steps"""
+    save_model: bool = False
+    """save a checkpoint at every evaluation (runs/<run>/<exp_name>.pt)"""
+    checkpoint: Optional[str] = None
+    """load the networks (and optimizer) from this checkpoint before training"""
+    compile: bool = False
+    """torch.compile the update step"""
+
+    # Algorithm specific arguments
+    flow_steps: int = 10
+    """Euler steps of the VaBC flow (distillation target, evaluation)"""
+    alpha: float = 1.0
+    """weight of the distillation loss (tuned per task; see docs/gfp.md)"""
+    eta: float = 1e-3
+    """guidance temperature eta (official: eta_temperature); 0 = unweighted BC flow (FQL-like)"""
+    eta_online: Optional[float] = None
+    """guidance temperature during online fine-tuning (default: --eta)"""
+    guidance_fn: Literal["softmax", "advantage"] = "softmax"
+    """guidance weights: sigmoid((lambda/eta) * adv) (GFP) or exp((lambda/eta) * adv) (AWR-like ablation)"""
+    q_agg: Literal["mean", "min"] = "mean"
+    """how the critic ensemble is aggregated (TD target, actor's Q loss, guidance)"""
+    target_agg: Literal["actor", "vabc", "min", "mean", "max"] = "actor"
+    """next action(s) of the TD target: the actor's, the VaBC flow's, or min/mean/max of both (same z)"""
+    guidance_agg: Literal["actor", "vabc", "min", "mean", "max"] = "actor"
+    """reference value of the guidance: Qbar at the actor's action, the VaBC flow's, or min/mean/max of both"""
+    target_use_next: bool = True
+    """sample the VaBC next action of the TD target at s' (paper); the official code's default uses s"""
+    normalize_q_loss: bool = True
+    """multiply the actor's Q loss by lambda = 1 / mean|Q| (detached)"""
+    time_emb_dim: int = 64
+    """size of the sinusoidal time embedding of the VaBC field (official: encode_time_dim)"""
+    num_critics: int = 2
+    """size of the critic ensemble"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks (official code: GELU, LayerNorm after the activation in the critic only, Glorot-uniform
+# kernels, zero biases; the VaBC field sees t through a sinusoidal embedding, the actor sees no t)
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
+    layers, dim = [], in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(dim, hidden_dim), nn.GELU()]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """[sin(t f_j), cos(t f_j)] with f_j = 10000^(-j / (d/2 - 1)), j < d/2, for t in [0, 1] (not rescaled)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        if dim < 4 or dim % 2:
+            raise ValueError(f"time embedding size must be even and >= 4, got {dim}")
+        half = dim // 2
+        self.register_buffer("freqs", torch.exp(torch.arange(half) * (-math.log(10000.0) / (half - 1))), persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (B, 1) -> (B, dim)
+        angles = t * self.freqs
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class VaBCField(nn.Module):
+    """VaBC flow policy v_omega(s, x_t, t) -> velocity (MLP on [s, x_t, emb(t)])."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int, time_emb_dim: int = 64):
+        super().__init__()
+        self.time_emb = SinusoidalTimeEmbedding(time_emb_dim)
+        self.net = mlp(obs_dim + act_dim + time_emb_dim, hidden_dim, num_layers, act_dim)
+
+    def forward(self, obs: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, x_t, self.time_emb(t)], dim=-1))
+
+
+class OneStepActor(nn.Module):
+    """One-step actor mu_theta(s, z) -> action (unbounded; clipped where it is used)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, hidden_dim, num_layers, act_dim)
+
+    def forward(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, z], dim=-1))
+
+
+class EnsembleLinear(nn.Module):
+    """K independent linear layers applied as one batched matmul: (K, B, in) -> (K, B, out)."""
+
+    def __init__(self, num: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(num, 1, out_dim))
+        bound = math.sqrt(6.0 / (in_dim + out_dim))  # Glorot uniform, per member
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm with a separate affine transform per ensemble member."""
+
+    def __init__(self, num: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(num, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class Critic(nn.Module):
+    """Ensemble of K critics Q_phi_k(s, a) -> (K, B); MLP with GELU then LayerNorm per hidden layer."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int, num_critics: int):
+        super().__init__()
+        self.num_critics = num_critics
+        layers, dim = [], obs_dim + act_dim
+        for _ in range(num_layers):
+            layers += [EnsembleLinear(num_critics, dim, hidden_dim), nn.GELU(), EnsembleLayerNorm(num_critics, hidden_dim)]
+            dim = hidden_dim
+        layers.append(EnsembleLinear(num_critics, dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], dim=-1).expand(self.num_critics, -1, -1)
+        return self.net(x).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampler: Euler integration of the VaBC flow from noise z (x_{k+1} = x_k + v(s, x_k, k/M) / M)
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample_flow(vabc: VaBCField, obs: torch.Tensor, z: torch.Tensor, flow_steps: int) -> torch.Tensor:
+    x, dt = z, 1.0 / flow_steps
+    for i in range(flow_steps):
+        t = torch.full_like(x[:, :1], i * dt)
+        x = x + dt * vabc(obs, x, t)
+    return x.clamp(-1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses (GFP paper: L_C, L_A, g_eta, L_VaBC; official agents/gfp.py)
+# ---------------------------------------------------------------------------------------------
+def aggregate(qs: torch.Tensor, q_agg: str) -> torch.Tensor:
+    """Ensemble (K, B) -> (B,): mean or min over the critics."""
+    return qs.mean(0) if q_agg == "mean" else qs.min(0).values
+
+
+def combine(q_actor: Optional[torch.Tensor], q_vabc: Optional[torch.Tensor], rule: str) -> torch.Tensor:
+    """The official `value_with_all_options`: Q at the actor's action, at the VaBC flow's, or min/mean/max of both."""
+    if rule == "actor":
+        return q_actor
+    if rule == "vabc":
+        return q_vabc
+    if rule == "min":
+        return torch.minimum(q_actor, q_vabc)
+    if rule == "max":
+        return torch.maximum(q_actor, q_vabc)
+    return 0.5 * (q_actor + q_vabc)
+
+
+def critic_loss(critic: Critic, target_critic: Critic, actor: OneStepActor, vabc: VaBCField, batch: dict, gamma: float,
+                q_agg: str, target_agg: str, target_use_next: bool, flow_steps: int) -> tuple:
+    """Critic loss L_C(phi) (paper): E[(Q_phi(s, a) - r - gamma * mask * Qbar(s', a'))^2], mean over the ensemble.
+
+    a' = clip(mu_theta(s', z)) (`target_agg=actor`, the paper's main form); the conservative variants
+    combine Qbar(s', clip(mu_theta(s', z))) and Qbar(s', mu_omega(., z)) for the SAME z (min/mean/max;
+    `mean` is the paper's y_VaBC).
+    """
+    with torch.no_grad():
+        next_obs = batch["next_observations"]
+        z = torch.randn_like(batch["actions"])
+        obs_list, act_list = [], []
+        if target_agg != "vabc":
+            obs_list.append(next_obs)
+            act_list.append(actor(next_obs, z).clamp(-1.0, 1.0))
+        if target_agg != "actor":
+            vabc_obs = next_obs if target_use_next else batch["observations"]  # official default samples at s
+            obs_list.append(next_obs)
+            act_list.append(sample_flow(vabc, vabc_obs, z, flow_steps))
+        next_qs = aggregate(target_critic(torch.cat(obs_list), torch.cat(act_list)), q_agg).chunk(len(obs_list))
+        q_actor = next_qs[0] if target_agg != "vabc" else None
+        q_vabc = next_qs[-1] if target_agg != "actor" else None
+        next_q = combine(q_actor, q_vabc, target_agg)
+        target_q = batch["rewards"] + gamma * batch["masks"] * next_q
+    q = critic(batch["observations"], batch["actions"])
+    return F.mse_loss(q, target_q.expand_as(q)), q
+
+
+def actor_losses(actor: OneStepActor, vabc: VaBCField, critic: Critic, obs: torch.Tensor, act_dim: int, flow_steps: int,
+                 q_agg: str, normalize_q_loss: bool) -> tuple:
+    """Actor loss L_A(theta) (paper): -lambda * Q(s, clip(mu_theta(s, z))) + alpha * ||mu_theta(s, z) - mu_omega(s, z)||^2.
+
+    lambda = 1 / mean|Q| is detached (and returned: it also scales the guidance). The distillation
+    target mu_omega(s, z) is the VaBC flow's clipped Euler sample for the SAME z and carries no
+    gradient; the actor's output is distilled unclipped. The critic's parameters are used detached
+    (functional_call), so the Q term trains mu_theta through the action only. alpha is applied by
+    the caller. Returns (distill_loss, q_loss, lambda, clipped actor actions (detached), VaBC actions).
+    """
+    z = torch.randn(obs.shape[0], act_dim, device=obs.device)
+    flow_actions = sample_flow(vabc, obs, z, flow_steps)
+    actions = actor(obs, z)
+    distill_loss = F.mse_loss(actions, flow_actions)
+    clipped = actions.clamp(-1.0, 1.0)
+    frozen = {name: p.detach() for name, p in critic.named_parameters()}
+    q = aggregate(torch.func.functional_call(critic, frozen, (obs, clipped)), q_agg)
+    lam = 1.0 / q.abs().mean().detach()
+    q_loss = -q.mean() * (lam if normalize_q_loss else 1.0)
+    return distill_loss, q_loss, lam, clipped.detach(), flow_actions
+
+
+def guidance_weights(q_data: torch.Tensor, q_ref: torch.Tensor, lam: torch.Tensor | float, eta: float,
+                     guidance_fn: str = "softmax") -> torch.Tensor:
+    """Guiding function g_eta (paper): g = exp(k Q(s,a)) / (exp(k Q(s,a)) + exp(k Q(s,a_ref))), k = lambda / eta.
+
+    That two-way softmax is sigmoid(k * (Q(s, a) - Q(s, a_ref))), computed in that stable form; in
+    (0, 1), 0.5 when both values are equal, -> 1 / 0 with the sign of the advantage as eta -> 0.
+    `advantage` is the paper's AWR-like ablation exp(k * (Q(s, a) - Q(s, a_ref))) (unbounded).
+    """
+    scaled_advantage = (lam / eta) * (q_data - q_ref)
+    return torch.sigmoid(scaled_advantage) if guidance_fn == "softmax" else torch.exp(scaled_advantage)
+
+
+def flow_matching_errors(vabc: VaBCField, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Per-sample flow-matching error, linear path x_t = (1 - t) x_0 + t a, target velocity a - x_0 (mean over action dims)."""
+    x_0 = torch.randn_like(actions)
+    t = torch.rand_like(actions[:, :1])
+    x_t = (1.0 - t) * x_0 + t * actions
+    return (vabc(obs, x_t, t) - (actions - x_0)).pow(2).mean(-1)
+
+
+def vabc_loss(vabc: VaBCField, target_critic: Critic, obs: torch.Tensor, data_actions: torch.Tensor,
+              actor_actions: torch.Tensor, flow_actions: torch.Tensor, lam: torch.Tensor, eta: float, guidance_fn: str,
+              q_agg: str, guidance_agg: str) -> tuple:
+    """VaBC loss L_VaBC(omega) (paper): E[g_eta(s, a) * ||v_omega(s, x_t, t) - (a - x_0)||^2], weighted flow matching.
+
+    g uses the TARGET critic, the data action a and the reference action(s) of `guidance_agg`
+    (the actor's clipped action; or the VaBC sample for the same z; or min/mean/max of both), and
+    carries no gradient. eta = 0 is plain (unweighted) flow matching, i.e. FQL's BC flow.
+    Returns (loss, weights or None, advantage Qbar(s, a) - Qbar(s, a_ref) or None).
+    """
+    errors = flow_matching_errors(vabc, obs, data_actions)
+    if eta == 0:
+        return errors.mean(), None, None
+    with torch.no_grad():
+        acts = [data_actions]
+        if guidance_agg != "vabc":
+            acts.append(actor_actions)
+        if guidance_agg != "actor":
+            acts.append(flow_actions)
+        qs = aggregate(target_critic(obs.repeat(len(acts), 1), torch.cat(acts)), q_agg).chunk(len(acts))
+        q_data = qs[0]
+        q_ref = combine(qs[1] if guidance_agg != "vabc" else None, qs[-1] if guidance_agg != "actor" else None, guidance_agg)
+        weights = guidance_weights(q_data, q_ref, lam, eta, guidance_fn)
+    return (weights * errors).mean(), weights, q_data - q_ref
+
+
+def guidance_statistics(weights: torch.Tensor, advantage: torch.Tensor) -> dict:
+    """Mean weight, share above 0.5, and the Pearson correlation of the weights with the advantage (0 if either is constant)."""
+    w, adv = weights - weights.mean(), advantage - advantage.mean()
+    denom = (w.pow(2).sum() * adv.pow(2).sum()).sqrt()
+    corr = torch.where(denom > 0, (w * adv).sum() / denom.clamp_min(1e-30), torch.zeros_like(denom))
+    return {"mean": weights.mean(), "above_50": (weights > 0.5).float().mean(), "adv_corr": corr,
+            "advantage_mean": advantage.mean()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: datasets, replay buffer, environments, evaluation
+# ---------------------------------------------------------------------------------------------
+class DatasetError(ValueError):
+    """Bad --env-id or dataset contents; reported as one line and a non-zero exit."""
+
+
+class ArgumentError(ValueError):
+    """An invalid combination of arguments; reported as one line and a non-zero exit."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) as in the official code
+
+
+def flatten_obs(space: gym.Space, obs) -> np.ndarray:
+    """Flatten (a batch of) observations of a Box or Dict space to float32 (batch, dim) in `space`'s key order."""
+    if isinstance(space, gym.spaces.Dict):
+        return np.concatenate([flatten_obs(s, obs[k]) for k, s in space.spaces.items()], axis=-1)
+    obs = np.asarray(obs, dtype=np.float32)
+    return obs.reshape(*obs.shape[: obs.ndim - len(space.shape)], -1)
+
+
+def check_spaces(obs_space: gym.Space, act_space: gym.Space) -> None:
+    if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
+        raise DatasetError(f"GFP needs a continuous 1-D Box action space; this dataset has {act_space}")
+    if not np.all(np.isfinite(act_space.low)) or not np.all(np.isfinite(act_space.high)):
+        raise DatasetError(f"GFP needs a bounded action space to rescale to [-1, 1]; got {act_space}")
+    spaces = obs_space.spaces.values() if isinstance(obs_space, gym.spaces.Dict) else [obs_space]
+    for space in spaces:
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) > 1:
+            raise DatasetError(f"GFP handles flat Box (or Dict of flat Box) observations; got {obs_space}")
+
+
+class OfflineData:
+    """Transitions of an offline dataset as float32 arrays, with the means to evaluate on its env."""
+
+    def __init__(self, transitions: dict, make_env: Callable[[], gym.Env], flatten: Callable, score: Callable):
+        self.transitions = transitions  # observations, actions, rewards, masks, next_observations
+        self.make_env = make_env  # -> env with actions in [-1, 1]
+        self.flatten = flatten  # env observation(s) -> float32 (batch, obs_dim)
+        self.score = score  # episode returns -> normalized score x100 (or None)
+
+
+def to_unit_box(actions: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    return np.clip(2.0 * (actions - low) / (high - low) - 1.0, -ACTION_CLIP, ACTION_CLIP).astype(np.float32)
+
+
+def unit_box_env(env: gym.Env) -> gym.Env:
+    space = env.action_space
+    if np.allclose(space.low, -1.0) and np.allclose(space.high, 1.0):
+        return env
+    return gym.wrappers.RescaleAction(env, -1.0, 1.0)
+
+
+def load_minari(dataset, env_id: str) -> OfflineData:
+    import minari
+
+    check_spaces(dataset.observation_space, dataset.action_space)
+    obs_space = dataset.observation_space
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminations", "next_observations")}
+    for episode in dataset.iterate_episodes():
+        obs = flatten_obs(obs_space, episode.observations)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(np.asarray(episode.actions, dtype=np.float32))
+        parts["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
+        parts["terminations"].append(np.asarray(episode.terminations, dtype=np.float32))
+    if not parts["actions"]:
+        raise DatasetError(f"dataset {env_id!r} has no episodes")
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    data["actions"] = to_unit_box(data["actions"], dataset.action_space)
+    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as the official code
+        data["rewards"] = data["rewards"] - 1.0
+    data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
+
+    def make_env():
+        try:
+            return unit_box_env(dataset.recover_environment(eval_env=True))
+        except Exception as e:  # a missing env package, an env id unknown to this gymnasium
+            raise DatasetError(f"cannot recreate the evaluation env of {env_id!r}: {type(e).__name__}: {e}") from e
+
+    has_ref = dataset.storage.metadata.get("ref_min_score") is not None and dataset.storage.metadata.get("ref_max_score") is not None
+    score = (lambda returns: 100.0 * minari.get_normalized_score(dataset, np.asarray(returns))) if has_ref else (lambda r: None)
+    return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score)
+
+
+def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
+    import ogbench
+
+    if "singletask" not in name.split("-"):
+        raise DatasetError(f"GFP needs a reward-labelled OGBench dataset (e.g. cube-single-play-singletask-task2-v0); got {name!r}")
+    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir))
+    check_spaces(env.observation_space, env.action_space)
+    data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
+    data["actions"] = to_unit_box(data["actions"], env.action_space)
+    env.close()
+    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
+    return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
+
+
+def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
+    """Resolve --env-id: a local Minari dataset dir, an embedded dataset, an OGBench name, a Minari id."""
+    import minari
+
+    tried = []
+    for path in (Path(env_id), Path(__file__).resolve().parent / "datasets" / env_id):
+        for data_dir in (path / "data", path):
+            if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
+                return validated(load_minari(minari.MinariDataset(data_dir), env_id), env_id)
+        tried.append(f"no Minari dataset in {path}")
+    if "/" not in env_id and env_id.endswith("-v0"):
+        try:
+            return validated(load_ogbench(env_id, ogbench_dataset_dir), env_id)
+        except DatasetError:
+            raise
+        except Exception as e:
+            tried.append(f"OGBench: {type(e).__name__}: {e}")
+    else:
+        try:
+            return validated(load_minari(minari.load_dataset(env_id, download=True), env_id), env_id)
+        except DatasetError:
+            raise
+        except Exception as e:
+            tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with "
+                       f"`minari list remote`, see datasets/ for the embedded ones, or pass an OGBench "
+                       f"singletask name such as cube-single-play-singletask-task2-v0")
+
+
+def validated(data: OfflineData, env_id: str) -> OfflineData:
+    for key, array in data.transitions.items():
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise DatasetError(f"dataset {env_id!r} has {int(bad.sum())} non-finite values in {key!r}")
+    return data
+
+
+class ReplayBuffer:
+    """All transitions as tensors on `device`; offline data first, online transitions appended."""
+
+    def __init__(self, transitions: dict, capacity: int, device: torch.device):
+        self.size = len(transitions["rewards"])
+        capacity = max(capacity, self.size)
+        self.data = {}
+        for key, array in transitions.items():
+            tensor = torch.zeros((capacity,) + array.shape[1:], dtype=torch.float32, device=device)
+            tensor[: self.size] = torch.as_tensor(array, device=device)
+            self.data[key] = tensor
+
+    def add(self, **transition) -> None:
+        for key, value in transition.items():
+            self.data[key][self.size] = torch.as_tensor(value, dtype=torch.float32)
+        self.size += 1
+
+    def sample(self, batch_size: int) -> dict:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.data["rewards"].device)
+        return {key: tensor[idx] for key, tensor in self.data.items()}
+
+
+def evaluate(data: OfflineData, envs: list, policy: Callable, episodes: int, seed: int, device: torch.device) -> dict:
+    """Run `episodes` episodes on the `envs` in parallel, one batched policy call per step."""
+    returns, successes = [], []
+    next_episode = 0
+    obs, ep_return, active = [None] * len(envs), [0.0] * len(envs), [False] * len(envs)
+    for i, env in enumerate(envs):
+        if next_episode < episodes:
+            obs[i], _ = env.reset(seed=seed + next_episode)
+            active[i], next_episode = True, next_episode + 1
+    while any(active):
+        ids = [i for i in range(len(envs)) if active[i]]
+        batch = torch.as_tensor(np.stack([data.flatten(obs[i]) for i in ids]), device=device)
+        actions = policy(batch).cpu().numpy()
+        for i, action in zip(ids, actions):
+            obs[i], reward, terminated, truncated, info = envs[i].step(action)
+            ep_return[i] += float(reward)
+            if terminated or truncated:
+                returns.append(ep_return[i])
+                if "success" in info:
+                    successes.append(float(info["success"]))
+                ep_return[i] = 0.0
+                if next_episode < episodes:
+                    obs[i], _ = envs[i].reset(seed=seed + next_episode)
+                    next_episode += 1
+                else:
+                    active[i] = False
+    metrics = {"episodic_return": float(np.mean(returns)), "episodic_return_std": float(np.std(returns))}
+    score = data.score(returns)
+    if score is not None:
+        metrics["normalized_score"] = float(np.mean(score))
+        metrics["normalized_score_std"] = float(np.std(score))
+    if successes:
+        metrics["success"] = float(np.mean(successes))
+    return metrics
+
+
+def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer, step: int, args: Args) -> None:
+    """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
+    state = {name: m.state_dict() for name, m in modules.items()}
+    state.update(optimizer=optimizer.state_dict(), step=step, args=asdict(args))
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    if args.eta < 0 or (args.eta_online is not None and args.eta_online < 0):
+        raise ArgumentError(f"--eta and --eta-online must be >= 0, got {args.eta} and {args.eta_online}")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+    data = load_offline_data(args.env_id, args.ogbench_dataset_dir)
+    obs_dim = data.transitions["observations"].shape[1]
+    act_dim = data.transitions["actions"].shape[1]
+    buffer = ReplayBuffer(data.transitions, len(data.transitions["rewards"]) + args.online_steps, device)
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    # networks: VaBC flow v_omega, one-step actor mu_theta, critic ensemble Q_phi (+ target)
+    vabc = VaBCField(obs_dim, act_dim, args.hidden_dim, args.num_layers, args.time_emb_dim).to(device)
+    actor = OneStepActor(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
+    critic = Critic(obs_dim, act_dim, args.hidden_dim, args.num_layers, args.num_critics).to(device)
+    target_critic = Critic(obs_dim, act_dim, args.hidden_dim, args.num_layers, args.num_critics).to(device)
+    target_critic.load_state_dict(critic.state_dict())
+    target_critic.requires_grad_(False)
+    modules = dict(vabc=vabc, actor=actor, critic=critic, target_critic=target_critic)
+    params = [p for m in (vabc, actor, critic) for p in m.parameters()]
+    # one Adam over all networks, as the official code (Adam is per-parameter: same as one per network)
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    start_step = 0
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location=device)
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+    critic_params, target_params = list(critic.parameters()), list(target_critic.parameters())
+    eta = {"now": args.eta}  # switched to --eta-online when fine-tuning starts
+
+    def update(batch: dict) -> dict:
+        obs = batch["observations"]
+        loss_critic, q = critic_loss(critic, target_critic, actor, vabc, batch, args.gamma, args.q_agg, args.target_agg,
+                                     args.target_use_next, args.flow_steps)
+        loss_distill, loss_q, lam, actor_actions, flow_actions = actor_losses(
+            actor, vabc, critic, obs, act_dim, args.flow_steps, args.q_agg, args.normalize_q_loss)
+        loss_vabc, weights, advantage = vabc_loss(vabc, target_critic, obs, batch["actions"], actor_actions, flow_actions,
+                                                  lam, eta["now"], args.guidance_fn, args.q_agg, args.guidance_agg)
+        loss = loss_critic + loss_vabc + args.alpha * loss_distill + loss_q  # one summed loss, one Adam step
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(target_params, critic_params, args.tau)
+        out = {"critic_loss": loss_critic.detach(), "vabc_loss": loss_vabc.detach(), "distill_loss": loss_distill.detach(),
+               "q_loss": loss_q.detach(), "q_mean": q.detach().mean(), "total_loss": loss.detach()}
+        if weights is not None:
+            out.update({f"guidance/{k}": v for k, v in guidance_statistics(weights, advantage).items()}, weights=weights)
+        return out
+
+    if args.compile:
+        update = torch.compile(update)
+
+    def noise(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return torch.randn(obs.shape[0], act_dim, device=device, generator=generator)
+
+    @torch.no_grad()
+    def actor_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The deployed policy: a = clip(mu_theta(s, z), -1, 1), one network call."""
+        return actor(obs, noise(obs, generator)).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def flow_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The VaBC flow: flow_steps Euler steps from z ~ N(0, I), clipped."""
+        return sample_flow(vabc, obs, noise(obs, generator), args.flow_steps)
+
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    checkpoint_path = run_dir / f"{args.exp_name}.pt"
+    total = args.total_steps + args.online_steps
+    progress = Progress(total, start_step)
+    online_env = data.make_env() if args.online_steps > 0 else None
+    online_obs, episode_return, episode_length, episodes_done = None, 0.0, 0, 0
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    metrics: dict = {}
+    t0, last_log_step = time.time(), start_step
+    hist_bins = np.linspace(0.0, 1.0, 41) if args.guidance_fn == "softmax" else "tensorflow"
+
+    def run_evaluation(step: int) -> dict:
+        """Same env seeds and policy noise at every evaluation, independent of the training RNG.
+
+        eval/actor_* is the one-step actor (the deployed policy, the paper's headline numbers, also
+        logged without prefix as eval/<metric>), eval/flow_* the VaBC flow."""
+        policies = {"actor_": actor_policy, "flow_": flow_policy} if args.eval_flow else {"actor_": actor_policy}
+        result = {}
+        for prefix, policy in policies.items():
+            generator = torch.Generator(device=device).manual_seed(args.seed)
+            metrics = evaluate(data, eval_envs, lambda obs: policy(obs, generator), args.eval_episodes, 10_000 * args.seed, device)
+            result.update({f"eval/{prefix}{k}": v for k, v in metrics.items()})
+            if prefix == "actor_":
+                result.update({f"eval/{k}": v for k, v in metrics.items()})
+        for k, v in result.items():
+            writer.add_scalar(k, v, step)
+        shown = [k for k in result if k.startswith(("eval/actor_", "eval/flow_")) and not k.endswith("_std")]
+        progress.write(f"step {step}: " + ", ".join(f"{k[5:]}={result[k]:.3f}" for k in shown))
+        return result
+
+    for step in range(start_step + 1, total + 1):
+        if step > args.total_steps:  # online fine-tuning: one env step with the actor, then one update
+            if online_obs is None:
+                online_obs, _ = online_env.reset(seed=args.seed)
+                eta["now"] = args.eta if args.eta_online is None else args.eta_online
+            obs_t = torch.as_tensor(data.flatten(online_obs)[None], device=device)
+            action = actor_policy(obs_t)[0].cpu().numpy()
+            next_obs, reward, terminated, truncated, info = online_env.step(action)
+            buffer.add(observations=data.flatten(online_obs), actions=action, rewards=reward,
+                       masks=1.0 - float(terminated), next_observations=data.flatten(next_obs))
+            episode_return, episode_length = episode_return + float(reward), episode_length + 1
+            online_obs = next_obs
+            if terminated or truncated:
+                writer.add_scalar("charts/episodic_return", episode_return, step)
+                writer.add_scalar("charts/episodic_length", episode_length, step)
+                if "success" in info:
+                    writer.add_scalar("charts/success", float(info["success"]), step)
+                online_obs, episode_return, episode_length = None, 0.0, 0
+                episodes_done += 1
+
+        losses = update(buffer.sample(args.batch_size))
+        nonfinite |= ~torch.isfinite(losses["total_loss"])
+
+        log_now, eval_now = step % args.log_freq == 0 or step == total, step % args.eval_freq == 0 or step == total
+        if (log_now or eval_now) and nonfinite.item():  # checked before anything is logged, evaluated or saved
+            raise NonFiniteLossError(
+                f"non-finite loss within steps {last_log_step + 1}..{step}; training stopped"
+                + (f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
+        if log_now:
+            sps = (step - last_log_step) / (time.time() - t0)
+            weights = losses.pop("weights", None)
+            for k, v in losses.items():
+                writer.add_scalar(k if k.startswith("guidance/") else f"losses/{k}", v.item(), step)
+            if weights is not None:  # the guidance weights of this step's batch (docs/gfp.md's histogram)
+                writer.add_histogram("guidance/weights", weights.float().cpu().numpy(), step, bins=hist_bins)
+            writer.add_scalar("charts/SPS", sps, step)
+            extra = {"w": losses["guidance/mean"].item()} if weights is not None else {}
+            progress.update(step, sps=sps, critic=losses["critic_loss"].item(), q=losses["q_mean"].item(), **extra,
+                            **headline(metrics))
+            t0, last_log_step = time.time(), step
+        if eval_now:
+            metrics = run_evaluation(step)
+            if args.save_model:
+                save_checkpoint(checkpoint_path, modules, optimizer, step, args)
+    if total == start_step:  # nothing to train (e.g. --total-steps 0 with a checkpoint): just evaluate
+        metrics = run_evaluation(start_step)
+    progress.close()
+    writer.close()
+    for env in eval_envs + ([online_env] if online_env else []):
+        env.close()
+    return metrics
+
+
+def headline(metrics: dict) -> dict:
+    """The latest evaluation's main number, for the progress bar."""
+    for key in ("eval/success", "eval/normalized_score", "eval/episodic_return"):
+        if key in metrics:
+            return {key.split("/")[1]: metrics[key]}
+    return {}
+
+
+class Progress:
+    """tqdm bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int, initial: int):
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True)
+        self.total, self.last = total, initial
+
+    def update(self, step: int, **postfix) -> None:
+        text = {k: f"{v:.3g}" for k, v in postfix.items()}
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix(text, refresh=False)
+        else:
+            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()), flush=True)
+        self.last = step
+
+    def write(self, text: str) -> None:
+        (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except (DatasetError, NonFiniteLossError, ArgumentError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,419 @@
+"""Tests for gfp.py: guidance-weight properties, losses on cases with known answers, the two-mode bandit
+(the VaBC flow moves its mass to the better mode, an unweighted BC flow does not), learning curve,
+bad input, NaN handling, determinism, logging of the guidance statistics, every data path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import OGBENCH_TINY, ROOT, import_script
+from toy_envs import GOOD_MODE
+
+gfp = import_script("gfp")
+
+
+@pytest.fixture(scope="module")
+def small_bandit(make_bandit_dataset):
+    """The two-mode bandit with 200 episodes: loads 10x faster, for runs that only check plumbing."""
+    return make_bandit_dataset("gfp-small-bandit", n_episodes=200)
+
+
+def tiny(**overrides) -> "gfp.Args":
+    base = gfp.Args(cuda=False, hidden_dim=64, num_layers=2, batch_size=64, total_steps=200, eval_freq=200,
+                    eval_episodes=5, log_freq=100)
+    return replace(base, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------- guidance weights
+def test_guidance_weights_are_the_two_way_softmax_and_lie_in_0_1():
+    torch.manual_seed(0)
+    q_data, q_ref = torch.randn(1000, dtype=torch.float64) * 3, torch.randn(1000, dtype=torch.float64) * 3
+    lam, eta = 0.7, 0.5  # |k * advantage| < 40: strictly inside (0, 1) in float64
+    w = gfp.guidance_weights(q_data, q_ref, lam, eta)
+    k = lam / eta
+    softmax = torch.exp(k * q_data) / (torch.exp(k * q_data) + torch.exp(k * q_ref))
+    assert torch.allclose(w, softmax, atol=1e-6)
+    assert ((w > 0) & (w < 1)).all()
+    assert gfp.guidance_weights(torch.tensor(1.0), torch.tensor(0.0), 1.0, 1.0).item() == pytest.approx(1 / (1 + np.exp(-1)))
+
+
+def test_guidance_weight_is_one_half_when_data_and_reference_values_are_equal():
+    q = torch.linspace(-5, 5, 11)
+    for eta in (1e-6, 1e-3, 1.0):
+        assert torch.equal(gfp.guidance_weights(q, q.clone(), 2.0, eta), torch.full_like(q, 0.5))
+
+
+def test_guidance_weights_go_to_the_sign_of_the_advantage_as_eta_goes_to_zero():
+    q_ref = torch.zeros(6)
+    q_data = torch.tensor([-1.0, -0.1, -1e-3, 1e-3, 0.1, 1.0])
+    w_soft = gfp.guidance_weights(q_data, q_ref, 1.0, 1.0)
+    w_hard = gfp.guidance_weights(q_data, q_ref, 1.0, 1e-8)
+    assert torch.equal(w_hard, (q_data > 0).float())
+    # monotone in the advantage and sharper for a smaller eta
+    assert (w_soft.diff() > 0).all()
+    assert ((w_hard - 0.5).abs() >= (w_soft - 0.5).abs()).all()
+
+
+def test_guidance_is_invariant_to_the_scale_of_q_through_lambda():
+    # lambda = 1 / mean|Q|: multiplying every Q by c and lambda by 1/c leaves the weights unchanged
+    torch.manual_seed(1)
+    q_data, q_ref = torch.randn(64), torch.randn(64)
+    w = gfp.guidance_weights(q_data, q_ref, 1.0, 0.1)
+    assert torch.allclose(gfp.guidance_weights(100 * q_data, 100 * q_ref, 0.01, 0.1), w, atol=1e-6)
+
+
+def test_advantage_guidance_is_the_unnormalised_exponential():
+    q_data, q_ref = torch.tensor([0.0, 1.0, -1.0]), torch.tensor([0.0, 0.5, 0.5])
+    w = gfp.guidance_weights(q_data, q_ref, 2.0, 1.0, guidance_fn="advantage")
+    assert torch.allclose(w, torch.exp(2.0 * (q_data - q_ref)))
+
+
+def test_guidance_statistics_known_values():
+    w = torch.tensor([0.1, 0.4, 0.6, 0.9])
+    stats = gfp.guidance_statistics(w, 3 * w - 1)
+    assert stats["mean"].item() == pytest.approx(0.5)
+    assert stats["above_50"].item() == pytest.approx(0.5)
+    assert stats["adv_corr"].item() == pytest.approx(1.0)
+    assert gfp.guidance_statistics(torch.ones(4), torch.arange(4.0))["adv_corr"].item() == 0.0  # constant: 0, not NaN
+
+
+# ---------------------------------------------------------------------------------------------- networks, sampler
+def test_sinusoidal_time_embedding_known_values():
+    emb = gfp.SinusoidalTimeEmbedding(64)
+    t = torch.tensor([[0.0], [0.5]])
+    out = emb(t)
+    assert out.shape == (2, 64)
+    assert torch.equal(out[0], torch.cat([torch.zeros(32), torch.ones(32)]))
+    freqs = torch.exp(torch.arange(32) * (-np.log(10000.0) / 31))
+    assert freqs[0] == 1.0 and freqs[-1].item() == pytest.approx(1e-4)
+    assert torch.allclose(out[1], torch.cat([torch.sin(0.5 * freqs), torch.cos(0.5 * freqs)]))
+
+
+class ExactField(torch.nn.Module):
+    """The exact conditional velocity towards c (a tensor, or a function of obs): v(x_t, t) = (c - x_t) / (1 - t)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, obs, x_t, t):
+        c = self.c(obs) if callable(self.c) else self.c
+        return (c - x_t) / (1.0 - t)
+
+
+def test_euler_sampler_with_a_constant_field_lands_on_x0_plus_v():
+    v = torch.tensor([0.25, -0.5])
+    field = lambda obs, x, t: v.expand_as(x)  # noqa: E731
+    z = torch.tensor([[0.1, 0.2], [0.9, -0.9]])
+    out = gfp.sample_flow(field, torch.zeros(2, 1), z, flow_steps=10)
+    assert torch.allclose(out, (z + v).clamp(-1, 1), atol=1e-6)
+
+
+def test_flow_matching_error_is_zero_for_the_exact_velocity_and_known_for_the_zero_field():
+    torch.manual_seed(0)
+    actions = torch.tensor([[0.3, -0.7]]).expand(512, 2).double()
+    assert gfp.flow_matching_errors(ExactField(actions), torch.zeros(512, 3, dtype=torch.float64), actions).max() < 1e-12
+    # v = 0: error = E||a - x_0||^2 / d = a^2 + 1 per dimension (x_0 ~ N(0, I))
+    zero = lambda obs, x, t: torch.zeros_like(x)  # noqa: E731
+    errors = gfp.flow_matching_errors(zero, torch.zeros(20000, 1), torch.full((20000, 2), 0.5))
+    assert errors.shape == (20000,) and errors.mean().item() == pytest.approx(1.25, rel=0.02)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def make_nets(obs_dim=3, act_dim=2, hidden=32):
+    torch.manual_seed(0)
+    return (gfp.VaBCField(obs_dim, act_dim, hidden, 2, 16), gfp.OneStepActor(obs_dim, act_dim, hidden, 2),
+            gfp.Critic(obs_dim, act_dim, hidden, 2, 2), gfp.Critic(obs_dim, act_dim, hidden, 2, 2))
+
+
+def constant_critic(critic, values):
+    """Make member k output values[k] everywhere (zero last-layer weights, bias = value)."""
+    last = critic.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(values, dtype=torch.float32).view(-1, 1, 1))
+    return critic
+
+
+def test_vabc_loss_with_eta_zero_is_plain_flow_matching():
+    vabc, _, _, target = make_nets()
+    obs, actions = torch.randn(32, 3), torch.rand(32, 2) * 2 - 1
+    torch.manual_seed(5)
+    loss, weights, _ = gfp.vabc_loss(vabc, target, obs, actions, actions, actions, torch.tensor(1.0), 0.0, "softmax", "mean", "actor")
+    torch.manual_seed(5)  # the same noise: x_0 then t, the linear path, target velocity a - x_0
+    x_0, t = torch.randn_like(actions), torch.rand(32, 1)
+    expected = torch.nn.functional.mse_loss(vabc(obs, (1 - t) * x_0 + t * actions, t), actions - x_0)
+    assert weights is None
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_vabc_loss_is_half_the_plain_loss_when_the_critic_cannot_tell_actions_apart():
+    vabc, _, _, target = make_nets()
+    constant_critic(target, [2.0, 4.0])
+    obs, actions, other = torch.randn(32, 3), torch.rand(32, 2) * 2 - 1, torch.rand(32, 2) * 2 - 1
+    torch.manual_seed(5)
+    plain, _, _ = gfp.vabc_loss(vabc, target, obs, actions, other, other, torch.tensor(1.0), 0.0, "softmax", "mean", "actor")
+    for agg in ("actor", "vabc", "min", "mean", "max"):
+        torch.manual_seed(5)
+        loss, weights, adv = gfp.vabc_loss(vabc, target, obs, actions, other, other, torch.tensor(1 / 3), 1e-3, "softmax",
+                                           "mean", agg)
+        assert torch.equal(weights, torch.full((32,), 0.5)) and torch.equal(adv, torch.zeros(32))
+        assert loss.item() == pytest.approx(0.5 * plain.item(), rel=1e-6)
+
+
+class SumCritic(torch.nn.Module):
+    """A 2-member 'critic' with Q_1 = sum(a), Q_2 = 2 sum(a) (the observation is ignored)."""
+
+    def forward(self, obs, actions):
+        q = actions.sum(-1)
+        return torch.stack([q, 2 * q])
+
+
+def test_guidance_reference_follows_guidance_agg_and_uses_the_target_critic():
+    vabc, _, _, _ = make_nets()
+    obs = torch.randn(4, 3)
+    data = torch.full((4, 2), 0.1)  # Qbar(s, a) = 1.5 * 0.2 = 0.3 (mean aggregation), 0.2 (min)
+    actor_actions, flow_actions = torch.full((4, 2), 0.3), torch.full((4, 2), -0.2)  # 0.9 / 0.6 and -0.6 / -0.8
+    for q_agg, agg, q_data, q_ref in [("mean", "actor", 0.3, 0.9), ("mean", "vabc", 0.3, -0.6), ("mean", "min", 0.3, -0.6),
+                                      ("mean", "max", 0.3, 0.9), ("mean", "mean", 0.3, 0.15), ("min", "actor", 0.2, 0.6),
+                                      ("min", "mean", 0.2, -0.1)]:
+        _, weights, adv = gfp.vabc_loss(vabc, SumCritic(), obs, data, actor_actions, flow_actions, torch.tensor(2.0), 0.5,
+                                        "softmax", q_agg, agg)
+        assert torch.allclose(adv, torch.full((4,), q_data - q_ref), atol=1e-6), (q_agg, agg)
+        assert torch.allclose(weights, torch.sigmoid(torch.full((4,), 4.0 * (q_data - q_ref))), atol=1e-6)
+
+
+def test_vabc_loss_trains_only_the_vabc_field():
+    vabc, _, critic, target = make_nets()
+    obs, actions = torch.randn(16, 3), torch.rand(16, 2) * 2 - 1
+    loss, _, _ = gfp.vabc_loss(vabc, critic, obs, actions, actions.flip(0), actions, torch.tensor(1.0), 1e-2, "softmax",
+                               "mean", "min")
+    loss.backward()
+    assert all(p.grad is None for p in critic.parameters())  # no gradient through the guidance weights
+    assert all(p.grad is not None for p in vabc.parameters())
+
+
+def test_actor_losses_train_only_the_actor_and_normalise_q():
+    vabc, actor, critic, _ = make_nets()
+    constant_critic(critic, [3.0, 5.0])
+    distill, q_loss, lam, clipped, flow_actions = gfp.actor_losses(actor, vabc, critic, torch.randn(8, 3), 2, 10, "mean", True)
+    assert q_loss.item() == pytest.approx(-1.0) and lam.item() == pytest.approx(0.25)
+    assert not clipped.requires_grad and clipped.abs().max() <= 1 and flow_actions.abs().max() <= 1
+    _, q_min, lam_min, _, _ = gfp.actor_losses(actor, vabc, critic, torch.randn(8, 3), 2, 10, "min", False)
+    assert q_min.item() == pytest.approx(-3.0) and lam_min.item() == pytest.approx(1 / 3)
+    critic = gfp.Critic(3, 2, 32, 2, 2)  # a non-constant critic, so that the Q term has a gradient
+    distill, q_loss, *_ = gfp.actor_losses(actor, vabc, critic, torch.randn(8, 3), 2, 10, "mean", True)
+    (distill + q_loss).backward()
+    assert all(p.grad is None for p in vabc.parameters())  # distillation target carries no gradient
+    assert all(p.grad is None for p in critic.parameters())  # the Q term must not train the critic
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in actor.parameters())
+
+
+class ConstantActor(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, obs, z):
+        return torch.full_like(z, self.value)
+
+
+@pytest.mark.parametrize("target_agg, use_next, next_q", [
+    ("actor", True, 1.5 * 0.8),  # the actor's next action 0.4 per dim: Q = mean of {sum, 2 sum} = 1.5 * 0.8
+    ("vabc", True, 1.5 * 0.2),  # the VaBC flow lands on next_obs[:, :2] = 0.1
+    ("vabc", False, 1.5 * -0.6),  # ... or on obs[:, :2] = -0.3 (the official code's target_use_next=False)
+    ("min", True, 1.5 * 0.2), ("max", True, 1.5 * 0.8), ("mean", True, 1.5 * 0.5)])
+def test_critic_loss_known_answer_for_every_target_rule(target_agg, use_next, next_q):
+    _, _, critic, _ = make_nets()
+    constant_critic(critic, [0.5, 1.5])
+    vabc = ExactField(lambda obs: obs[:, :2])
+    batch = {"observations": torch.full((4, 3), -0.3), "actions": torch.rand(4, 2) * 2 - 1,
+             "next_observations": torch.full((4, 3), 0.1), "rewards": torch.tensor([0.0, 1.0, -1.0, 2.0]),
+             "masks": torch.tensor([1.0, 1.0, 0.0, 1.0])}
+    loss, q = gfp.critic_loss(critic, SumCritic(), ConstantActor(0.4), vabc, batch, 0.9, "mean", target_agg, use_next, 10)
+    target_q = batch["rewards"] + 0.9 * batch["masks"] * next_q
+    expected = ((torch.tensor([[0.5], [1.5]]) - target_q) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(q, torch.tensor([[0.5] * 4, [1.5] * 4]))
+
+
+# ---------------------------------------------------------------------------------------------- behaviour
+def mode_fraction(actions: np.ndarray) -> float:
+    """Share of actions closer to the bandit's better mode."""
+    return float(np.mean(np.linalg.norm(actions - GOOD_MODE, axis=1) < np.linalg.norm(actions + GOOD_MODE, axis=1)))
+
+
+def trained_flow_share(run_dir, hidden: int) -> float:
+    state = torch.load(next(run_dir.glob("runs/*/gfp.pt")))
+    vabc = gfp.VaBCField(2, 2, hidden, 2)
+    vabc.load_state_dict(state["vabc"])
+    torch.manual_seed(0)
+    return mode_fraction(gfp.sample_flow(vabc, torch.ones(2000, 2), torch.randn(2000, 2), 10).numpy())
+
+
+def test_bandit_vabc_flow_moves_to_the_better_mode_while_the_unweighted_bc_flow_does_not(bandit_dataset, tmp_path, monkeypatch):
+    """Same code path, same seed: eta = 1e-3 (GFP's default) vs eta = 0 (unweighted flow matching, FQL's BC flow)."""
+    shares, metrics = {}, {}
+    for eta in (1e-3, 0.0):
+        folder = tmp_path / f"eta{eta}"
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        metrics[eta] = gfp.main(tiny(env_id=str(bandit_dataset), total_steps=1200, alpha=0.3, hidden_dim=128, eta=eta,
+                                     eval_episodes=100, eval_freq=1200, log_freq=400, save_model=True))
+        shares[eta] = trained_flow_share(folder, 128)
+    assert shares[1e-3] >= 0.8, shares
+    assert 0.3 < shares[0.0] < 0.7, shares
+    # the VaBC flow and the actor both beat the unweighted BC flow on return
+    assert metrics[1e-3]["eval/flow_normalized_score"] > metrics[0.0]["eval/flow_normalized_score"] + 10, metrics
+    assert metrics[1e-3]["eval/actor_normalized_score"] > metrics[0.0]["eval/flow_normalized_score"] + 30, metrics
+
+
+def reacher_dataset_score() -> float:
+    """The behaviour policy's mean normalized score over the embedded dataset's episodes."""
+    import minari
+
+    dataset = minari.MinariDataset(ROOT / "datasets/flowrl/reacher/mixed-v0/data")
+    returns = np.array([episode.rewards.sum() for episode in dataset.iterate_episodes()])
+    return float(np.mean(100 * minari.get_normalized_score(dataset, returns)))
+
+
+def test_learning_curve_on_the_embedded_reacher_dataset_beats_the_behaviour_policy(in_tmp):
+    """GFP's actor and VaBC flow after 1000 updates vs the dataset's own score (its 1/3 random episodes score ~0)."""
+    metrics = gfp.main(tiny(env_id="flowrl/reacher/mixed-v0", total_steps=1000, alpha=0.3, hidden_dim=128, batch_size=256,
+                            eval_freq=1000, log_freq=500, eval_episodes=100))
+    baseline = reacher_dataset_score()
+    assert metrics["eval/actor_normalized_score"] > baseline + 25, (metrics, baseline)
+    assert metrics["eval/flow_normalized_score"] > baseline + 15, (metrics, baseline)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_learning_curve_on_the_embedded_reacher_dataset_beats_an_unweighted_bc_flow(seed, tmp_path, monkeypatch):
+    """GFP (actor and VaBC flow) vs the BC flow of the same code with eta = 0, 5000 updates, 100 episodes each."""
+    metrics = {}
+    for eta in (1e-3, 0.0):
+        (tmp_path / str(eta)).mkdir()
+        monkeypatch.chdir(tmp_path / str(eta))
+        metrics[eta] = gfp.main(tiny(env_id="flowrl/reacher/mixed-v0", total_steps=5000, alpha=0.3, hidden_dim=128,
+                                     batch_size=256, eval_freq=5000, log_freq=1000, eval_episodes=100, eta=eta, seed=seed))
+    bc = metrics[0.0]["eval/flow_normalized_score"]
+    assert metrics[1e-3]["eval/actor_normalized_score"] > bc + 10, metrics
+    assert metrics[1e-3]["eval/flow_normalized_score"] > bc + 5, metrics
+
+
+# ---------------------------------------------------------------------------------------------- logging, variants, data paths
+def test_guidance_statistics_and_histogram_are_logged(small_bandit, in_tmp):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    gfp.main(tiny(env_id=str(small_bandit), total_steps=40, eval_freq=40, log_freq=20, eta=0.1))
+    events = EventAccumulator(str(next(in_tmp.glob("runs/*"))), size_guidance={"histograms": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("guidance/mean", "guidance/above_50", "guidance/adv_corr", "losses/vabc_loss", "losses/distill_loss",
+                "eval/actor_episodic_return", "eval/flow_episodic_return", "eval/normalized_score"):
+        assert tag in tags["scalars"], tag
+    histograms = events.Histograms("guidance/weights")
+    assert [h.step for h in histograms] == [20, 40]
+    assert histograms[-1].histogram_value.num == 64 and 0 <= histograms[-1].histogram_value.min <= histograms[-1].histogram_value.max <= 1
+
+
+@pytest.mark.parametrize("variant", [
+    dict(guidance_fn="advantage", eta=1.0, guidance_agg="min", target_agg="mean", target_use_next=False, q_agg="min"),
+    dict(target_agg="max", guidance_agg="vabc", normalize_q_loss=False, online_steps=20, eta_online=0.0)])
+def test_variants_run(small_bandit, in_tmp, variant):
+    metrics = gfp.main(tiny(env_id=str(small_bandit), total_steps=30, eval_freq=50, log_freq=25, **variant))
+    assert np.isfinite(metrics["eval/actor_episodic_return"]) and np.isfinite(metrics["eval/flow_episodic_return"])
+
+
+def test_ogbench_file_loads_and_trains(ogbench_dir, in_tmp):
+    data = gfp.load_offline_data(OGBENCH_TINY, str(ogbench_dir))
+    assert data.transitions["observations"].shape == (98, 2) and data.transitions["actions"].shape == (98, 2)
+    metrics = gfp.main(tiny(env_id=OGBENCH_TINY, ogbench_dataset_dir=str(ogbench_dir), total_steps=20, eval_episodes=1,
+                            eval_freq=20, log_freq=10, eval_flow=False))
+    assert "eval/actor_success" in metrics and "eval/success" in metrics and "eval/flow_success" not in metrics
+
+
+def test_online_finetuning_appends_to_the_buffer_and_logs_returns(small_bandit, in_tmp):
+    metrics = gfp.main(tiny(env_id=str(small_bandit), total_steps=40, online_steps=40, eval_freq=80, log_freq=20, eta_online=0.01))
+    assert np.isfinite(metrics["eval/episodic_return"])
+    assert list(in_tmp.glob("runs/*/events.out.tfevents.*"))
+
+
+def test_same_seed_gives_the_same_networks_on_cpu(small_bandit, tmp_path, monkeypatch):
+    states = []
+    for run in range(2):
+        (tmp_path / str(run)).mkdir()
+        monkeypatch.chdir(tmp_path / str(run))
+        gfp.main(tiny(env_id=str(small_bandit), total_steps=60, eval_freq=60, log_freq=30, save_model=True, eval_flow=False))
+        states.append(torch.load(next((tmp_path / str(run)).glob("runs/*/gfp.pt"))))
+    for name in ("vabc", "actor", "critic", "target_critic"):
+        for key, value in states[0][name].items():
+            assert torch.equal(value, states[1][name][key]), (name, key)
+
+
+def test_checkpoint_reloads_and_evaluates(small_bandit, in_tmp):
+    first = gfp.main(tiny(env_id=str(small_bandit), total_steps=60, eval_freq=60, save_model=True))
+    path = next(in_tmp.glob("runs/*/gfp.pt"))
+    again = gfp.main(tiny(env_id=str(small_bandit), total_steps=60, checkpoint=str(path)))
+    assert again["eval/episodic_return"] == pytest.approx(first["eval/episodic_return"])
+    assert again["eval/flow_episodic_return"] == pytest.approx(first["eval/flow_episodic_return"])
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
+    result = subprocess.run([sys.executable, str(ROOT / "gfp.py"), "--env-id", "nosuch/dataset-v0", "--no-cuda"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_negative_eta_is_rejected(small_bandit, in_tmp):
+    with pytest.raises(gfp.ArgumentError, match="--eta"):
+        gfp.main(tiny(env_id=str(small_bandit), eta=-1.0))
+
+
+def test_discrete_action_dataset_is_rejected(minari_root):
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    path = minari_root / "test/discrete-gfp-v0"
+    if not path.exists():
+        buffers = [EpisodeBuffer(id=0, observations=np.zeros((3, 4), np.float32), actions=np.array([0, 1]),
+                                 rewards=np.zeros(2, np.float32), terminations=np.array([False, True]), truncations=np.zeros(2, bool))]
+        minari.create_dataset_from_buffers("test/discrete-gfp-v0", buffers, env="CartPole-v1", ref_min_score=0.0,
+                                           ref_max_score=1.0, author="t", author_email="t@t", algorithm_name="t", code_permalink="t")
+    with pytest.raises(gfp.DatasetError, match="continuous 1-D Box action space"):
+        gfp.load_offline_data(str(path), "")
+
+
+def test_non_finite_dataset_values_are_rejected(small_bandit, monkeypatch):
+    original = gfp.load_minari
+
+    def poisoned(dataset, env_id):
+        data = original(dataset, env_id)
+        data.transitions["rewards"][3] = np.nan
+        return data
+
+    monkeypatch.setattr(gfp, "load_minari", poisoned)
+    with pytest.raises(gfp.DatasetError, match="non-finite values in 'rewards'"):
+        gfp.load_offline_data(str(small_bandit), "")
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_dataset, in_tmp):
+    # the env returns NaN rewards from its 20th step: the online phase puts them in the buffer
+    dataset = make_bandit_dataset("nan-bandit", n_episodes=200, nan_reward_after=20)
+    args = tiny(env_id=str(dataset), total_steps=100, eval_freq=100, eval_episodes=1, online_steps=300, log_freq=50,
+                save_model=True)
+    with pytest.raises(gfp.NonFiniteLossError, match="non-finite loss"):
+        gfp.main(args)
+    state = torch.load(next(in_tmp.glob("runs/*/gfp.pt")))
+    assert state["step"] == 100
+    assert all(torch.isfinite(v).all() for v in state["critic"].values())
