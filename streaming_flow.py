@@ -1,0 +1,825 @@
+"""Streaming Flow Policy (SFP).
+
+Paper: "Streaming Flow Policy: Simplifying diffusion/flow-matching policies by treating action
+trajectories as flow trajectories", Sunshine Jiang, Xiaolin Fang, Nicholas Roy, Tomas Lozano-Perez,
+Leslie Pack Kaelbling, Siddharth Ancha, arXiv:2505.21851 (CoRL 2025).
+Official code (PyTorch): https://github.com/siddancha/streaming-flow-policy
+
+Idea. A diffusion / flow-matching policy samples a whole chunk of future actions from noise and
+can act only once its sampler has finished ("a trajectory of trajectories"). SFP makes flow time
+BE action time: a demonstrated chunk of actions is a trajectory xi(t), t in [0, 1], and the policy
+learns a velocity field v_theta(a, t | h) in the ACTION space (conditioned on the observation
+history h) whose flow, started from a narrow Gaussian around the last executed action, traces the
+action trajectory itself. Integrating the ODE one step yields the next action, so actions stream
+to the robot while the flow is being integrated. The conditional flow around each demo is
+stabilizing: its velocity xi'(t) - k (a - xi(t)) pulls a perturbed action back to the demo with
+rate e^{-kt}, and its marginal p_t(a | xi) = N(xi(t), sigma0^2 e^{-2kt}) is known in closed form,
+so conditional flow matching applies. Flow matching reproduces the per-time marginals of the
+demos p(a | t, h) (not their joint over time); the stochastic variant adds a latent variable z,
+drawn from N(0, I) at t = 0 and flowing towards the trajectory, so the policy can pick a mode
+from noise even when every sample starts at the same action.
+
+This file implements:
+  * `--variant deterministic`: the action-space SFP (state a), stabilizing when `--k` > 0;
+  * `--variant stochastic`: the latent SFP (state (a, z)), a(t) = xi(t) + (a0 - xi(0)) e^{-kt}
+    + sigma_r t z0, z(t) = (1 - (1 - sigma1) t) z0 + t xi(t);
+  * streaming execution as a Python generator that yields each action as soon as its integration
+    step is done, with receding-horizon control (execute `--action-horizon` actions, re-observe,
+    restart from the last executed action);
+  * `--policy chunk`: the standard flow-matching chunk policy (noise -> whole chunk, then act),
+    trained and evaluated in the same way, as the paper's baseline;
+  * toy mode `--env-id toy/crossing` / `toy/wine-glass`: the paper's two-demo 1-D examples; the
+    learned field's sampled trajectories are plotted against the demos (PNG in the run dir).
+Deliberate differences from the official code: a FiLM-conditioned residual MLP instead of the
+65M-parameter Diffusion Policy U-Net (so it trains on a CPU); Euler integration (one step per
+action by default) instead of dopri5; the demo chunk starts at the previous executed action (the
+Push-T code uses next-agent-position actions and starts at the current position; our demos are
+force-controlled, so the previous action plays that role, zero at an episode's start).
+
+Defaults: stochastic (latent) variant, sigma0 = 0.1, sigma1 = 0.5, k = 1, H = 16, 8 executed actions, 2
+observations. On the multimodal PointMaze demos the deterministic variant averages the modes and fails
+(docs/streaming_flow.md), hence the latent default.
+
+Usage:
+  python streaming_flow.py                                            # latent SFP on the embedded PointMaze demos
+  python streaming_flow.py --variant deterministic                    # action-space SFP
+  python streaming_flow.py --policy chunk                             # flow-matching chunk baseline
+  python streaming_flow.py --env-id toy/crossing --variant deterministic --sigma0 0.05 --total-steps 2000 \
+      --batch-size 256 --hidden-dim 64 --num-blocks 2 --learning-rate 1e-3  # toy, saves trajectories.png
+See docs/streaming_flow.md for the paper <-> code map, logged metrics and results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    env_id: str = "flowrl/pointmaze/demos-v0"
+    """demonstrations: toy/crossing, toy/wine-glass, a local Minari dataset dir, an embedded id (datasets/) or a Minari id"""
+    total_steps: int = 25_000
+    """gradient steps"""
+    batch_size: int = 1024
+    """the batch size of each gradient step"""
+    learning_rate: float = 1e-4
+    """AdamW learning rate (peak of the cosine schedule)"""
+    weight_decay: float = 1e-6
+    """AdamW weight decay"""
+    lr_warmup_steps: int = 500
+    """linear warm-up steps of the cosine learning-rate schedule"""
+    ema_power: float = 0.75
+    """EMA of the weights with decay 1 - (1 + step)^-power (capped at 0.9999); evaluation uses the EMA network"""
+    hidden_dim: int = 256
+    """width of the velocity network"""
+    num_blocks: int = 3
+    """FiLM residual blocks of the velocity network"""
+    time_emb_dim: int = 64
+    """size of the sinusoidal flow-time embedding"""
+    time_emb_scale: float = 1.0
+    """t is multiplied by this before the sinusoidal embedding (1: t in [0, 1] as the official code)"""
+    eval_freq: int = 5_000
+    """evaluate every this many gradient steps (and at the end)"""
+    eval_episodes: int = 100
+    """episodes per evaluation"""
+    eval_envs: int = 50
+    """environments stepped in parallel (one batched policy call per step)"""
+    log_freq: int = 500
+    """log losses every this many gradient steps (the only host syncs of the loop)"""
+    save_model: bool = False
+    """save a checkpoint at every evaluation (runs/<run>/<exp_name>.pt)"""
+    checkpoint: Optional[str] = None
+    """load the networks (and optimizer) from this checkpoint before training"""
+
+    # Algorithm specific arguments
+    policy: Literal["sfp", "chunk"] = "sfp"
+    """sfp: streaming flow policy; chunk: standard flow-matching action-chunk policy (the paper's baseline)"""
+    variant: Literal["deterministic", "stochastic"] = "stochastic"
+    """SFP variant: action-space flow (a), or latent flow over (a, z)"""
+    obs_horizon: int = 2
+    """observations the policy is conditioned on"""
+    pred_horizon: int = 16
+    """actions per chunk (for SFP the chunk's first knot is the previous action: flow time spans pred_horizon - 1 steps)"""
+    action_horizon: int = 8
+    """actions executed before re-observing (receding horizon)"""
+    sigma0: float = 0.1
+    """std of the initial Gaussian around xi(0) (and around the last action at inference)"""
+    sigma1: float = 0.5
+    """stochastic variant: std of a(1) around xi(1) (needs sigma0 e^-k <= sigma1)"""
+    k: float = 1.0
+    """stabilizing gain: velocity xi'(t) - k (a - xi(t)); 0 gives the non-stabilizing flow"""
+    integration_steps_per_action: int = 1
+    """SFP Euler steps between two streamed actions"""
+    flow_steps: int = 10
+    """chunk policy: Euler steps from noise to the chunk"""
+    sample_start: bool = True
+    """SFP inference starts at a(0) ~ N(last action, sigma0^2) as in the paper (off: exactly at the last action, as the official Push-T code)"""
+    toy_samples: int = 200
+    """toy mode: trajectories sampled for the figure and the metrics"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Network: residual MLP with FiLM conditioning on [sinusoidal embedding of t, observation history]
+# (the official code uses Diffusion Policy's ConditionalUnet1D with the same FiLM conditioning)
+# ---------------------------------------------------------------------------------------------
+class SinusoidalPosEmb(nn.Module):
+    """Transformer-style embedding of the flow time t in [0, 1] (not rescaled, as the official code)."""
+
+    def __init__(self, dim: int, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+        half = dim // 2
+        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half) / max(half - 1, 1)), persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        x = (self.scale * t).reshape(-1, 1) * self.freqs
+        return torch.cat([x.sin(), x.cos()], dim=-1)
+
+
+class FiLMBlock(nn.Module):
+    """x + Linear(Mish(FiLM(Linear(x)))), FiLM(h) = scale(c) * h + shift(c)."""
+
+    def __init__(self, dim: int, cond_dim: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(cond).chunk(2, dim=-1)
+        h = F.mish(self.norm(self.fc1(x)))
+        return x + self.fc2(F.mish(h * (1.0 + scale) + shift))
+
+
+class VelocityNet(nn.Module):
+    """v_theta(x, t | h): x is the SFP state (a or (a, z)) or the flattened chunk; h the observation history."""
+
+    def __init__(self, x_dim: int, cond_dim: int, hidden_dim: int, num_blocks: int, time_emb_dim: int,
+                 time_emb_scale: float = 1.0):
+        super().__init__()
+        self.time_emb = nn.Sequential(SinusoidalPosEmb(time_emb_dim, time_emb_scale), nn.Linear(time_emb_dim, 4 * time_emb_dim), nn.Mish(),
+                                      nn.Linear(4 * time_emb_dim, time_emb_dim))
+        self.inp = nn.Linear(x_dim, hidden_dim)
+        self.blocks = nn.ModuleList(FiLMBlock(hidden_dim, time_emb_dim + cond_dim) for _ in range(num_blocks))
+        self.out = nn.Sequential(nn.Mish(), nn.Linear(hidden_dim, x_dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, obs_cond: torch.Tensor) -> torch.Tensor:
+        cond = torch.cat([self.time_emb(t), obs_cond], dim=-1)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.out(h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Demo trajectories xi(t): piecewise-linear through the chunk's K knots at t = i / (K - 1)
+# ---------------------------------------------------------------------------------------------
+def interpolate(knots: torch.Tensor, t: torch.Tensor) -> tuple:
+    """knots (B, K, D), t (B,) in [0, 1] -> xi(t) (B, D), xi'(t) (B, D) (first-order hold, as the official code)."""
+    segments = knots.shape[1] - 1
+    s = t * segments
+    i = (s + 1e-5).floor().clamp(0, segments - 1)  # t on a knot (as in the sampler) takes the segment to its right
+    frac = (s - i).unsqueeze(-1)
+    idx = i.long().view(-1, 1, 1).expand(-1, 1, knots.shape[2])
+    left, right = knots.gather(1, idx).squeeze(1), knots.gather(1, idx + 1).squeeze(1)
+    return left + frac * (right - left), (right - left) * segments
+
+
+def conditional_velocity(a: torch.Tensor, t: torch.Tensor, knots: torch.Tensor, k: float) -> torch.Tensor:
+    """Stabilizing conditional velocity field around one demo: v_xi(a, t) = xi'(t) - k (a - xi(t))."""
+    xi, xi_dot = interpolate(knots, t)
+    return xi_dot - k * (a - xi)
+
+
+def sigma_r(sigma0: float, sigma1: float, k: float) -> float:
+    """Latent SFP: std added through z so that a(1) has std sigma1: sigma_r = sqrt(sigma1^2 - sigma0^2 e^{-2k})."""
+    var = sigma1 ** 2 - sigma0 ** 2 * math.exp(-2.0 * k)
+    if var < -1e-12:
+        raise ValueError(f"the stochastic variant needs sigma0 e^-k <= sigma1; got sigma0={sigma0}, sigma1={sigma1}, k={k}")
+    return math.sqrt(max(var, 0.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+def sfp_loss(net: nn.Module, obs_cond: torch.Tensor, knots: torch.Tensor, k: float, sigma0: float,
+             variant: str = "deterministic", sigma1: float = 0.1) -> torch.Tensor:
+    """Conditional flow matching loss of SFP, L_CFM = E_{(h,xi)} E_{t~U[0,1]} E_{a~p_xi(a|t)} ||v_theta(a,t|h) - v_xi(a,t)||^2.
+
+    One t per (observation history, chunk) datum, as the official code.
+    deterministic: a ~ N(xi(t), sigma0^2 e^{-2kt}) (the conditional flow a(t) - xi(t) = (a0 - xi(0)) e^{-kt}),
+      target v_xi(a, t) = xi'(t) - k (a - xi(t)).
+    stochastic (latent SFP, state (a, z)): z0 ~ N(0, I), eps ~ N(0, I),
+      a(t) = xi(t) + sigma0 e^{-kt} eps + sigma_r t z0,  z(t) = (1 - (1 - sigma1) t) z0 + t xi(t);
+      targets da/dt = xi'(t) - k (a - xi(t)) + sigma_r (1 + k t) z0,  dz/dt = xi(t) + t xi'(t) - (1 - sigma1) z0.
+    """
+    t = torch.rand(knots.shape[0], device=knots.device, dtype=knots.dtype)
+    xi, xi_dot = interpolate(knots, t)
+    tt = t.unsqueeze(-1)
+    decay = torch.exp(-k * tt)
+    eps = torch.randn_like(xi)
+    if variant == "deterministic":
+        a = xi + sigma0 * decay * eps
+        target = xi_dot - k * (a - xi)
+        return F.mse_loss(net(a, t, obs_cond), target)
+    s_r = sigma_r(sigma0, sigma1, k)
+    z0 = torch.randn_like(xi)
+    a = xi + sigma0 * decay * eps + s_r * tt * z0
+    z = (1.0 - (1.0 - sigma1) * tt) * z0 + tt * xi
+    v_a = xi_dot - k * (a - xi) + s_r * (1.0 + k * tt) * z0
+    v_z = xi + tt * xi_dot - (1.0 - sigma1) * z0
+    return F.mse_loss(net(torch.cat([a, z], dim=-1), t, obs_cond), torch.cat([v_a, v_z], dim=-1))
+
+
+def chunk_fm_loss(net: nn.Module, obs_cond: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    """Baseline flow-matching chunk policy: linear path x_t = (1 - t) x0 + t x1, x1 = flattened chunk, target x1 - x0."""
+    x1 = chunk.flatten(1)
+    x0 = torch.randn_like(x1)
+    t = torch.rand(x1.shape[0], device=x1.device, dtype=x1.dtype)
+    x_t = (1.0 - t.unsqueeze(-1)) * x0 + t.unsqueeze(-1) * x1
+    return F.mse_loss(net(x_t, t, obs_cond), x1 - x0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming samplers: Python generators that yield one action (B, act_dim) at a time
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def stream_sfp(net: nn.Module, obs_cond: torch.Tensor, a_start: torch.Tensor, num_actions: int, pred_horizon: int,
+               steps_per_action: int = 1, variant: str = "deterministic", sigma0: float = 0.0,
+               generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
+    """Integrate da/dt = v_theta(a, t | h) with Euler from a(0) = a_start (+ sigma0 noise) and yield a(i / (H - 1)),
+    i = 1..num_actions, each as soon as its `steps_per_action` integration steps are done.
+
+    Flow time t = i / (pred_horizon - 1) is the time of the chunk's i-th action (its knot 0 is the start).
+    The stochastic variant integrates the state (a, z) from z(0) ~ N(0, I) and yields a.
+    """
+    act_dim = a_start.shape[-1]
+    a = a_start
+    if sigma0 > 0:
+        a = a + sigma0 * torch.randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)
+    if variant == "stochastic":
+        a = torch.cat([a, torch.randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)], dim=-1)
+    n_steps = (pred_horizon - 1) * steps_per_action
+    t = torch.zeros(a.shape[0], device=a.device, dtype=a.dtype)
+    for i in range(num_actions):
+        for j in range(steps_per_action):
+            a = a + net(a, t, obs_cond) / n_steps
+            t = t.fill_((i * steps_per_action + j + 1) / n_steps)
+        yield a[:, :act_dim]
+
+
+@torch.no_grad()
+def stream_chunk(net: nn.Module, obs_cond: torch.Tensor, num_actions: int, pred_horizon: int, act_dim: int,
+                 flow_steps: int, generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
+    """Baseline: integrate the chunk flow from noise for all `flow_steps`, then yield the chunk's first actions."""
+    x = torch.randn(obs_cond.shape[0], pred_horizon * act_dim, device=obs_cond.device, dtype=obs_cond.dtype,
+                    generator=generator)
+    dt = 1.0 / flow_steps
+    t = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+    for i in range(flow_steps):
+        x = x + dt * net(x, t, obs_cond)
+        t = t + dt
+    chunk = x.view(x.shape[0], pred_horizon, act_dim)
+    for i in range(num_actions):
+        yield chunk[:, i]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: demonstrations as chunks, toy tasks, environments, evaluation
+# ---------------------------------------------------------------------------------------------
+class DatasetError(ValueError):
+    """Bad --env-id or dataset contents; reported as one line and a non-zero exit."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+ACTION_CLIP = 1.0 - 1e-5
+
+
+def flatten_obs(space: gym.Space, obs) -> np.ndarray:
+    """Flatten (a batch of) observations of a Box or Dict space to float32 (batch, dim) in `space`'s key order."""
+    if isinstance(space, gym.spaces.Dict):
+        return np.concatenate([flatten_obs(s, obs[k]) for k, s in space.spaces.items()], axis=-1)
+    obs = np.asarray(obs, dtype=np.float32)
+    return obs.reshape(*obs.shape[: obs.ndim - len(space.shape)], -1)
+
+
+def check_spaces(obs_space: gym.Space, act_space: gym.Space) -> None:
+    if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
+        raise DatasetError(f"SFP needs a continuous 1-D Box action space; this dataset has {act_space}")
+    if not np.all(np.isfinite(act_space.low)) or not np.all(np.isfinite(act_space.high)):
+        raise DatasetError(f"SFP needs a bounded action space to rescale to [-1, 1]; got {act_space}")
+    spaces = obs_space.spaces.values() if isinstance(obs_space, gym.spaces.Dict) else [obs_space]
+    for space in spaces:
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) > 1:
+            raise DatasetError(f"SFP handles flat Box (or Dict of flat Box) observations; got {obs_space}")
+
+
+def to_unit_box(actions: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    return np.clip(2.0 * (actions - low) / (high - low) - 1.0, -ACTION_CLIP, ACTION_CLIP).astype(np.float32)
+
+
+def unit_box_env(env: gym.Env) -> gym.Env:
+    space = env.action_space
+    if np.allclose(space.low, -1.0) and np.allclose(space.high, 1.0):
+        return env
+    return gym.wrappers.RescaleAction(env, -1.0, 1.0)
+
+
+class Demos:
+    """Demonstration episodes, cut into chunks on demand (vectorised gathers on `device`).
+
+    Per datum (one per time step j of every episode):
+      obs history  o_{j-obs_horizon+1..j} (repeating o_0 before the episode start), min-max normalised to [-1, 1];
+      SFP knots    a_{j-1}, a_j, ..., a_{j+H-2}  (a_{-1} = 0: the previous action; the last action repeats at the end);
+      chunk        a_j, ..., a_{j+H-1}           (the chunk policy's target).
+    """
+
+    def __init__(self, episodes: list, obs_horizon: int, pred_horizon: int, device: torch.device, whole: bool = False):
+        all_obs = np.concatenate([o for o, _ in episodes])
+        self.obs_low, self.obs_high = all_obs.min(0), all_obs.max(0)
+        obs_parts, act_parts, obs_base, act_base = [], [], [], []
+        n_obs = n_act = 0
+        for obs, acts in episodes:
+            if whole:  # toy mode: one datum per demo, whose knots are the whole demo (for both policies)
+                obs_parts.append(obs[:1])
+                act_parts.append(acts)
+                obs_base.append(np.array([n_obs]))
+                act_base.append(np.array([n_act]))
+                n_obs, n_act = n_obs + 1, n_act + len(acts)
+                continue
+            T = len(acts)
+            obs_parts.append(np.concatenate([np.repeat(obs[:1], obs_horizon - 1, 0), obs[:T]]))
+            pad = np.repeat(acts[-1:], pred_horizon, 0)
+            act_parts.append(np.concatenate([np.zeros_like(acts[:1]), acts, pad]))
+            obs_base.append(n_obs + np.arange(T))
+            act_base.append(n_act + np.arange(T))
+            n_obs += T + obs_horizon - 1
+            n_act += T + 1 + pred_horizon
+        self.obs = torch.as_tensor(self.normalize(np.concatenate(obs_parts)), device=device)
+        self.acts = torch.as_tensor(np.concatenate(act_parts), dtype=torch.float32, device=device)
+        self.obs_base = torch.as_tensor(np.concatenate(obs_base), device=device)
+        self.act_base = torch.as_tensor(np.concatenate(act_base), device=device)
+        self.obs_offsets = torch.arange(obs_horizon, device=device)
+        self.act_offsets = torch.arange(pred_horizon, device=device)
+        self.chunk_offset = 0 if whole else 1
+        self.size = len(self.obs_base)
+        self.obs_dim, self.act_dim = self.obs.shape[1], self.acts.shape[1]
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        span = np.where(self.obs_high - self.obs_low > 1e-6, self.obs_high - self.obs_low, 2.0)
+        return (2.0 * (obs - self.obs_low) / span - 1.0).astype(np.float32)
+
+    def sample(self, batch_size: int, policy: str, generator: Optional[torch.Generator] = None) -> tuple:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device, generator=generator)
+        obs_cond = self.obs[self.obs_base[idx, None] + self.obs_offsets].flatten(1)
+        offset = self.chunk_offset if policy == "chunk" else 0
+        seq = self.acts[self.act_base[idx, None] + offset + self.act_offsets]
+        return obs_cond, seq
+
+
+class Task:
+    """What main() trains on: the demos plus, for environments, the means to evaluate."""
+
+    def __init__(self, episodes: list, make_env: Optional[Callable] = None, flatten: Optional[Callable] = None,
+                 score: Optional[Callable] = None, toy: Optional[np.ndarray] = None):
+        self.episodes = episodes  # [(obs (T(+1), obs_dim), actions (T, act_dim))]
+        self.make_env, self.flatten, self.score = make_env, flatten, score
+        self.toy = toy  # toy mode: the demo trajectories (n_demos, K, 1)
+
+
+# -------------------------------------------------------------------------- toy tasks (paper Fig. 2-4)
+TOY_KNOTS = 101
+
+
+def clamped_cubic_spline(x: np.ndarray, y: np.ndarray, slope0: float, slope1: float, query: np.ndarray) -> np.ndarray:
+    """Cubic spline with continuous second derivatives through (x, y) and given end slopes, evaluated at `query`."""
+    n, h = len(x) - 1, np.diff(x)
+    A, b = np.zeros((n + 1, n + 1)), np.zeros(n + 1)
+    A[0, :2], b[0] = [2 * h[0], h[0]], 6 * ((y[1] - y[0]) / h[0] - slope0)
+    A[n, n - 1:], b[n] = [h[-1], 2 * h[-1]], 6 * (slope1 - (y[n] - y[n - 1]) / h[-1])
+    for i in range(1, n):
+        A[i, i - 1:i + 2] = [h[i - 1], 2 * (h[i - 1] + h[i]), h[i]]
+        b[i] = 6 * ((y[i + 1] - y[i]) / h[i] - (y[i] - y[i - 1]) / h[i - 1])
+    m = np.linalg.solve(A, b)  # second derivatives at the knots
+    i = np.clip(np.searchsorted(x, query, side="right") - 1, 0, n - 1)
+    left, right, hi = query - x[i], x[i + 1] - query, h[i]
+    return (m[i] * right ** 3 + m[i + 1] * left ** 3) / (6 * hi) + (y[i] / hi - m[i] * hi / 6) * right \
+        + (y[i + 1] / hi - m[i + 1] * hi / 6) * left
+
+
+def toy_demos(name: str, num_knots: int = TOY_KNOTS) -> np.ndarray:
+    """The paper's 1-D two-demo examples as (2, num_knots, 1) action-vs-time trajectories on t = linspace(0, 1).
+
+    crossing: an S through (0, .25, .5, .75, 1) -> (0, .75, 0, -.75, 0), end slopes 3, and its mirror image.
+    wine-glass: 0 until t = .25, then a spline through (.25, .5, .75, 1) -> (0, .62, .70, .5) (slopes 0, -.7), and its mirror.
+    """
+    t = np.linspace(0.0, 1.0, num_knots)
+    if name == "toy/crossing":
+        right = clamped_cubic_spline(np.array([0, .25, .5, .75, 1]), np.array([0, .75, 0, -.75, 0]), 3.0, 3.0, t)
+    elif name == "toy/wine-glass":
+        stem = clamped_cubic_spline(np.array([.25, .5, .75, 1]), np.array([0, .62, .70, .5]), 0.0, -0.7, t)
+        right = np.where(t <= 0.25, 0.0, stem)
+    else:
+        raise DatasetError(f"unknown toy task {name!r}; choose toy/crossing or toy/wine-glass")
+    return np.stack([right, -right]).astype(np.float32)[..., None]
+
+
+def load_toy(name: str) -> Task:
+    demos = toy_demos(name)
+    return Task([(np.zeros((1, 1), np.float32), demo) for demo in demos], toy=demos)
+
+
+# -------------------------------------------------------------------------- Minari demonstrations
+def load_minari(dataset, env_id: str) -> Task:
+    import minari
+
+    check_spaces(dataset.observation_space, dataset.action_space)
+    obs_space = dataset.observation_space
+    episodes = []
+    for episode in dataset.iterate_episodes():
+        obs = flatten_obs(obs_space, episode.observations)
+        acts = to_unit_box(np.asarray(episode.actions, dtype=np.float32), dataset.action_space)
+        if len(acts) > 0:
+            episodes.append((obs, acts))
+    if not episodes:
+        raise DatasetError(f"dataset {env_id!r} has no episodes")
+    for obs, acts in episodes:
+        if not (np.isfinite(obs).all() and np.isfinite(acts).all()):
+            raise DatasetError(f"dataset {env_id!r} has non-finite observations or actions")
+
+    def make_env():
+        try:
+            return unit_box_env(dataset.recover_environment(eval_env=True))
+        except Exception as e:  # a missing env package, an env id unknown to this gymnasium
+            raise DatasetError(f"cannot recreate the evaluation env of {env_id!r}: {type(e).__name__}: {e}") from e
+
+    meta = dataset.storage.metadata
+    has_ref = meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None
+    score = (lambda returns: 100.0 * minari.get_normalized_score(dataset, np.asarray(returns))) if has_ref else (lambda r: None)
+    return Task(episodes, make_env, lambda obs: flatten_obs(obs_space, obs), score)
+
+
+def load_task(env_id: str) -> Task:
+    """Resolve --env-id: a toy task, a local Minari dataset dir, an embedded dataset, a Minari id."""
+    import minari
+
+    if env_id.startswith("toy/"):
+        return load_toy(env_id)
+    tried = []
+    for path in (Path(env_id), Path(__file__).resolve().parent / "datasets" / env_id):
+        for data_dir in (path / "data", path):
+            if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
+                return load_minari(minari.MinariDataset(data_dir), env_id)
+        tried.append(f"no Minari dataset in {path}")
+    try:
+        return load_minari(minari.load_dataset(env_id, download=True), env_id)
+    except DatasetError:
+        raise
+    except Exception as e:
+        tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with `minari list remote`, "
+                       f"see datasets/ for the embedded ones, or use toy/crossing or toy/wine-glass")
+
+
+# -------------------------------------------------------------------------- evaluation
+class LatencyMeter:
+    """Wall time spent inside the policy generator: time to the first action of a chunk and per later action."""
+
+    def __init__(self):
+        self.first, self.rest = [], []
+
+    def run(self, gen: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        i = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                action = next(gen)
+                action = action.clamp(-1.0, 1.0).cpu()  # the action reaches the robot: includes the device sync
+            except StopIteration:
+                return
+            (self.first if i == 0 else self.rest).append(time.perf_counter() - t0)
+            i += 1
+            yield action
+
+    def metrics(self) -> dict:
+        out = {}
+        if self.first:
+            out["time_to_first_action_ms"] = 1e3 * float(np.median(self.first))
+        if self.rest:
+            out["per_action_ms"] = 1e3 * float(np.median(self.rest))
+        return out
+
+
+def evaluate(task: Task, envs: list, make_stream: Callable, episodes: int, seed: int, obs_horizon: int,
+             normalize: Callable, device: torch.device, act_dim: int) -> dict:
+    """Receding-horizon rollouts of `episodes` episodes, `len(envs)` at a time in lock-step.
+
+    `make_stream(obs_cond (B, obs_horizon * obs_dim), last_action (B, act_dim))` returns a generator of actions;
+    its actions are executed one by one as they arrive; when it is exhausted the envs are re-observed.
+    """
+    returns, successes, meter = [], [], LatencyMeter()
+    for start in range(0, episodes, len(envs)):
+        wave = envs[: min(len(envs), episodes - start)]
+        first = [env.reset(seed=seed + start + i)[0] for i, env in enumerate(wave)]
+        obs = torch.as_tensor(normalize(np.stack([task.flatten(o) for o in first])), device=device)
+        history = obs.unsqueeze(1).repeat(1, obs_horizon, 1)
+        last_action = torch.zeros(len(wave), act_dim, device=device)
+        active, ep_return, success = np.ones(len(wave), bool), np.zeros(len(wave)), np.zeros(len(wave))
+        while active.any():
+            for action in meter.run(make_stream(history.flatten(1), last_action)):
+                action_np = action.numpy()
+                new_obs = history[:, -1].cpu().numpy().copy()
+                for i in np.flatnonzero(active):
+                    o, reward, terminated, truncated, info = wave[i].step(action_np[i])
+                    ep_return[i] += float(reward)
+                    success[i] = max(success[i], float(info.get("success", 0.0)))
+                    new_obs[i] = normalize(task.flatten(o))
+                    if terminated or truncated:
+                        active[i] = False
+                history = torch.cat([history[:, 1:], torch.as_tensor(new_obs, device=device).unsqueeze(1)], dim=1)
+                last_action = action.to(device)
+                if not active.any():
+                    break
+        returns += ep_return.tolist()
+        successes += success.tolist()
+    metrics = {"episodic_return": float(np.mean(returns)), "episodic_return_std": float(np.std(returns)),
+               "success": float(np.mean(successes))}
+    score = task.score(returns)
+    if score is not None:
+        metrics["normalized_score"] = float(np.mean(score))
+    metrics.update(meter.metrics())
+    return metrics
+
+
+def toy_trajectories(task: Task, demos: Demos, make_stream: Callable, n: int) -> np.ndarray:
+    """Sample n trajectories over the whole t in [0, 1] (the toy's chunk is the whole demo): (n, K) incl. a(0).
+
+    Every sample starts at the demos' common start xi(0) = 0; SFP adds its sigma0 noise itself.
+    """
+    device = demos.obs.device
+    start = torch.as_tensor(np.repeat(task.toy[:1, 0], n, 0), device=device)
+    actions = [a for a in make_stream(demos.obs[:1].expand(n, -1), start)]
+    if len(actions) < task.toy.shape[1]:  # SFP yields a(t_1..t_{K-1}); prepend its start
+        actions = [start] + actions
+    return torch.stack(actions, 1)[..., 0].cpu().numpy()
+
+
+def toy_metrics(demos: np.ndarray, samples: np.ndarray) -> dict:
+    """Share of samples in the first demo's mode (where the demos are furthest apart), the distance of the samples to
+    the nearest demo at each t (max and mean), and the share of samples whose mean such distance is below 0.1."""
+    demos = demos[..., 0]
+    decisive = int(np.argmax(np.abs(demos[0] - demos[1])))  # where the two demos are furthest apart
+    near_first = np.abs(samples[:, decisive] - demos[0, decisive]) < np.abs(samples[:, decisive] - demos[1, decisive])
+    dist = np.abs(samples[:, None, :] - demos[None]).min(1)  # (n, K): distance to the nearest demo at each t
+    return {"mode_fraction": float(near_first.mean()), "max_dist_to_demo": float(dist.max()),
+            "mean_dist_to_demo": float(dist.mean()), "near_demo_fraction": float((dist.mean(1) < 0.1).mean())}
+
+
+def plot_toy(path: Path, demos: np.ndarray, samples: np.ndarray, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.linspace(0.0, 1.0, demos.shape[1])
+    ts = np.linspace(0.0, 1.0, samples.shape[1])
+    fig, ax = plt.subplots(figsize=(4, 5))
+    for s in samples:
+        ax.plot(s, ts, color="tab:blue", alpha=0.25, lw=0.8)
+    for i, d in enumerate(demos[..., 0]):
+        ax.plot(d, t, color="black", lw=2.5, ls="--", label="demos" if i == 0 else None)
+    ax.plot([], [], color="tab:blue", label="SFP samples" if "chunk" not in title else "chunk samples")
+    ax.set_xlabel("action a")
+    ax.set_ylabel("time t")
+    ax.set_xlim(-1.2, 1.2)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    if not 1 <= args.action_horizon <= args.pred_horizon - 1 or args.obs_horizon < 1:
+        raise DatasetError(f"need obs_horizon >= 1 and 1 <= action_horizon <= pred_horizon - 1; got "
+                           f"{args.obs_horizon}, {args.action_horizon}, {args.pred_horizon}")
+    if args.policy == "sfp" and args.variant == "stochastic":
+        try:
+            sigma_r(args.sigma0, args.sigma1, args.k)
+        except ValueError as e:
+            raise DatasetError(str(e)) from e
+
+    task = load_task(args.env_id)
+    toy = task.toy is not None
+    # toy: one datum per demo, the chunk is the whole demo (flow time spans all its knots)
+    horizon = task.toy.shape[1] if toy else args.pred_horizon
+    obs_horizon = 1 if toy else args.obs_horizon
+    demos = Demos(task.episodes, obs_horizon, horizon, device, whole=toy)
+    obs_dim, act_dim = demos.obs_dim, demos.act_dim
+    cond_dim = obs_horizon * obs_dim
+    x_dim = (horizon * act_dim if args.policy == "chunk" else act_dim * (2 if args.variant == "stochastic" else 1))
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    net = VelocityNet(x_dim, cond_dim, args.hidden_dim, args.num_blocks, args.time_emb_dim,
+                      args.time_emb_scale).to(device)
+    ema = VelocityNet(x_dim, cond_dim, args.hidden_dim, args.num_blocks, args.time_emb_dim,
+                      args.time_emb_scale).to(device)
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                  **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+
+    def lr_lambda(step: int) -> float:  # linear warm-up then cosine decay to 0 (diffusers "cosine" schedule)
+        if step < args.lr_warmup_steps:
+            return (step + 1) / args.lr_warmup_steps
+        progress = (step - args.lr_warmup_steps) / max(1, args.total_steps - args.lr_warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    start_step = 0
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location=device)
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = int(state["step"])
+    params, ema_params = list(net.parameters()), list(ema.parameters())
+
+    def update(step: int) -> torch.Tensor:
+        obs_cond, seq = demos.sample(args.batch_size, args.policy)
+        if args.policy == "sfp":
+            loss = sfp_loss(net, obs_cond, seq, args.k, args.sigma0, args.variant, args.sigma1)
+        else:
+            loss = chunk_fm_loss(net, obs_cond, seq)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        decay = min(0.9999, 1.0 - (1.0 + step) ** -args.ema_power)  # EMA warm-up (Diffusion Policy's EMAModel)
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        return loss.detach()
+
+    def make_stream(obs_cond: torch.Tensor, last_action: torch.Tensor, num_actions: int,
+                    generator: Optional[torch.Generator]) -> Iterator[torch.Tensor]:
+        if args.policy == "chunk":
+            return stream_chunk(ema, obs_cond, num_actions, horizon, act_dim, args.flow_steps, generator)
+        return stream_sfp(ema, obs_cond, last_action, num_actions, horizon, args.integration_steps_per_action,
+                          args.variant, args.sigma0 if args.sample_start else 0.0, generator)
+
+    eval_envs = [] if toy else [task.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
+    checkpoint_path = run_dir / f"{args.exp_name}.pt"
+    progress = Progress(args.total_steps, start_step)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    metrics: dict = {}
+    t0, last_log_step = time.time(), start_step
+
+    def run_evaluation(step: int) -> dict:
+        """Same env seeds and policy noise at every evaluation, independent of the training RNG."""
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        if toy:
+            n_actions = horizon if args.policy == "chunk" else horizon - 1  # the whole toy trajectory
+            stream = lambda obs, a: make_stream(obs, a, n_actions, generator)  # noqa: E731
+            samples = toy_trajectories(task, demos, stream, args.toy_samples)
+            result = toy_metrics(task.toy, samples)
+            title = (f"{args.env_id} {args.policy}" + (f" {args.variant} k={args.k} sigma0={args.sigma0}" if args.policy == "sfp" else "")
+                     + f"\nmode share {result['mode_fraction']:.2f}, max dist {result['max_dist_to_demo']:.2f}")
+            plot_toy(run_dir / "trajectories.png", task.toy, samples, title)
+            result = {f"eval/{k}": v for k, v in result.items()}
+        else:
+            stream = lambda obs, a: make_stream(obs, a, args.action_horizon, generator)  # noqa: E731
+            result = evaluate(task, eval_envs, stream, args.eval_episodes, 10_000 * args.seed, obs_horizon,
+                              demos.normalize, device, act_dim)
+            result = {f"eval/{k}": v for k, v in result.items()}
+        for k, v in result.items():
+            writer.add_scalar(k, v, step)
+        progress.write(f"step {step}: " + ", ".join(f"{k[5:]}={v:.3f}" for k, v in result.items() if not k.endswith("_std")))
+        return result
+
+    def checkpoint_state(step: int) -> dict:
+        return dict(net=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), step=step, args=asdict(args),
+                    obs_low=torch.as_tensor(demos.obs_low), obs_high=torch.as_tensor(demos.obs_high))
+
+    for step in range(start_step + 1, args.total_steps + 1):
+        loss = update(step)
+        nonfinite |= ~torch.isfinite(loss)
+        log_now = step % args.log_freq == 0 or step == args.total_steps
+        eval_now = step % args.eval_freq == 0 or step == args.total_steps
+        if (log_now or eval_now) and nonfinite.item():  # checked before anything is logged, evaluated or saved
+            raise NonFiniteLossError(
+                f"non-finite loss within steps {last_log_step + 1}..{step}; training stopped"
+                + (f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
+        if log_now:
+            sps = (step - last_log_step) / (time.time() - t0)
+            name = "losses/sfp_loss" if args.policy == "sfp" else "losses/flow_matching_loss"
+            writer.add_scalar(name, loss.item(), step)
+            writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
+            writer.add_scalar("charts/SPS", sps, step)
+            progress.update(step, sps=sps, loss=loss.item(), **headline(metrics))
+            t0, last_log_step = time.time(), step
+        if eval_now:
+            metrics = run_evaluation(step)
+            if args.save_model:
+                save_checkpoint(checkpoint_path, checkpoint_state(step))
+    if args.total_steps == start_step:  # nothing to train (e.g. --total-steps 0 with a checkpoint): just evaluate
+        metrics = run_evaluation(start_step)
+    progress.close()
+    writer.close()
+    for env in eval_envs:
+        env.close()
+    metrics["run_dir"] = str(run_dir)
+    return metrics
+
+
+def headline(metrics: dict) -> dict:
+    """The latest evaluation's main number, for the progress bar."""
+    for key in ("eval/success", "eval/mode_fraction", "eval/episodic_return"):
+        if key in metrics:
+            return {key.split("/")[1]: metrics[key]}
+    return {}
+
+
+class Progress:
+    """tqdm bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int, initial: int):
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True)
+        self.total, self.last = total, initial
+
+    def update(self, step: int, **postfix) -> None:
+        text = {k: f"{v:.3g}" for k, v in postfix.items()}
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix(text, refresh=False)
+        else:
+            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()), flush=True)
+        self.last = step
+
+    def write(self, text: str) -> None:
+        (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except (DatasetError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

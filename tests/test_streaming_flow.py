@@ -1,0 +1,312 @@
+"""Tests for streaming_flow.py: the conditional flows integrate exactly to the demo (and contract to it at
+rate e^{-kt}), losses with known answers, streaming (first action after one integration step), both toy
+modes (the learned field covers both modes and stays near the demos), imitation on the embedded PointMaze
+demos vs a random policy and the demonstrator, bad input, NaN handling, determinism and checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, import_script
+
+sfp = import_script("streaming_flow")
+
+
+def tiny(**overrides) -> "sfp.Args":
+    base = sfp.Args(cuda=False, hidden_dim=64, num_blocks=2, time_emb_dim=32, batch_size=128, total_steps=200,
+                    learning_rate=1e-3, lr_warmup_steps=50, eval_freq=200, log_freq=100, eval_episodes=5,
+                    eval_envs=5, toy_samples=100)
+    return replace(base, **overrides)
+
+
+def smooth_demo(K: int = 16, D: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cumsum(0.1 * torch.randn(1, K, D, generator=g, dtype=torch.float64), dim=1)
+
+
+class ConditionalField(torch.nn.Module):
+    """The exact conditional velocity around one demo (what v_theta learns when the data has one trajectory)."""
+
+    def __init__(self, knots, k, calls=None):
+        super().__init__()
+        self.knots, self.k, self.calls = knots, k, calls
+
+    def forward(self, a, t, obs_cond):
+        if self.calls is not None:
+            self.calls.append(1)
+        return sfp.conditional_velocity(a, t, self.knots.expand(a.shape[0], -1, -1), self.k)
+
+
+class LatentConditionalField(torch.nn.Module):
+    """The exact velocity of the latent conditional flow on (a, z), written with z0 = (z - t xi) / (1 - (1 - s1) t)."""
+
+    def __init__(self, knots, k, sigma0, sigma1):
+        super().__init__()
+        self.knots, self.k, self.s1 = knots, k, sigma1
+        self.s_r = sfp.sigma_r(sigma0, sigma1, k)
+
+    def forward(self, x, t, obs_cond):
+        a, z = x.chunk(2, dim=-1)
+        xi, xi_dot = sfp.interpolate(self.knots.expand(x.shape[0], -1, -1), t)
+        tt = t.unsqueeze(-1)
+        z0 = (z - tt * xi) / (1.0 - (1.0 - self.s1) * tt)
+        v_a = xi_dot - self.k * (a - xi) + self.s_r * (1.0 + self.k * tt) * z0
+        v_z = xi + tt * xi_dot - (1.0 - self.s1) * z0
+        return torch.cat([v_a, v_z], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------- conditional flow
+def test_interpolation_is_piecewise_linear_through_the_knots():
+    knots = torch.tensor([[[0.0], [1.0], [-1.0]]])
+    xi, xi_dot = sfp.interpolate(knots.expand(4, -1, -1), torch.tensor([0.0, 0.25, 0.5, 0.75]))
+    assert torch.allclose(xi[:, 0], torch.tensor([0.0, 0.5, 1.0, 0.0]))
+    assert torch.allclose(xi_dot[:, 0], torch.tensor([2.0, 2.0, -4.0, -4.0]))
+
+
+@pytest.mark.parametrize("k", [0.0, 2.0])
+def test_conditional_velocity_integrates_exactly_to_the_demo(k):
+    """Started at xi(0), the flow of v = xi' - k (a - xi) is xi itself; the streamed actions are the knots."""
+    knots = smooth_demo()
+    field = ConditionalField(knots, k)
+    stream = sfp.stream_sfp(field, torch.zeros(1, 1), knots[:, 0], num_actions=15, pred_horizon=16, steps_per_action=200)
+    actions = torch.stack(list(stream), dim=1)
+    assert actions.shape == (1, 15, 2)
+    assert torch.allclose(actions, knots[:, 1:], atol=1e-3), (actions - knots[:, 1:]).abs().max()
+
+
+@pytest.mark.parametrize("k", [1.0, 4.0])
+def test_stabilizing_flow_contracts_a_perturbed_start_at_rate_exp_minus_kt(k):
+    knots = smooth_demo()
+    delta = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    stream = sfp.stream_sfp(ConditionalField(knots, k), torch.zeros(1, 1), knots[:, 0] + delta, 15, 16, steps_per_action=400)
+    deviation = torch.stack(list(stream), dim=1) - knots[:, 1:]
+    t = torch.arange(1, 16, dtype=torch.float64) / 15
+    expected = delta.unsqueeze(1) * torch.exp(-k * t).view(1, -1, 1)
+    assert torch.allclose(deviation, expected, atol=2e-3), (deviation - expected).abs().max()
+    # and the non-stabilizing flow (k = 0) keeps the offset forever
+    stream = sfp.stream_sfp(ConditionalField(knots, 0.0), torch.zeros(1, 1), knots[:, 0] + delta, 15, 16, steps_per_action=10)
+    assert torch.allclose(torch.stack(list(stream), dim=1) - knots[:, 1:], delta.unsqueeze(1).expand(1, 15, 2), atol=1e-9)
+
+
+def test_latent_conditional_flow_matches_its_closed_form():
+    """Integrating the (a, z) field from (a0, z0) gives a(t) = xi(t) + (a0 - xi(0)) e^{-kt} + sigma_r t z0."""
+    knots, k, s0, s1 = smooth_demo(), 1.5, 0.1, 0.2
+    field = LatentConditionalField(knots, k, s0, s1)
+    a0 = knots[:, 0] + torch.tensor([[0.05, -0.1]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(1, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    stream = sfp.stream_sfp(field, torch.zeros(1, 1), a0, 15, 16, steps_per_action=400, variant="stochastic", generator=g)
+    actions = torch.stack(list(stream), dim=1)
+    t = (torch.arange(1, 16, dtype=torch.float64) / 15).view(1, -1, 1)
+    closed = knots[:, 1:] + (a0 - knots[:, 0]).unsqueeze(1) * torch.exp(-k * t) + sfp.sigma_r(s0, s1, k) * t * z0.unsqueeze(1)
+    assert torch.allclose(actions, closed, atol=2e-3), (actions - closed).abs().max()
+
+
+def test_sigma_r_and_its_validity_condition():
+    assert sfp.sigma_r(0.1, 0.1, 0.0) == 0.0
+    assert sfp.sigma_r(0.1, 0.2, 1.0) == pytest.approx(math.sqrt(0.04 - 0.01 * math.exp(-2.0)))
+    with pytest.raises(ValueError, match="sigma0 e\\^-k <= sigma1"):
+        sfp.sigma_r(0.5, 0.1, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def test_sfp_loss_is_zero_for_the_exact_conditional_field():
+    knots = smooth_demo().expand(512, -1, -1)
+    for k in (0.0, 2.0):
+        assert sfp.sfp_loss(ConditionalField(smooth_demo(), k), torch.zeros(512, 1), knots, k, 0.1).item() < 1e-20
+    latent = LatentConditionalField(smooth_demo(), 1.0, 0.1, 0.2)
+    loss = sfp.sfp_loss(latent, torch.zeros(512, 1), knots, 1.0, 0.1, "stochastic", 0.2)
+    assert loss.item() < 1e-20
+
+
+@pytest.mark.parametrize("k", [0.0, 2.0])
+def test_sfp_loss_of_the_zero_field_known_answer(k):
+    # xi(t) = c t: target xi' - k (a - xi) = c - k sigma0 e^{-kt} eps; E[target^2] = c^2 + k^2 sigma0^2 (1 - e^{-2k}) / (2k)
+    torch.manual_seed(0)
+    c, s0, n = 0.6, 0.3, 200_000
+    knots = (c * torch.linspace(0, 1, 16)).view(1, 16, 1).expand(n, -1, -1)
+    zero = lambda a, t, h: torch.zeros_like(a)  # noqa: E731
+    expected = c ** 2 + (k ** 2 * s0 ** 2 * (1 - math.exp(-2 * k)) / (2 * k) if k > 0 else 0.0)
+    assert sfp.sfp_loss(zero, torch.zeros(n, 1), knots, k, s0).item() == pytest.approx(expected, rel=0.01)
+
+
+def test_chunk_flow_matching_loss_of_the_zero_field_is_the_second_moment_of_the_target():
+    torch.manual_seed(0)
+    chunk = torch.full((50_000, 4, 2), 0.5)
+    zero = lambda x, t, h: torch.zeros_like(x)  # noqa: E731
+    assert sfp.chunk_fm_loss(zero, torch.zeros(50_000, 1), chunk).item() == pytest.approx(1.25, rel=0.02)
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+def test_sfp_yields_its_first_action_after_one_integration_step_the_chunk_policy_after_all():
+    knots, calls = smooth_demo(), []
+    stream = sfp.stream_sfp(ConditionalField(knots, 1.0, calls), torch.zeros(1, 1), knots[:, 0], 8, 16)
+    first = next(stream)
+    assert len(calls) == 1 and torch.allclose(first, knots[:, 1])
+    assert len(list(stream)) == 7 and len(calls) == 8
+    calls.clear()
+    chunk_net = lambda x, t, h: calls.append(1) or torch.zeros_like(x)  # noqa: E731
+    stream = sfp.stream_chunk(chunk_net, torch.zeros(1, 1, dtype=torch.float64), 8, 16, 2, flow_steps=10)
+    next(stream)
+    assert len(calls) == 10
+    assert len(list(stream)) == 7 and len(calls) == 10
+
+
+def test_demo_chunks_start_at_the_previous_action_and_pad_at_the_episode_edges():
+    obs = np.arange(4, dtype=np.float32).reshape(4, 1)  # T + 1 = 4 observations
+    acts = np.array([[1.0], [2.0], [3.0]], np.float32)
+    demos = sfp.Demos([(obs, acts)], obs_horizon=2, pred_horizon=4, device=torch.device("cpu"))
+    demos.obs_base, demos.act_base = demos.obs_base[[0, 2]], demos.act_base[[0, 2]]  # time steps 0 and 2
+    demos.size = 2
+    torch.manual_seed(0)
+    while True:
+        obs_cond, knots = demos.sample(64, "sfp")
+        if len(set(knots[:, 0, 0].tolist())) == 2:
+            break
+    first, last = knots[:, 0, 0] == 0.0, knots[:, 0, 0] == 2.0
+    assert torch.equal(knots[first][0, :, 0], torch.tensor([0.0, 1.0, 2.0, 3.0]))  # a_{-1} = 0, a_0, a_1, a_2
+    assert torch.equal(knots[last][0, :, 0], torch.tensor([2.0, 3.0, 3.0, 3.0]))  # a_1, a_2, then a_2 repeated
+    norm = lambda x: 2 * x / 3 - 1  # noqa: E731  (min-max over the 4 observations)
+    assert torch.allclose(obs_cond[first][0], torch.tensor([norm(0.0), norm(0.0)]))  # o_0 repeated before the start
+    assert torch.allclose(obs_cond[last][0], torch.tensor([norm(1.0), norm(2.0)]))
+    _, chunk = demos.sample(64, "chunk")
+    assert set(chunk[:, 0, 0].tolist()) <= {1.0, 3.0}  # the chunk policy's chunk starts at a_j
+
+
+# ---------------------------------------------------------------------------------------------- toy modes
+@pytest.mark.parametrize("env_id, min_near, max_mean", [("toy/crossing", 0.7, 0.1), ("toy/wine-glass", 0.9, 0.06)])
+def test_toy_samples_cover_both_modes_and_stay_near_a_demo(env_id, min_near, max_mean, in_tmp):
+    """The learned (deterministic, stabilizing) field, 200 samples from a(0) ~ N(0, 0.05^2).
+
+    Both modes get 25-75% of the samples, and the samples stay close to a demo at every t. On the crossing demos a
+    few samples that start almost exactly at 0 choose late, and samples switch demo where the demos cross (flow
+    matching matches the per-time marginals, not the joint, as the paper notes): hence the looser bound there.
+    """
+    args = tiny(env_id=env_id, variant="deterministic", total_steps=2000, batch_size=256, eval_freq=2000,
+                time_emb_dim=64, lr_warmup_steps=100, sigma0=0.05, k=1.0, toy_samples=200)
+    metrics = sfp.main(args)
+    assert 0.25 <= metrics["eval/mode_fraction"] <= 0.75, metrics
+    assert metrics["eval/near_demo_fraction"] >= min_near, metrics
+    assert metrics["eval/mean_dist_to_demo"] < max_mean, metrics
+    assert (in_tmp / metrics["run_dir"] / "trajectories.png").stat().st_size > 10_000
+
+
+def test_toy_demos_have_the_papers_shapes():
+    crossing, wine = sfp.toy_demos("toy/crossing"), sfp.toy_demos("toy/wine-glass")
+    assert crossing.shape == wine.shape == (2, sfp.TOY_KNOTS, 1)
+    t = np.linspace(0, 1, sfp.TOY_KNOTS)
+    assert np.allclose(np.interp([0, .25, .5, .75, 1], t, crossing[0, :, 0]), [0, .75, 0, -.75, 0], atol=1e-6)
+    assert np.allclose(crossing[1], -crossing[0]) and np.allclose(wine[1], -wine[0])
+    assert np.all(wine[:, t <= 0.25] == 0) and np.allclose(np.interp([.5, .75, 1], t, wine[0, :, 0]), [.62, .70, .5], atol=1e-6)
+
+
+def test_chunk_policy_runs_on_a_toy(in_tmp):
+    metrics = sfp.main(tiny(env_id="toy/wine-glass", policy="chunk", total_steps=50, eval_freq=50))
+    assert set(metrics) >= {"eval/mode_fraction", "eval/max_dist_to_demo"}
+
+
+# ---------------------------------------------------------------------------------------------- imitation
+def random_and_demonstrator(task, episodes, seed, act_dim):
+    """Success of a uniform random policy on the same env seeds, and the demonstrator's success in the data."""
+    g = torch.Generator().manual_seed(0)
+
+    def random_stream(obs_cond, last_action):
+        for _ in range(8):
+            yield torch.rand(obs_cond.shape[0], act_dim, generator=g) * 2 - 1
+
+    envs = [task.make_env() for _ in range(25)]
+    random_metrics = sfp.evaluate(task, envs, random_stream, episodes, seed, 2, lambda o: o, torch.device("cpu"), act_dim)
+    for env in envs:
+        env.close()
+    return random_metrics["success"]
+
+
+def imitation_check(in_tmp, total_steps: int, min_share_of_demonstrator: float, **overrides) -> dict:
+    import minari
+
+    dataset = minari.MinariDataset(ROOT / "datasets/flowrl/pointmaze/demos-v0/data")
+    demonstrator = float(np.mean([float(ep.rewards.sum() > 0) for ep in dataset.iterate_episodes()]))
+    args = tiny(total_steps=total_steps, hidden_dim=128, time_emb_dim=64, batch_size=256, eval_freq=total_steps,
+                eval_episodes=100, eval_envs=50, lr_warmup_steps=100, **overrides)
+    metrics = sfp.main(args)
+    random_success = random_and_demonstrator(sfp.load_task(args.env_id), 100, 10_000 * args.seed, 2)
+    assert metrics["eval/success"] > random_success + 0.2, (metrics, random_success)
+    assert metrics["eval/success"] >= min_share_of_demonstrator * demonstrator, (metrics, demonstrator)
+    assert metrics["eval/time_to_first_action_ms"] > 0
+    return metrics
+
+
+def test_imitation_on_the_embedded_pointmaze_demos_beats_random_and_approaches_the_demonstrator(in_tmp):
+    """Stochastic SFP (the default), 1500 CPU-scale steps, 100 episodes: vs a uniform random policy on the same
+    env seeds and the demonstrator's success in the data (1.0)."""
+    imitation_check(in_tmp, 1500, 0.35)
+
+
+@pytest.mark.slow
+def test_imitation_full_budget_on_the_embedded_pointmaze_demos(in_tmp):
+    imitation_check(in_tmp, 6000, 0.5)  # not run in this task (CPU budget): 2000 steps gave 0.49 +- 0.06
+
+
+# ---------------------------------------------------------------------------------------------- runs and bad input
+def test_same_seed_gives_the_same_networks_on_cpu(tmp_path, monkeypatch):
+    states = []
+    for run in range(2):
+        (tmp_path / str(run)).mkdir()
+        monkeypatch.chdir(tmp_path / str(run))
+        sfp.main(tiny(env_id="toy/crossing", variant="stochastic", total_steps=40, eval_freq=40, save_model=True))
+        states.append(torch.load(next((tmp_path / str(run)).glob("runs/*/streaming_flow.pt"))))
+    for name in ("net", "ema"):
+        for key, value in states[0][name].items():
+            assert torch.equal(value, states[1][name][key]), (name, key)
+
+
+def test_checkpoint_reloads_and_evaluates(in_tmp):
+    first = sfp.main(tiny(env_id="toy/crossing", total_steps=60, eval_freq=60, save_model=True))
+    path = next(in_tmp.glob("runs/*/streaming_flow.pt"))
+    again = sfp.main(tiny(env_id="toy/crossing", total_steps=60, checkpoint=str(path)))
+    assert again["eval/mean_dist_to_demo"] == pytest.approx(first["eval/mean_dist_to_demo"])
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(in_tmp, monkeypatch):
+    original = sfp.sfp_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if len(calls) > 50 else loss
+
+    monkeypatch.setattr(sfp, "sfp_loss", poisoned)
+    with pytest.raises(sfp.NonFiniteLossError, match="non-finite loss"):
+        sfp.main(tiny(env_id="toy/crossing", total_steps=100, eval_freq=50, log_freq=25, save_model=True))
+    state = torch.load(next(in_tmp.glob("runs/*/streaming_flow.pt")))
+    assert state["step"] == 50
+    assert all(torch.isfinite(v).all() for v in state["ema"].values())
+
+
+def run_script(*argv):
+    return subprocess.run([sys.executable, str(ROOT / "streaming_flow.py"), *argv], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
+    result = run_script("--env-id", "nosuch/dataset-v0", "--no-cuda")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_latent_sigmas_and_unknown_toy_are_rejected(in_tmp):
+    with pytest.raises(sfp.DatasetError, match="sigma0 e\\^-k <= sigma1"):
+        sfp.main(tiny(env_id="toy/crossing", variant="stochastic", sigma0=0.5, sigma1=0.1, k=0.0))
+    with pytest.raises(sfp.DatasetError, match="unknown toy task"):
+        sfp.main(tiny(env_id="toy/nosuch"))
