@@ -1,0 +1,872 @@
+"""Q-learning with Adjoint Matching (QAM).
+
+Paper: "Q-learning with Adjoint Matching", Qiyang Li, Sergey Levine, arXiv:2601.14234 (ICLR 2026).
+Official code (JAX): https://github.com/ColinQiyangLi/qam
+
+Idea. A flow policy is expressive, but steering it with the critic's action gradient means
+backpropagating through the whole sampling chain, which is unstable. QAM instead treats policy
+improvement as reward fine-tuning of a generative model: the target policy is the behaviour policy
+tilted by the critic, pi*(a|s) ~ pi_beta(a|s) exp(inv_temp * Q(s, a)), and adjoint matching
+(Domingo-Enrich et al., 2025) turns that into a per-step regression. A BC flow b (the base field)
+is cloned from the data; a second field f (the fine-tuned policy) is rolled out through the
+memoryless SDE of the linear path; the critic's gradient at the final action, -inv_temp * grad_a Q,
+is carried backwards along the rollout with vector-Jacobian products of the BASE field (the "lean
+adjoint"); and f is regressed at every step so that (2/sigma)(f - b) matches -sigma * adjoint. No
+gradient ever flows through the chain. A critic ensemble (mean - rho * std target) is trained by TD
+with action chunking / n-step returns, as in Q-chunking.
+
+This file implements QAM offline and offline->online as the official code: 10 LayerNorm critics with
+a pessimistic (mean - rho * std) target, a BC flow (actor_slow) with an EMA copy used as the base
+field, a separately initialised fine field (actor_fast) trained by adjoint matching, action chunks of
+`--horizon-length` actions with n-step returns (`--action-chunking`: the critic and the policy see the
+whole chunk, which is executed open-loop), the sparse-reward transform (`--sparse`), one Adam over all
+networks with a global gradient-norm clip, and the two variants QAM-FQL (`--fql-alpha`: a one-step
+policy distilled from f while maximising Q) and QAM-EDIT (`--edit-scale`: a tanh-Gaussian edit policy
+added to f's action, trained SAC-style). Differences from the official code, all deliberate:
+  * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench;
+    Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary;
+  * the BC flow (actor_slow) is evaluated too (`eval/bc_flow_*`), as the in-run behaviour-cloning baseline;
+  * the ablation switches of the official config (residual field, no target actor, no clipping of the
+    action inside Q's gradient, online critic's gradient) are not exposed; their default values are built in;
+  * no image encoders (state-based tasks only); no 100M-dataset file rotation.
+
+Usage:
+  python qam.py --total-steps 20000 --hidden-dim 256 --num-layers 3 --horizon-length 1       # embedded Reacher, CPU
+  python qam.py --env-id cube-double-play-singletask-task2-v0 --inv-temp 1.0                  # OGBench, paper setting
+  python qam.py --env-id puzzle-3x3-play-singletask-task1-v0 --sparse --inv-temp 3.0 --online-steps 500000
+See docs/qam.md for the paper <-> code map, the per-task temperatures, logged metrics and results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True` and deterministic algorithms"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    env_id: str = "flowrl/reacher/mixed-v0"
+    """dataset: a local Minari dataset dir, an embedded id (datasets/), an OGBench dataset name or a Minari id"""
+    ogbench_dataset_dir: str = "~/.ogbench/data"
+    """where OGBench datasets are read from (downloaded there when missing)"""
+    total_steps: int = 1_000_000
+    """offline gradient steps"""
+    online_steps: int = 0
+    """environment steps of online fine-tuning after the offline phase (the paper uses 500_000)"""
+    start_training: int = 5000
+    """online phase: updates begin after this many environment steps"""
+    batch_size: int = 256
+    """the batch size of each gradient step"""
+    learning_rate: float = 3e-4
+    """the learning rate of the (single) Adam optimizer"""
+    max_grad_norm: float = 1.0
+    """global gradient-norm clip over all networks (<= 0 disables it)"""
+    gamma: float = 0.99
+    """the discount factor (the paper uses 0.995 on the giant/humanoid mazes)"""
+    tau: float = 0.005
+    """Polyak rate of the target critic and of the EMA base field"""
+    hidden_dim: int = 512
+    """width of every MLP"""
+    num_layers: int = 4
+    """hidden layers of every MLP"""
+    eval_freq: int = 50_000
+    """evaluate every this many steps (and at the end)"""
+    eval_episodes: int = 50
+    """episodes per evaluation"""
+    eval_bc_flow: bool = True
+    """also evaluate the BC flow (actor_slow; the in-run behaviour-cloning baseline)"""
+    log_freq: int = 5000
+    """log losses every this many gradient steps (the only host syncs of the loop)"""
+    save_model: bool = False
+    """save a checkpoint at every evaluation (runs/<run>/<exp_name>.pt)"""
+    checkpoint: Optional[str] = None
+    """load the networks (and optimizer) from this checkpoint before training"""
+
+    # Algorithm specific arguments
+    inv_temp: float = 0.3
+    """inverse temperature: the target policy is pi_beta * exp(inv_temp * Q) (per-task values: docs/qam.md)"""
+    flow_steps: int = 10
+    """steps of the memoryless SDE (adjoint matching) and of the Euler ODE sampler"""
+    num_critics: int = 10
+    """size of the critic ensemble"""
+    rho: float = 0.5
+    """pessimism of the TD target: mean - rho * std over the target ensemble"""
+    horizon_length: int = 5
+    """action-chunk / n-step length H (the paper: 5 on manipulation, 1 on locomotion)"""
+    action_chunking: bool = True
+    """critic and policy act on the whole chunk of H actions (executed open-loop); otherwise n-step returns only"""
+    sparse: bool = False
+    """sparse-reward transform r -> -1[r != 0] (the paper's puzzle and scene domains)"""
+    best_of_n: int = 1
+    """sample this many actions and keep the one with the highest mean critic value"""
+    fql_alpha: float = 0.0
+    """QAM-FQL: if > 0, act with a one-step policy distilled from the fine field (distillation weight)"""
+    edit_scale: float = 0.0
+    """QAM-EDIT: if > 0, add edit_scale x a tanh-Gaussian edit policy's output to the fine field's action"""
+    edit_target_entropy_multiplier: float = 0.5
+    """QAM-EDIT: target entropy = -multiplier x action dimension"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks (official code: GELU, LayerNorm after the activation in the critic only, Glorot-uniform
+# kernels, zero biases; time t enters the velocity field as a raw scalar)
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: Optional[int]) -> nn.Sequential:
+    """GELU MLP; with out_dim=None it ends with the last hidden activation (a trunk)."""
+    layers, dim = [], in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(dim, hidden_dim), nn.GELU()]
+        dim = hidden_dim
+    if out_dim is not None:
+        layers.append(nn.Linear(dim, out_dim))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class VectorField(nn.Module):
+    """Velocity field v(s, x_t, t) -> velocity; used for the BC flow b and for the fine field f."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim + 1, hidden_dim, num_layers, act_dim)
+
+    def forward(self, obs: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, x_t, t], dim=-1))
+
+
+class OneStepPolicy(nn.Module):
+    """QAM-FQL's one-step policy mu(s, z) -> action (unbounded; clipped where it is used)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, hidden_dim, num_layers, act_dim)
+
+    def forward(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, z], dim=-1))
+
+
+class EditPolicy(nn.Module):
+    """QAM-EDIT's edit policy: tanh(N(mu(s, a), std(s, a))), log-std clipped to [-20, 2] (official TanhNormal)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int):
+        super().__init__()
+        self.trunk = mlp(obs_dim + act_dim, hidden_dim, num_layers, None)
+        self.mean, self.log_std = nn.Linear(hidden_dim, act_dim), nn.Linear(hidden_dim, act_dim)
+        for layer in (self.mean, self.log_std):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, noise: torch.Tensor) -> tuple:
+        """Reparameterised sample e = tanh(mu + std * noise) and its log-probability (B,)."""
+        h = self.trunk(torch.cat([obs, action], dim=-1))
+        mean, log_std = self.mean(h), self.log_std(h).clamp(-20.0, 2.0)
+        u = mean + log_std.exp() * noise
+        log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)  # log|d tanh(u)/du|
+        return torch.tanh(u), log_prob
+
+
+class EnsembleLinear(nn.Module):
+    """K independent linear layers applied as one batched matmul: (K, B, in) -> (K, B, out)."""
+
+    def __init__(self, num: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(num, 1, out_dim))
+        bound = math.sqrt(6.0 / (in_dim + out_dim))  # Glorot uniform, per member
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm with a separate affine transform per ensemble member."""
+
+    def __init__(self, num: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(num, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class Critic(nn.Module):
+    """Ensemble of K critics Q_k(s, a) -> (K, B); MLP with GELU then LayerNorm per hidden layer."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int, num_critics: int):
+        super().__init__()
+        self.num_critics = num_critics
+        layers, dim = [], obs_dim + act_dim
+        for _ in range(num_layers):
+            layers += [EnsembleLinear(num_critics, dim, hidden_dim), nn.GELU(), EnsembleLayerNorm(num_critics, hidden_dim)]
+            dim = hidden_dim
+        layers.append(EnsembleLinear(num_critics, dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], dim=-1)
+        return self.net(x.reshape(1, -1, x.shape[-1]).expand(self.num_critics, -1, -1)).reshape(
+            self.num_critics, *x.shape[:-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample_flow(field: Callable, obs: torch.Tensor, z: torch.Tensor, flow_steps: int) -> torch.Tensor:
+    """Euler ODE of a velocity field from noise z (x_{i+1} = x_i + v(s, x_i, i/T) / T), clipped to [-1, 1]."""
+    x, dt = z, 1.0 / flow_steps
+    for i in range(flow_steps):
+        t = torch.full_like(x[..., :1], i * dt)
+        x = x + dt * field(obs, x, t)
+    return x.clamp(-1.0, 1.0)
+
+
+def memoryless_sigma(t: torch.Tensor, h: float) -> torch.Tensor:
+    """Memoryless noise schedule of the linear path, sigma_t = sqrt(2 (1 - t) / t), shifted by h to avoid t = 0."""
+    return torch.sqrt(2.0 * (1.0 - t + h) / (t + h))
+
+
+@torch.no_grad()
+def memoryless_rollout(fine_field: Callable, base_field: Callable, obs: torch.Tensor, x0: torch.Tensor,
+                       flow_steps: int) -> tuple:
+    """Euler-Maruyama of the memoryless SDE dX = (2 f(X, t) - X / t) dt + sigma_t dB with the FINE field.
+
+    The last step is a deterministic ODE step with the BASE field (as the official code, following the
+    adjoint-matching paper). Returns the visited states xs = (x_0..x_{T-1}) as (T, B, D), their times
+    ts (T, B, 1) and the final action x_T (B, D). Nothing here carries a gradient.
+    """
+    h = 1.0 / flow_steps
+    x, xs, ts = x0, [], []
+    for i in range(flow_steps):
+        t = torch.full_like(x[..., :1], i * h)
+        xs.append(x)
+        ts.append(t)
+        if i < flow_steps - 1:
+            drift = 2.0 * fine_field(obs, x, t) - x / (t + h)
+            x = x + h * drift + math.sqrt(h) * memoryless_sigma(t, h) * torch.randn_like(x)
+        else:
+            x = x + h * base_field(obs, x, t)
+    return torch.stack(xs), torch.stack(ts), x
+
+
+def terminal_adjoint(critic: Critic, obs: torch.Tensor, action: torch.Tensor, inv_temp: float) -> torch.Tensor:
+    """Terminal condition of the lean adjoint: a_1 = grad_a of the reward g(a) = -inv_temp * mean_k Q_k(s, clip(a)).
+
+    The critic's parameters are not differentiated (only the action is); clip has zero gradient outside [-1, 1].
+    """
+    action = action.detach().requires_grad_(True)
+    with torch.enable_grad():
+        q = critic(obs, action.clamp(-1.0, 1.0)).mean(0).sum()
+        (grad,) = torch.autograd.grad(q, action)
+    return -inv_temp * grad
+
+
+def lean_adjoint(base_field: Callable, obs: torch.Tensor, xs: torch.Tensor, adj_terminal: torch.Tensor,
+                 flow_steps: int) -> torch.Tensor:
+    """Lean adjoint ODE d a_t / dt = -a_t^T d/dx [2 b(x, t) - x / t], integrated backwards from t = 1.
+
+    Discretised as the official code: a_i = a_{i+1} + h * J_i^T a_{i+1}, with J_i the Jacobian of
+    2 b(s, x, t_i + h) - x / (t_i + h) at x = x_i: one batched vector-Jacobian product of the BASE field per
+    step (autograd.grad w.r.t. the input only, create_graph=False: no graph is kept, no parameter gradient is
+    formed). Returns (T, B, D), entry i paired with (x_i, t_i).
+    """
+    h = 1.0 / flow_steps
+    adj, adjs = adj_terminal.detach(), [None] * flow_steps
+    for i in reversed(range(flow_steps)):
+        t = torch.full_like(adj[..., :1], i * h + h)
+        with torch.enable_grad():
+            x = xs[i].detach().requires_grad_(True)
+            (vjp,) = torch.autograd.grad(2.0 * base_field(obs, x, t) - x / t, x, grad_outputs=adj)
+        adj = adj + h * vjp
+        adjs[i] = adj
+    return torch.stack(adjs)
+
+
+def adjoint_matching_loss(fine_field: nn.Module, base_field: Callable, critic: Critic, obs: torch.Tensor,
+                          action_dim: int, flow_steps: int, inv_temp: float) -> tuple:
+    """The adjoint-matching objective of QAM (the paper's policy loss; Domingo-Enrich et al. 2025, "adjoint matching"):
+
+        L(f) = E sum_i || (2 / sigma_i) (f(s, x_i, t_i) - b(s, x_i, t_i)) + sigma_i a_i ||^2
+
+    with (x_i) a memoryless-SDE rollout of f, a_i the lean adjoint of the base field b started from
+    -inv_temp * grad_a Q, and all of (x_i, a_i, b) constants: the gradient reaches f only through f(s, x_i, t_i).
+    Sum over action dimensions and steps, mean over the batch. Returns (loss, |terminal adjoint| mean).
+    """
+    h = 1.0 / flow_steps
+    x0 = torch.randn(obs.shape[0], action_dim, device=obs.device, dtype=obs.dtype)
+    xs, ts, action = memoryless_rollout(fine_field, base_field, obs, x0, flow_steps)
+    adj_terminal = terminal_adjoint(critic, obs, action, inv_temp)
+    adjs = lean_adjoint(base_field, obs, xs, adj_terminal, flow_steps)
+    sigmas = memoryless_sigma(ts, h)
+    obs_steps = obs.expand(flow_steps, *obs.shape)
+    with torch.no_grad():
+        vf_base = base_field(obs_steps, xs, ts)
+    vf_fine = fine_field(obs_steps, xs, ts)
+    residual = (2.0 / sigmas) * (vf_fine - vf_base) + sigmas * adjs
+    return residual.square().sum(-1).sum(0).mean(), adj_terminal.abs().mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Other losses (official agents/qam.py)
+# ---------------------------------------------------------------------------------------------
+def critic_loss(critic: Critic, target_critic: Critic, batch: dict, next_actions: torch.Tensor, gamma: float,
+                horizon: int, rho: float) -> tuple:
+    """TD loss with a chunked n-step target (Q-chunking):
+    E[ valid * (Q_k(s, a_chunk) - (R_H + gamma^H * mask * (mean_k Qbar - rho * std_k Qbar)(s_H, a')))^2 ].
+    """
+    with torch.no_grad():
+        next_qs = target_critic(batch["next_observations"], next_actions)
+        next_q = next_qs.mean(0) - rho * next_qs.std(0, unbiased=False)
+        target_q = batch["rewards"] + gamma ** horizon * batch["masks"] * next_q
+    q = critic(batch["observations"], batch["critic_actions"])
+    return ((q - target_q).square() * batch["valid"]).mean(), q
+
+
+def bc_flow_loss(actor_slow: VectorField, obs: torch.Tensor, actions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Flow matching on the data (linear path x_t = (1 - t) x_0 + t a, target velocity a - x_0), valid chunks only."""
+    x_0 = torch.randn_like(actions)
+    t = torch.rand_like(actions[:, :1])
+    x_t = (1.0 - t) * x_0 + t * actions
+    return ((actor_slow(obs, x_t, t) - (actions - x_0)).square().mean(-1) * valid).mean()
+
+
+def frozen_q(critic: Critic, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Mean critic value with the critic's parameters detached (the gradient reaches the actions only)."""
+    frozen = {name: p.detach() for name, p in critic.named_parameters()}
+    return torch.func.functional_call(critic, frozen, (obs, actions)).mean(0)
+
+
+def qam_fql_losses(one_step: OneStepPolicy, fine_field: Callable, critic: Critic, obs: torch.Tensor, action_dim: int,
+                   flow_steps: int) -> tuple:
+    """QAM-FQL: -Q(s, clip(mu(s, z))) and ||mu(s, z) - ODE_f(s, z)||^2 (weighted by fql_alpha by the caller)."""
+    z = torch.randn(obs.shape[0], action_dim, device=obs.device)
+    target = sample_flow(fine_field, obs, z, flow_steps)
+    actions = one_step(obs, z)
+    return F.mse_loss(actions, target), -frozen_q(critic, obs, actions.clamp(-1.0, 1.0)).mean()
+
+
+def qam_edit_losses(edit: EditPolicy, log_alpha: torch.Tensor, fine_field: Callable, critic: Critic, obs: torch.Tensor,
+                    action_dim: int, flow_steps: int, edit_scale: float, target_entropy: float) -> tuple:
+    """QAM-EDIT: -Q(s, clip(a_f + scale * e)) + alpha * log pi_e(e | s, a_f), and the SAC temperature loss."""
+    base_actions = sample_flow(fine_field, obs, torch.randn(obs.shape[0], action_dim, device=obs.device), flow_steps)
+    e, log_prob = edit(obs, base_actions, torch.randn_like(base_actions))
+    q_loss = -frozen_q(critic, obs, (base_actions + edit_scale * e).clamp(-1.0, 1.0)).mean()
+    entropy_loss = (log_prob * log_alpha.detach().exp()).mean()
+    entropy = -log_prob.detach().mean()
+    alpha_loss = log_alpha.exp() * (entropy - target_entropy)
+    return q_loss, entropy_loss, alpha_loss, entropy
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: datasets, replay buffer with chunked sampling, environments, evaluation
+# ---------------------------------------------------------------------------------------------
+class DatasetError(ValueError):
+    """Bad --env-id or dataset contents; reported as one line and a non-zero exit."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) as in the official code
+
+
+def flatten_obs(space: gym.Space, obs) -> np.ndarray:
+    """Flatten (a batch of) observations of a Box or Dict space to float32 (batch, dim) in `space`'s key order."""
+    if isinstance(space, gym.spaces.Dict):
+        return np.concatenate([flatten_obs(s, obs[k]) for k, s in space.spaces.items()], axis=-1)
+    obs = np.asarray(obs, dtype=np.float32)
+    return obs.reshape(*obs.shape[: obs.ndim - len(space.shape)], -1)
+
+
+def check_spaces(obs_space: gym.Space, act_space: gym.Space) -> None:
+    if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
+        raise DatasetError(f"QAM needs a continuous 1-D Box action space; this dataset has {act_space}")
+    if not np.all(np.isfinite(act_space.low)) or not np.all(np.isfinite(act_space.high)):
+        raise DatasetError(f"QAM needs a bounded action space to rescale to [-1, 1]; got {act_space}")
+    spaces = obs_space.spaces.values() if isinstance(obs_space, gym.spaces.Dict) else [obs_space]
+    for space in spaces:
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) > 1:
+            raise DatasetError(f"QAM handles flat Box (or Dict of flat Box) observations; got {obs_space}")
+
+
+class OfflineData:
+    """Transitions of an offline dataset as float32 arrays, with the means to evaluate on its env."""
+
+    def __init__(self, transitions: dict, make_env: Callable[[], gym.Env], flatten: Callable, score: Callable):
+        self.transitions = transitions  # observations, actions, rewards, masks, next_observations, ends
+        self.make_env = make_env  # -> env with actions in [-1, 1]
+        self.flatten = flatten  # env observation(s) -> float32 (batch, obs_dim)
+        self.score = score  # episode returns -> normalized score x100 (or None)
+
+
+def to_unit_box(actions: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    return np.clip(2.0 * (actions - low) / (high - low) - 1.0, -ACTION_CLIP, ACTION_CLIP).astype(np.float32)
+
+
+def unit_box_env(env: gym.Env) -> gym.Env:
+    space = env.action_space
+    if np.allclose(space.low, -1.0) and np.allclose(space.high, 1.0):
+        return env
+    return gym.wrappers.RescaleAction(env, -1.0, 1.0)
+
+
+def load_minari(dataset, env_id: str) -> OfflineData:
+    import minari
+
+    check_spaces(dataset.observation_space, dataset.action_space)
+    obs_space = dataset.observation_space
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminations", "next_observations", "ends")}
+    for episode in dataset.iterate_episodes():
+        obs = flatten_obs(obs_space, episode.observations)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(np.asarray(episode.actions, dtype=np.float32))
+        parts["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
+        parts["terminations"].append(np.asarray(episode.terminations, dtype=np.float32))
+        ends = np.zeros(len(episode.actions), dtype=np.float32)
+        ends[-1:] = 1.0  # episode boundary: action chunks never cross it
+        parts["ends"].append(ends)
+    if not parts["actions"]:
+        raise DatasetError(f"dataset {env_id!r} has no episodes")
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    data["actions"] = to_unit_box(data["actions"], dataset.action_space)
+    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as the official FQL code
+        data["rewards"] = data["rewards"] - 1.0
+    data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
+
+    def make_env():
+        try:
+            return unit_box_env(dataset.recover_environment(eval_env=True))
+        except Exception as e:  # a missing env package, an env id unknown to this gymnasium
+            raise DatasetError(f"cannot recreate the evaluation env of {env_id!r}: {type(e).__name__}: {e}") from e
+
+    has_ref = dataset.storage.metadata.get("ref_min_score") is not None and dataset.storage.metadata.get("ref_max_score") is not None
+    score = (lambda returns: 100.0 * minari.get_normalized_score(dataset, np.asarray(returns))) if has_ref else (lambda r: None)
+    return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score)
+
+
+def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
+    import ogbench
+
+    if "singletask" not in name.split("-"):
+        raise DatasetError(f"QAM needs a reward-labelled OGBench dataset (e.g. cube-double-play-singletask-task2-v0); got {name!r}")
+    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir))
+    check_spaces(env.observation_space, env.action_space)
+    data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
+    data["ends"] = np.asarray(train["terminals"], dtype=np.float32)  # OGBench: 1 on each trajectory's last transition
+    data["actions"] = to_unit_box(data["actions"], env.action_space)
+    env.close()
+    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
+    return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
+
+
+def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
+    """Resolve --env-id: a local Minari dataset dir, an embedded dataset, an OGBench name, a Minari id."""
+    import minari
+
+    tried = []
+    for path in (Path(env_id), Path(__file__).resolve().parent / "datasets" / env_id):
+        for data_dir in (path / "data", path):
+            if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
+                return validated(load_minari(minari.MinariDataset(data_dir), env_id), env_id)
+        tried.append(f"no Minari dataset in {path}")
+    if "/" not in env_id and env_id.endswith("-v0"):
+        try:
+            return validated(load_ogbench(env_id, ogbench_dataset_dir), env_id)
+        except DatasetError:
+            raise
+        except Exception as e:
+            tried.append(f"OGBench: {type(e).__name__}: {e}")
+    else:
+        try:
+            return validated(load_minari(minari.load_dataset(env_id, download=True), env_id), env_id)
+        except DatasetError:
+            raise
+        except Exception as e:
+            tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with "
+                       f"`minari list remote`, see datasets/ for the embedded ones, or pass an OGBench "
+                       f"singletask name such as cube-double-play-singletask-task2-v0")
+
+
+def validated(data: OfflineData, env_id: str) -> OfflineData:
+    for key, array in data.transitions.items():
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise DatasetError(f"dataset {env_id!r} has {int(bad.sum())} non-finite values in {key!r}")
+    return data
+
+
+def sparse_reward(rewards):
+    """The paper's sparse transform for puzzle/scene: r -> -1 if r != 0 else 0."""
+    return -(rewards != 0).astype(np.float32) if isinstance(rewards, np.ndarray) else -float(rewards != 0)
+
+
+class ReplayBuffer:
+    """All transitions as tensors on `device`; offline data first, online transitions appended.
+
+    `sample_chunks` draws H consecutive transitions per sample (Q-chunking's sampler): chunks that run over an
+    episode boundary are marked invalid (`valid` = 0) and masked out of the critic and BC losses.
+    """
+
+    def __init__(self, transitions: dict, capacity: int, device: torch.device):
+        self.size = len(transitions["rewards"])
+        capacity = max(capacity, self.size)
+        self.data = {}
+        for key, array in transitions.items():
+            tensor = torch.zeros((capacity,) + array.shape[1:], dtype=torch.float32, device=device)
+            tensor[: self.size] = torch.as_tensor(array, device=device)
+            self.data[key] = tensor
+
+    def add(self, **transition) -> None:
+        for key, value in transition.items():
+            self.data[key][self.size] = torch.as_tensor(value, dtype=torch.float32)
+        self.size += 1
+
+    def sample_chunks(self, batch_size: int, horizon: int, gamma: float, action_chunking: bool) -> dict:
+        d, device = self.data, self.data["rewards"].device
+        start = torch.randint(0, self.size - horizon + 1, (batch_size,), device=device)
+        idx = start[:, None] + torch.arange(horizon, device=device)  # (B, H)
+        ends = d["ends"][idx]
+        # valid_i = 1 until the chunk has passed an episode's last transition (valid_0 = 1)
+        valid = torch.cat([torch.ones_like(ends[:, :1]), 1.0 - ends[:, :-1].cummax(1).values], dim=1)
+        discounts = gamma ** torch.arange(horizon, device=device, dtype=torch.float32)
+        last = valid.sum(1).long() - 1  # index of the last valid transition
+        actions = d["actions"][idx]  # (B, H, A)
+        return {
+            "observations": d["observations"][start],
+            "actions": actions,
+            "critic_actions": actions.flatten(1) if action_chunking else actions[:, 0],
+            "rewards": (d["rewards"][idx] * discounts * valid).sum(1),  # n-step discounted return of the chunk
+            "masks": torch.where(valid > 0, d["masks"][idx], torch.ones_like(valid)).amin(1),
+            "next_observations": d["next_observations"][idx[torch.arange(batch_size, device=device), last]],
+            "valid": valid[:, -1],
+        }
+
+
+def evaluate(data: OfflineData, envs: list, policy: Callable, action_dim: int, episodes: int, seed: int,
+             device: torch.device) -> dict:
+    """Run `episodes` episodes on the `envs` in parallel; each env executes its action chunk open-loop and
+    asks the policy (one batched call for all envs that need one) for a new chunk when it is used up."""
+    returns, successes = [], []
+    next_episode = 0
+    obs, ep_return, active = [None] * len(envs), [0.0] * len(envs), [False] * len(envs)
+    queues = [[] for _ in envs]
+    for i, env in enumerate(envs):
+        if next_episode < episodes:
+            obs[i], _ = env.reset(seed=seed + next_episode)
+            active[i], next_episode = True, next_episode + 1
+    while any(active):
+        ids = [i for i in range(len(envs)) if active[i] and not queues[i]]
+        if ids:
+            batch = torch.as_tensor(np.stack([data.flatten(obs[i]) for i in ids]), device=device)
+            chunks = policy(batch).cpu().numpy().reshape(len(ids), -1, action_dim)
+            for i, chunk in zip(ids, chunks):
+                queues[i] = list(chunk)
+        for i in [i for i in range(len(envs)) if active[i]]:
+            obs[i], reward, terminated, truncated, info = envs[i].step(queues[i].pop(0))
+            ep_return[i] += float(reward)
+            if terminated or truncated:
+                returns.append(ep_return[i])
+                if "success" in info:
+                    successes.append(float(info["success"]))
+                ep_return[i], queues[i] = 0.0, []
+                if next_episode < episodes:
+                    obs[i], _ = envs[i].reset(seed=seed + next_episode)
+                    next_episode += 1
+                else:
+                    active[i] = False
+    metrics = {"episodic_return": float(np.mean(returns)), "episodic_return_std": float(np.std(returns))}
+    score = data.score(returns)
+    if score is not None:
+        metrics["normalized_score"] = float(np.mean(score))
+        metrics["normalized_score_std"] = float(np.std(score))
+    if successes:
+        metrics["success"] = float(np.mean(successes))
+    return metrics
+
+
+def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer, step: int, args: Args) -> None:
+    """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
+    state = {name: m.state_dict() for name, m in modules.items()}
+    state.update(optimizer=optimizer.state_dict(), step=step, args=asdict(args))
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class LogParam(nn.Module):
+    """A positive scalar stored as its log (QAM-EDIT's entropy temperature, initialised to 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_value = nn.Parameter(torch.zeros(()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    if args.fql_alpha > 0 and args.edit_scale > 0:
+        raise DatasetError("only one of --fql-alpha and --edit-scale can be > 0")
+    if args.horizon_length < 1 or args.flow_steps < 1 or args.best_of_n < 1:
+        raise DatasetError("--horizon-length, --flow-steps and --best-of-n must be >= 1")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+    data = load_offline_data(args.env_id, args.ogbench_dataset_dir)
+    if args.sparse:
+        data.transitions["rewards"] = sparse_reward(data.transitions["rewards"])
+    obs_dim = data.transitions["observations"].shape[1]
+    act_dim = data.transitions["actions"].shape[1]
+    H = args.horizon_length
+    if len(data.transitions["rewards"]) < H:
+        raise DatasetError(f"dataset {args.env_id!r} has fewer transitions than --horizon-length {H}")
+    chunk_dim = act_dim * H if args.action_chunking else act_dim  # what the critic and the policies see
+    buffer = ReplayBuffer(data.transitions, len(data.transitions["rewards"]) + args.online_steps, device)
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    # networks: critic ensemble (+ target), BC flow actor_slow (+ EMA target = base field b), fine field actor_fast
+    def field():
+        return VectorField(obs_dim, chunk_dim, args.hidden_dim, args.num_layers).to(device)
+
+    critic = Critic(obs_dim, chunk_dim, args.hidden_dim, args.num_layers, args.num_critics).to(device)
+    target_critic = Critic(obs_dim, chunk_dim, args.hidden_dim, args.num_layers, args.num_critics).to(device)
+    actor_slow, target_actor_slow, actor_fast = field(), field(), field()  # actor_fast: its own initialisation
+    target_critic.load_state_dict(critic.state_dict())
+    target_actor_slow.load_state_dict(actor_slow.state_dict())
+    target_critic.requires_grad_(False)
+    target_actor_slow.requires_grad_(False)
+    modules = dict(critic=critic, target_critic=target_critic, actor_slow=actor_slow, target_actor_slow=target_actor_slow,
+                   actor_fast=actor_fast)
+    if args.fql_alpha > 0:
+        modules["one_step_actor"] = OneStepPolicy(obs_dim, chunk_dim, args.hidden_dim, args.num_layers).to(device)
+    if args.edit_scale > 0:
+        modules["edit_actor"] = EditPolicy(obs_dim, chunk_dim, args.hidden_dim, args.num_layers).to(device)
+        modules["edit_alpha"] = LogParam().to(device)
+    trained = [m for name, m in modules.items() if not name.startswith("target_")]
+    params = [p for m in trained for p in m.parameters()]
+    # one Adam over all networks after one global gradient-norm clip, as the official optax chain
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    start_step = 0
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location=device)
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+    polyak = ([p for m in (critic, actor_slow) for p in m.parameters()],
+              [p for m in (target_critic, target_actor_slow) for p in m.parameters()])
+    target_entropy = -args.edit_target_entropy_multiplier * chunk_dim
+
+    def policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The deployed policy (chunk of H actions, or one): ODE of the fine field (of the BC flow if inv_temp = 0),
+        or QAM-FQL's one-step policy, plus QAM-EDIT's edit; best-of-n by the mean critic value."""
+        with torch.no_grad():
+            n = args.best_of_n
+            obs_n = obs.repeat_interleave(n, 0) if n > 1 else obs
+            z = torch.randn(obs_n.shape[0], chunk_dim, device=device, generator=generator)
+            if args.fql_alpha > 0:
+                actions = modules["one_step_actor"](obs_n, z).clamp(-1.0, 1.0)
+            else:
+                actions = sample_flow(actor_fast if args.inv_temp != 0 else actor_slow, obs_n, z, args.flow_steps)
+                if args.edit_scale > 0:
+                    noise = torch.randn(actions.shape, device=device, generator=generator)
+                    actions = (actions + args.edit_scale * modules["edit_actor"](obs_n, actions, noise)[0]).clamp(-1.0, 1.0)
+            if n > 1:
+                best = critic(obs_n, actions).mean(0).view(-1, n).argmax(1)
+                actions = actions.view(-1, n, chunk_dim)[torch.arange(obs.shape[0], device=device), best]
+            return actions
+
+    def bc_flow_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        z = torch.randn(obs.shape[0], chunk_dim, device=device, generator=generator)
+        return sample_flow(actor_slow, obs, z, args.flow_steps)
+
+    def update(batch: dict) -> dict:
+        obs = batch["observations"]
+        loss_critic, q = critic_loss(critic, target_critic, batch, policy(batch["next_observations"]), args.gamma, H, args.rho)
+        loss_flow = bc_flow_loss(actor_slow, obs, batch["critic_actions"], batch["valid"])
+        loss_adj, adj_mean = adjoint_matching_loss(actor_fast, target_actor_slow, target_critic, obs, chunk_dim,
+                                                   args.flow_steps, args.inv_temp)
+        loss = loss_critic + loss_flow + loss_adj
+        out = {"critic_loss": loss_critic, "flow_loss": loss_flow, "adj_loss": loss_adj, "adj_mean": adj_mean}
+        if args.fql_alpha > 0:
+            distill, fql_q = qam_fql_losses(modules["one_step_actor"], actor_fast, critic, obs, chunk_dim, args.flow_steps)
+            loss = loss + fql_q + args.fql_alpha * distill
+            out.update(fql_distill_loss=distill, fql_q_loss=fql_q)
+        if args.edit_scale > 0:
+            log_alpha = modules["edit_alpha"].log_value
+            edit_q, edit_entropy, alpha_loss, entropy = qam_edit_losses(
+                modules["edit_actor"], log_alpha, actor_fast, critic, obs, chunk_dim, args.flow_steps, args.edit_scale,
+                target_entropy)
+            loss = loss + edit_q + edit_entropy + alpha_loss
+            out.update(edit_q_loss=edit_q, edit_entropy_loss=edit_entropy, edit_alpha_loss=alpha_loss,
+                       edit_entropy=entropy, edit_alpha=log_alpha.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.max_grad_norm > 0:
+            out["grad_norm"] = nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(polyak[1], polyak[0], args.tau)
+        out.update(q_mean=q.mean(), total_loss=loss)
+        return {k: v.detach() for k, v in out.items()}
+
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    checkpoint_path = run_dir / f"{args.exp_name}.pt"
+    total = args.total_steps + args.online_steps
+    progress = Progress(total, start_step)
+    online_env = data.make_env() if args.online_steps > 0 else None
+    online_obs, online_queue, episode_return, episode_length = None, [], 0.0, 0
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    metrics: dict = {}
+    losses: dict = {}
+    t0, last_log_step = time.time(), start_step
+
+    def run_evaluation(step: int) -> dict:
+        """Same env seeds and policy noise at every evaluation, independent of the training RNG."""
+        policies = {"": policy, "bc_flow_": bc_flow_policy} if args.eval_bc_flow else {"": policy}
+        result = {}
+        for prefix, pol in policies.items():
+            generator = torch.Generator(device=device).manual_seed(args.seed)
+            m = evaluate(data, eval_envs, lambda obs: pol(obs, generator), act_dim, args.eval_episodes, 10_000 * args.seed, device)
+            result.update({f"eval/{prefix}{k}": v for k, v in m.items()})
+        for k, v in result.items():
+            writer.add_scalar(k, v, step)
+        progress.write(f"step {step}: " + ", ".join(f"{k[5:]}={v:.3f}" for k, v in result.items() if not k.endswith("_std")))
+        return result
+
+    for step in range(start_step + 1, total + 1):
+        train_now = True
+        if step > args.total_steps:  # online: one env step (chunks executed open-loop), then one update
+            if online_obs is None:
+                online_obs, _ = online_env.reset(seed=args.seed)
+            if not online_queue:
+                chunk = policy(torch.as_tensor(data.flatten(online_obs)[None], device=device))[0].cpu().numpy()
+                online_queue = list(chunk.reshape(-1, act_dim))
+            action = online_queue.pop(0)
+            next_obs, reward, terminated, truncated, info = online_env.step(action)
+            buffer.add(observations=data.flatten(online_obs), actions=action,
+                       rewards=sparse_reward(reward) if args.sparse else reward, masks=1.0 - float(terminated),
+                       next_observations=data.flatten(next_obs), ends=float(terminated or truncated))
+            episode_return, episode_length = episode_return + float(reward), episode_length + 1
+            online_obs = next_obs
+            if terminated or truncated:
+                writer.add_scalar("charts/episodic_return", episode_return, step)
+                writer.add_scalar("charts/episodic_length", episode_length, step)
+                if "success" in info:
+                    writer.add_scalar("charts/success", float(info["success"]), step)
+                online_obs, online_queue, episode_return, episode_length = None, [], 0.0, 0
+            train_now = step - args.total_steps >= args.start_training
+
+        if train_now:
+            losses = update(buffer.sample_chunks(args.batch_size, H, args.gamma, args.action_chunking))
+            nonfinite |= ~torch.isfinite(losses["total_loss"])
+
+        log_now, eval_now = step % args.log_freq == 0 or step == total, step % args.eval_freq == 0 or step == total
+        if (log_now or eval_now) and nonfinite.item():  # checked before anything is logged, evaluated or saved
+            raise NonFiniteLossError(
+                f"non-finite loss within steps {last_log_step + 1}..{step}; training stopped"
+                + (f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
+        if log_now and losses:
+            sps = (step - last_log_step) / (time.time() - t0)
+            for k, v in losses.items():
+                writer.add_scalar(f"losses/{k}", v.item(), step)
+            writer.add_scalar("charts/SPS", sps, step)
+            progress.update(step, sps=sps, critic=losses["critic_loss"].item(), adj=losses["adj_loss"].item(),
+                            q=losses["q_mean"].item(), **headline(metrics))
+            t0, last_log_step = time.time(), step
+        if eval_now:
+            metrics = run_evaluation(step)
+            if args.save_model:
+                save_checkpoint(checkpoint_path, modules, optimizer, step, args)
+    if total == start_step:  # nothing to train (e.g. --total-steps 0 with a checkpoint): just evaluate
+        metrics = run_evaluation(start_step)
+    progress.close()
+    writer.close()
+    for env in eval_envs + ([online_env] if online_env else []):
+        env.close()
+    return metrics
+
+
+def headline(metrics: dict) -> dict:
+    """The latest evaluation's main number, for the progress bar."""
+    for key in ("eval/success", "eval/normalized_score", "eval/episodic_return"):
+        if key in metrics:
+            return {key.split("/")[1]: metrics[key]}
+    return {}
+
+
+class Progress:
+    """tqdm bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int, initial: int):
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True)
+        self.total, self.last = total, initial
+
+    def update(self, step: int, **postfix) -> None:
+        text = {k: f"{v:.3g}" for k, v in postfix.items()}
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix(text, refresh=False)
+        else:
+            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()), flush=True)
+        self.last = step
+
+    def write(self, text: str) -> None:
+        (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except (DatasetError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
