@@ -10,8 +10,9 @@ its evaluation env spec and reference min/max scores (random policy / scripted e
 Datasets (recipes, sizes and the returns of each behaviour: docs/datasets.md):
   flowrl/reacher/mixed-v0     offline RL default. Reacher-v5, 3000 episodes: 1/3 Jacobian-transpose
                               expert + N(0, 0.1), 1/3 expert + N(0, 0.75), 1/3 uniform random.
-  flowrl/reacher/noisy-v0     offline RL with headroom. Reacher-v5, same expert, but only 5% of the
-                              episodes near-expert; the rest are very noisy or random.
+  flowrl/pointmaze/wander-v0  offline RL with headroom (D4RL-maze2d style). The medium maze with one
+                              fixed goal and a sparse reward; the data wanders between random cells
+                              and never aims at the goal, so a policy has to be stitched together.
   flowrl/pointmaze/demos-v0   demonstrations. A PointMaze with pillars, so that many routes between
                               two cells are equally short; a BFS + PD controller follows one
                               shortest route drawn at random per episode (multimodal demos).
@@ -123,6 +124,25 @@ class MazeDemonstrator:
         return np.clip(self.kp * (self.waypoints[0] - pos) - self.kd * vel, -1.0, 1.0)
 
 
+class MazeWanderer(MazeDemonstrator):
+    """Ignores the task's goal: heads for a random cell, then another, until the episode ends (maze2d-style data)."""
+
+    def reset(self, obs: dict) -> None:
+        self._new_route(tuple(int(v) for v in self.maze.cell_xy_to_rowcol(obs["achieved_goal"])))
+
+    def _new_route(self, start) -> None:
+        cells = [(r, c) for r, row in enumerate(self.maze.maze_map) for c, v in enumerate(row) if v != 1 and (r, c) != start]
+        goal = cells[self.rng.integers(len(cells))]
+        route = random_shortest_route(self.maze.maze_map, start, goal, self.rng)
+        self.waypoints = [self.maze.cell_rowcol_to_xy(np.array(c)) for c in route[1:]]
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        pos = obs["observation"][:2]
+        if len(self.waypoints) == 1 and np.linalg.norm(self.waypoints[0] - pos) < self.switch_radius:
+            self._new_route(tuple(int(v) for v in self.maze.cell_xy_to_rowcol(pos)))
+        return super().__call__(obs)
+
+
 # ----------------------------------------------------------------------------------------------
 # Episode collection
 # ----------------------------------------------------------------------------------------------
@@ -205,15 +225,6 @@ def make_reacher_mixed(seed: int = 0):
     return env_id, episodes, ref_min, ref_max, desc, beh, refs
 
 
-def make_reacher_noisy(seed: int = 1):
-    mix = [("expert+N(0,0.1)", 0.05, 0.1), ("expert+N(0,1.0)", 0.45, 1.0), ("uniform random", 0.5, None)]
-    env_id, episodes, ref_min, ref_max, beh, refs = reacher_mix(seed, 3000, mix)
-    desc = ("Reacher-v5, 3000 episodes (150k transitions): 5% Jacobian-transpose expert with N(0,0.1) "
-            "action noise, 45% expert with N(0,1.0) noise, 50% uniform random actions. "
-            "ref_min_score = uniform random policy, ref_max_score = noiseless expert.")
-    return env_id, episodes, ref_min, ref_max, desc, beh, refs
-
-
 POINTMAZE_SPEC = dict(maze_map=PILLAR_MAZE, continuing_task=False, reset_target=False)
 POINTMAZE_MAX_STEPS = 300
 
@@ -245,9 +256,45 @@ def make_pointmaze_demos(seed: int = 2):
     return env.spec, episodes, ref_min[0], ref_max[0], desc, beh, {"random": ref_min, "demonstrator": ref_max}
 
 
+# D4RL-maze2d-style offline RL: the medium maze with ONE fixed goal cell ("g"); the data wanders
+# between random cells and never aims at the goal, so the policy must be stitched from pieces.
+WANDER_MAZE = [
+    [1, 1, 1, 1, 1, 1, 1, 1],
+    [1, 0, 0, 1, 1, 0, 0, 1],
+    [1, 0, 0, 1, 0, 0, 0, 1],
+    [1, 1, 0, 0, 0, 1, 1, 1],
+    [1, 0, 0, 1, 0, 0, 0, 1],
+    [1, 0, 1, 0, 0, 1, 0, 1],
+    [1, 0, 0, 0, 1, 0, "g", 1],
+    [1, 1, 1, 1, 1, 1, 1, 1],
+]
+WANDER_MAX_STEPS = 400
+
+
+def make_pointmaze_wander(seed: int = 3):
+    spec = gym.envs.registration.EnvSpec(
+        id="PointMaze_MediumFixedGoal-v3", entry_point="gymnasium_robotics.envs.maze.point_maze:PointMazeEnv",
+        max_episode_steps=WANDER_MAX_STEPS, kwargs=dict(maze_map=WANDER_MAZE, continuing_task=False, reset_target=False))
+    env = gym.make(spec)
+    rng = np.random.default_rng(seed)
+    wander, demo = MazeWanderer(env.unwrapped.maze, rng), MazeDemonstrator(env.unwrapped.maze, rng)
+    start = seed * 1_000_000
+    policy = lambda obs: np.clip(wander(obs) + rng.normal(0.0, 0.3, size=2), -1.0, 1.0)  # noqa: E731
+    episodes = [rollout(env, policy, start + i, reset=wander.reset) for i in range(300)]
+    beh = {"wanderer (random cells) + N(0,0.3)": mean_return(episodes) + (len(episodes),)}
+    ref_seed = start + 900_000
+    ref_min = mean_return([rollout(env, uniform(rng), ref_seed + i) for i in range(REF_EPISODES)])
+    ref_max = mean_return([rollout(env, demo, ref_seed + i, reset=demo.reset) for i in range(REF_EPISODES)])
+    desc = ("PointMaze medium maze (D4RL maze2d layout) with one fixed goal cell; sparse reward 1 at the goal, "
+            "the episode ends there (so the return is the success), 400 steps at most. 300 episodes of a "
+            "wanderer that follows shortest routes to random cells, ignoring the goal, with N(0,0.3) action "
+            "noise. ref_min_score = uniform random, ref_max_score = a BFS + PD controller heading for the goal.")
+    return spec, episodes, ref_min[0], ref_max[0], desc, beh, {"random": ref_min, "goal-directed controller": ref_max}
+
+
 RECIPES = {
     "flowrl/reacher/mixed-v0": make_reacher_mixed,
-    "flowrl/reacher/noisy-v0": make_reacher_noisy,
+    "flowrl/pointmaze/wander-v0": make_pointmaze_wander,
     "flowrl/pointmaze/demos-v0": make_pointmaze_demos,
 }
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # toy_envs
 import toy_envs  # noqa: E402
 
 OGBENCH_TINY = "pointmaze-medium-navigate-singletask-task1-v0"
-EMBEDDED = ["flowrl/reacher/mixed-v0", "flowrl/reacher/noisy-v0", "flowrl/pointmaze/demos-v0"]
+EMBEDDED = ["flowrl/reacher/mixed-v0", "flowrl/pointmaze/wander-v0", "flowrl/pointmaze/demos-v0"]
 
 
 def import_script(name: str):
