@@ -1,0 +1,104 @@
+"""Evaluation table of flow_opt.py over seeds: runs the small CPU configuration (train N = 4 and 8, evaluate
+N in {4, 8, 16, 32}) once per seed, then writes mean +- std per robot count and a figure.
+
+  OMP_NUM_THREADS=1 python benchmarks/flow_opt_curves.py --seeds 1 2 3 [--extra "--num-scenarios 800"]
+writes docs/results/flow_opt_eval.csv, docs/results/flow_opt_eval.png and docs/results/flow_opt_trajectories.png
+(the first seed's trajectories). Run output goes to --workdir (default /tmp/flow_opt_curves), not the repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+COLUMNS = ("success", "collision_before_sf", "collision_after_sf", "smoothness_ratio_vs_opt", "sf_iters", "sf_zero_init_iters",
+           "sf_zero_init_success", "t_sample_s", "t_init_s", "t_sf_s", "t_sf_zero_init_s", "t_flowopt_s", "opt_success",
+           "opt_iters", "t_opt_s", "time_ratio_opt_over_flowopt", "t_median_flowopt_s", "t_median_opt_s", "median_time_ratio",
+           "cpu_flowopt_s", "cpu_opt_s", "cpu_time_ratio")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--workdir", default="/tmp/flow_opt_curves")
+    parser.add_argument("--extra", default="", help="extra flow_opt.py arguments, one string")
+    parser.add_argument("--collect-only", action="store_true", help="only summarise the runs already in --workdir")
+    cli = parser.parse_args()
+    work = Path(cli.workdir)
+    for seed in cli.seeds:
+        run_dir = work / f"seed{seed}"
+        if cli.collect_only or list(run_dir.glob("runs/*/evaluation.csv")):
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(ROOT / "flow_opt.py"), "--no-cuda", "--threads", "1", "--seed", str(seed), *shlex.split(cli.extra)]
+        with open(run_dir / "log.txt", "w") as log:
+            subprocess.run(cmd, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, check=True)
+    tables = []
+    for seed in cli.seeds:
+        found = sorted((work / f"seed{seed}").glob("runs/*/evaluation.csv"))
+        if found:
+            with open(found[-1]) as f:
+                tables.append(list(csv.DictReader(f)))
+    if not tables:
+        sys.exit("no evaluation.csv found")
+    robots = [int(r["robots"]) for r in tables[0]]
+    summary = []
+    for i, n in enumerate(robots):
+        row = {"robots": n, "seeds": len(tables), "scenarios": tables[0][i]["scenarios"], "samples": tables[0][i]["samples"]}
+        for col in COLUMNS:
+            values = np.array([float(t[i].get(col, "nan")) for t in tables])
+            row[f"{col}_mean"], row[f"{col}_std"] = values.mean(), values.std()
+        summary.append(row)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "flow_opt_eval.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(summary[0]))
+        writer.writeheader()
+        writer.writerows(summary)
+    first = sorted((work / f"seed{cli.seeds[0]}").glob("runs/*/trajectories.png"))
+    if first:
+        shutil.copy(first[-1], RESULTS / "flow_opt_trajectories.png")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    get = lambda col: (np.array([r[f"{col}_mean"] for r in summary]), np.array([r[f"{col}_std"] for r in summary]))  # noqa: E731
+    for col, label in (("success", "Flow-Opt success"), ("opt_success", "optimizer success"),
+                       ("collision_before_sf", "collisions before SF"), ("collision_after_sf", "collisions after SF")):
+        m, s = get(col)
+        axes[0].errorbar(robots, m, s, marker="o", capsize=3, label=label)
+    axes[0].set_ylabel("fraction of scenarios")
+    axes[0].legend(fontsize=7)
+    for col, label in (("t_flowopt_s", "Flow-Opt (sample+init+SF)"), ("t_opt_s", "centralized optimizer")):
+        m, s = get(col)
+        axes[1].errorbar(robots, m, s, marker="o", capsize=3, label=label)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("batch wall-clock [s]")
+    axes[1].legend(fontsize=7)
+    for col, label in (("time_ratio_opt_over_flowopt", "time ratio opt / Flow-Opt"), ("smoothness_ratio_vs_opt", "smoothness ratio Flow-Opt / opt")):
+        m, s = get(col)
+        axes[2].errorbar(robots, m, s, marker="o", capsize=3, label=label)
+    axes[2].axhline(1.0, color="0.5", lw=0.8)
+    axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("robots N")
+        ax.set_xscale("log", base=2)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"flow_opt.py, {len(tables)} seed(s), 2-core AMD EPYC CPU (shared), single thread")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "flow_opt_eval.png", dpi=110)
+    print(open(RESULTS / "flow_opt_eval.csv").read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1039 @@
+"""Flow-Opt: multi-robot trajectory optimisation with a flow model and a learned differentiable safety filter.
+
+Paper: "Flow-Opt: Scalable Centralized Multi-Robot Trajectory Optimization with Flow Matching and
+Differentiable Optimization", Simon Idoko, Arun Kumar Singh (v2 adds Prajyot Jadhav), arXiv:2510.09204.
+Official code (linked from the paper, not available here): github.com/cisimon7/FlowOpt.
+
+Idea. Centralized joint trajectory optimisation for N robots is accurate but slow. Flow-Opt learns the
+distribution of optimal joint trajectories with a conditional flow-matching model (a diffusion transformer,
+DiT, with permutation-invariant robot and map encoders), samples a batch of candidates in one shot, and
+makes them feasible with a safety filter (SF): a batched, differentiable projection solver whose
+initialisation (a coefficient correction and the multipliers) is predicted by a network trained
+self-supervised by back-propagating through the unrolled solver.
+
+What this file implements, all batched over samples and scenarios in torch (CPU or CUDA):
+  1. procedural scenarios: N disc robots in a square workspace with circular obstacles; start/goal layouts
+     "random", "antipodal" (circle crossing) and "swap" (pairs exchange places); collision-free by construction;
+  2. Bernstein trajectories (order 10 per axis over a fixed horizon, evaluated at `num_times` samples);
+  3. the safety filter / centralized optimizer: augmented-Lagrangian alternating minimisation with the polar
+     (projection) reformulation of separation, obstacle, velocity and acceleration constraints, boundary
+     conditions as equalities, one constant KKT matrix inverted once per (N, #obstacles); fixed iteration
+     count, so it is differentiable by unrolling;
+  4. training data: the same solver with a smoothness cost, run to convergence from perturbed straight lines;
+  5. a DiT conditional flow-matching model over the joint coefficients (one token per robot, adaLN-Zero);
+  6. the init network (Delta c, lambda_0), trained through the unrolled SF;
+  7. evaluation for several robot counts against the centralized optimizer from scratch (same tolerance).
+
+THIS REPO'S RECONSTRUCTION. The paper body and code were not readable here. Everything below beyond the
+abstract follows the same first author's Swarm-Gen safety filter (github cisimon7/SwarmGen) and the Singh
+lab's polar-reformulation solvers, adapted to 2-D; assumptions, named:
+  * 2-D holonomic disc robots, static circular obstacles, square workspace, velocity/acceleration norm
+    bounds; all sizes (workspace 10 m x 10 m, radius 0.2 m, horizon 10 s, v_max = a_max = 2) are ours;
+  * multipliers live in coefficient space (lambda <- lambda - rho F^T res), as in Swarm-Gen;
+  * the flow model generates the residual w.r.t. the straight-line Bernstein trajectory, normalised;
+  * DiT/init-net sizes and all training budgets are ours (small enough for a CPU);
+  * the init-net loss is Swarm-Gen's (mean fixed-point residual + distance to the generated sample) plus a
+    constraint-violation term;
+  * the init network also sees the sample's constraint residual F^T res (one polar step), our addition;
+  * the optimizer (data generator and baseline) is the same solver with cost |c - guess|^2 + 10 |Pddot c|^2;
+  * Flow-Opt returns, per scenario, the feasible sample with the smallest acceleration cost.
+
+Usage:
+  OMP_NUM_THREADS=1 python flow_opt.py --no-cuda                       # small CPU config (train N=4 and 8 + table)
+  python flow_opt.py --evaluate --checkpoint runs/<run>/flow_opt.pt   # evaluation table for N in {4, 8, 16, 32}
+See docs/flow_opt.md for the pipeline, the paper <-> code map and the measured results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    threads: int = 0
+    """torch.set_num_threads(threads) when > 0 (use 1 to measure single-threaded CPU time)"""
+    save_model: bool = True
+    """save the networks to runs/<run>/<exp_name>.pt (atomically, at every log step and at the end)"""
+    checkpoint: Optional[str] = None
+    """load the networks from this checkpoint before training (with --evaluate: evaluate it only)"""
+    evaluate: bool = False
+    """only evaluate --checkpoint (no data, no training): the table over --eval-robots"""
+    log_freq: int = 250
+    """log losses every this many gradient steps (the only host syncs of the training loops)"""
+
+    # Scenarios and trajectories (this repo's choice; see the module docstring)
+    train_robots: Tuple[int, ...] = (4, 8)
+    """robot counts of the training scenarios (one model for all; batches cycle through them)"""
+    num_obstacles: int = 4
+    """circular obstacles per scenario"""
+    layouts: Tuple[str, ...] = ("random", "antipodal", "swap")
+    """start/goal layouts sampled uniformly: random, antipodal, swap"""
+    workspace: float = 5.0
+    """half-width of the square workspace [m]"""
+    robot_radius: float = 0.2
+    """robot disc radius [m]; robots must stay 2 r apart"""
+    obstacle_radius: Tuple[float, float] = (0.25, 0.45)
+    """obstacle radii are uniform in this range [m]"""
+    horizon: float = 10.0
+    """trajectory duration T [s]"""
+    num_times: int = 50
+    """time samples at which constraints are imposed"""
+    order: int = 10
+    """Bernstein polynomial order per axis (order + 1 coefficients)"""
+    v_max: float = 2.0
+    """speed bound [m/s]"""
+    a_max: float = 2.0
+    """acceleration bound [m/s^2]"""
+    tol: float = 0.02
+    """constraint tolerance (m, m/s, m/s^2) defining success, for Flow-Opt and the optimizer alike"""
+
+    # Solver (safety filter and centralized optimizer)
+    rho_agent: float = 1.0
+    """augmented-Lagrangian weight of robot-robot separation"""
+    rho_obs: float = 1.0
+    """augmented-Lagrangian weight of robot-obstacle separation"""
+    rho_ws: float = 1.0
+    """augmented-Lagrangian weight of the workspace box"""
+    rho_vel: float = 1.0
+    """augmented-Lagrangian weight of the speed bound"""
+    rho_acc: float = 1.0
+    """augmented-Lagrangian weight of the acceleration bound"""
+    sf_iters: int = 15
+    """SF iterations unrolled when training the init network (Swarm-Gen: 15)"""
+    sf_max_iters: int = 200
+    """at evaluation the SF runs until every scenario has a sample within --tol, at most this many iterations"""
+    check_every: int = 5
+    """iterations between convergence checks (host syncs) of the solvers at evaluation"""
+
+    # Data generation (centralized optimizer run to convergence)
+    num_scenarios: int = 500
+    """training scenarios per robot count"""
+    opt_max_iters: int = 1000
+    """centralized-optimizer iterations at most (the evaluation baseline)"""
+    opt_smoothness: float = 10.0
+    """weight of sum ||Pddot c||^2 in the optimizer's cost (its proximity weight to the guess is 1)"""
+    data_iters: int = 300
+    """optimizer iterations at most when generating data (stops once 95% of a chunk is solved)"""
+    perturb_std: float = 1.0
+    """std [m] of the perturbation of the straight-line guess's interior coefficients (diverse data)"""
+    data_path: Optional[str] = None
+    """reuse/extend this data cache (.pt) instead of runs/<run>/data.pt"""
+
+    # Flow model (DiT)
+    total_steps: int = 1200
+    """flow-matching gradient steps"""
+    batch_size: int = 128
+    """scenarios per flow-matching step"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the flow model"""
+    hidden_dim: int = 128
+    """DiT width (also robot/map encoders and the init network)"""
+    depth: int = 4
+    """DiT blocks"""
+    heads: int = 4
+    """attention heads"""
+    flow_steps: int = 10
+    """Euler steps of the flow sampler"""
+
+    # Init network
+    init_steps: int = 120
+    """init-network gradient steps (through the unrolled SF)"""
+    init_batch_size: int = 32
+    """scenarios per init-network step (one flow sample each)"""
+    init_learning_rate: float = 1e-3
+    """Adam learning rate of the init network"""
+    init_w_fp: float = 1.0
+    """weight of the mean fixed-point residual in the init loss"""
+    init_w_dist: float = 1.0
+    """weight of ||c_K - c_gen||^2 in the init loss"""
+    init_w_viol: float = 1.0
+    """weight of the final constraint violation in the init loss"""
+
+    # Evaluation
+    eval_robots: Tuple[int, ...] = (4, 8, 16, 32)
+    """robot counts of the evaluation table"""
+    eval_scenarios: int = 50
+    """held-out scenarios per robot count"""
+    num_samples: int = 4
+    """flow samples per scenario (the best feasible one is returned)"""
+
+
+class ScenarioError(ValueError):
+    """Impossible settings (scenarios, robot counts, checkpoint); reported as one line and a non-zero exit."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Bernstein trajectory parameterisation: x(t) = P(t) c, c = order + 1 coefficients per axis
+# ---------------------------------------------------------------------------------------------
+def bernstein_basis(order: int, num_times: int, horizon: float) -> tuple:
+    """(P, Pdot, Pddot), each (num_times, order + 1), float64, at t_k = k T / (num_times - 1)."""
+    tau = torch.linspace(0.0, 1.0, num_times, dtype=torch.float64)
+
+    def b(n: int, i: int) -> torch.Tensor:
+        if i < 0 or i > n:
+            return torch.zeros_like(tau)
+        return math.comb(n, i) * tau**i * (1.0 - tau) ** (n - i)
+
+    n = order
+    P = torch.stack([b(n, i) for i in range(n + 1)], 1)
+    Pd = torch.stack([b(n - 1, i - 1) - b(n - 1, i) for i in range(n + 1)], 1) * (n / horizon)
+    Pdd = torch.stack([b(n - 2, i - 2) - 2 * b(n - 2, i - 1) + b(n - 2, i) for i in range(n + 1)], 1) * (n * (n - 1) / horizon**2)
+    return P, Pd, Pdd
+
+
+def boundary_matrix(P: torch.Tensor, Pd: torch.Tensor, Pdd: torch.Tensor) -> torch.Tensor:
+    """A (6, nv): position, velocity, acceleration at t = 0 and t = T (one robot, one axis)."""
+    return torch.stack([P[0], Pd[0], Pdd[0], P[-1], Pd[-1], Pdd[-1]])
+
+
+def boundary_values(starts: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
+    """b (B, N, 2, 6) = [start, 0, 0, goal, 0, 0] per robot and axis (rest-to-rest)."""
+    z = torch.zeros_like(starts)
+    return torch.stack([starts, z, z, goals, z, z], -1)
+
+
+def straight_line_coefs(starts: torch.Tensor, goals: torch.Tensor, order: int) -> torch.Tensor:
+    """Coefficients (B, N, 2, nv) of the straight path start -> goal at rest at both ends: the first and last
+    three coefficients equal start / goal (zero end velocity and acceleration), the interior ones linear."""
+    nv = order + 1
+    s = torch.zeros(nv, dtype=starts.dtype, device=starts.device)
+    s[3:nv - 3] = torch.arange(1, nv - 5, dtype=starts.dtype, device=starts.device) / (nv - 5)
+    s[nv - 3:] = 1.0
+    return starts[..., None] + (goals - starts)[..., None] * s
+
+
+# ---------------------------------------------------------------------------------------------
+# Procedural scenarios (batched; collision-free by construction)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class World:
+    """Geometry and limits shared by the sampler, the solver and the metrics."""
+
+    workspace: float
+    robot_radius: float
+    obstacle_radius: Tuple[float, float]
+    v_max: float
+    a_max: float
+
+    @classmethod
+    def from_args(cls, args: Args) -> "World":
+        return cls(args.workspace, args.robot_radius, tuple(args.obstacle_radius), args.v_max, args.a_max)
+
+
+def check_scenario_args(n: int, num_obstacles: int, world: World, layouts: tuple) -> None:
+    if n < 2:
+        raise ScenarioError(f"need at least 2 robots per scenario, got {n}")
+    if num_obstacles < 0:
+        raise ScenarioError(f"--num-obstacles must be >= 0, got {num_obstacles}")
+    bad = [lay for lay in layouts if lay not in LAYOUTS]
+    if bad or not layouts:
+        raise ScenarioError(f"unknown layout(s) {bad or list(layouts)}; choose from {list(LAYOUTS)}")
+    cells = grid_cells(world).shape[0]
+    if n > cells // 2:
+        raise ScenarioError(f"{n} robots do not fit a {2 * world.workspace:g} m workspace with radius "
+                            f"{world.robot_radius:g} m (at most {cells // 2}); enlarge --workspace")
+    smallest = antipodal_radius(world) - 0.5  # circle radius in [R - 0.5, R], angular jitter +-10% of the spacing
+    if "antipodal" in layouts and (smallest <= 0 or 2 * smallest * math.sin(0.8 * math.pi / n) < 2 * world.robot_radius + 0.05):
+        raise ScenarioError(f"{n} robots do not fit on the antipodal circle of radius {antipodal_radius(world):g} m; "
+                            f"enlarge --workspace or drop the antipodal layout")
+
+
+LAYOUTS = ("random", "antipodal", "swap")
+
+
+def grid_spacing(world: World) -> float:
+    return max(1.0, 2 * world.robot_radius + 0.6)
+
+
+def grid_cells(world: World, device=None) -> torch.Tensor:
+    g = grid_spacing(world)
+    m = int((2 * (world.workspace - world.robot_radius)) // g)
+    ticks = (torch.arange(m, dtype=torch.float32, device=device) - (m - 1) / 2) * g
+    return torch.stack(torch.meshgrid(ticks, ticks, indexing="ij"), -1).reshape(-1, 2)
+
+
+def antipodal_radius(world: World) -> float:
+    return world.workspace - 1.0
+
+
+def sample_scenarios(num: int, n: int, num_obstacles: int, world: World, layouts: tuple, generator: torch.Generator,
+                     device: torch.device) -> dict:
+    """num scenarios with n robots: starts, goals (num, n, 2), obstacles (num, M, 3) = (x, y, radius).
+
+    Robots occupy distinct cells of a grid (spacing >= 2 r + 0.6) with a jitter that keeps them >= 2 r + 0.1
+    apart; antipodal robots sit on a circle; obstacles take grid cells at least r + r_obs + 0.1 from every start
+    and goal (scenarios without enough such cells are redrawn)."""
+    check_scenario_args(n, num_obstacles, world, layouts)
+    cells = grid_cells(world, device)
+    g, r = grid_spacing(world), world.robot_radius
+    jitter = (g - 2 * r - 0.1) / (2 * math.sqrt(2))
+    kept, have = [], 0
+    while have < num:
+        m = 2 * (num - have) + 8
+        rand = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
+        starts = cells[rand(m, cells.shape[0]).argsort(1)[:, :n]] + (2 * rand(m, n, 2) - 1) * jitter
+        goals = cells[rand(m, cells.shape[0]).argsort(1)[:, :n]] + (2 * rand(m, n, 2) - 1) * jitter
+        layout = torch.tensor([LAYOUTS.index(lay) for lay in layouts], device=device)[
+            (rand(m) * len(layouts)).long().clamp(max=len(layouts) - 1)]
+        # swap: robots (0,1), (2,3), ... exchange places (a 3-cycle closes odd n)
+        partner = torch.arange(n, device=device) ^ 1
+        if n % 2:
+            partner[-3:] = torch.tensor([n - 2, n - 1, n - 3], device=device)
+        goals = torch.where((layout == 2)[:, None, None], starts[:, partner], goals)
+        # antipodal: evenly spaced on a circle (angular jitter 10% of the spacing), goal = -start
+        radius = antipodal_radius(world) - 0.5 * rand(m, 1)
+        angle = (rand(m, 1) * 2 * math.pi + (torch.arange(n, device=device) + 0.2 * (rand(m, n) - 0.5))
+                 * (2 * math.pi / n))
+        circle = radius[..., None] * torch.stack([angle.cos(), angle.sin()], -1)
+        anti = (layout == 1)[:, None, None]
+        starts, goals = torch.where(anti, circle, starts), torch.where(anti, -circle, goals)
+        if num_obstacles > 0:
+            lo, hi = world.obstacle_radius
+            cand = cells[None] + (2 * rand(m, cells.shape[0], 2) - 1) * 0.1 * g
+            ends = torch.cat([starts, goals], 1)
+            clearance = torch.cdist(cand, ends).min(-1).values  # (m, cells)
+            radii = lo + (hi - lo) * rand(m, cells.shape[0])
+            valid = clearance >= r + radii + 0.1
+            score = rand(m, cells.shape[0]) + valid.float() * 2.0
+            pick = score.topk(num_obstacles, dim=1).indices
+            ok = valid.gather(1, pick).all(1)
+            take = lambda x: x.gather(1, pick[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
+            obstacles = torch.cat([take(cand), take(radii[..., None])], -1)
+        else:
+            ok = torch.ones(m, dtype=torch.bool, device=device)
+            obstacles = torch.zeros(m, 0, 3, device=device)
+        idx = ok.nonzero().squeeze(1)[: num - have]
+        kept.append((starts[idx], goals[idx], obstacles[idx]))
+        have += idx.numel()
+    starts, goals, obstacles = (torch.cat(x) for x in zip(*kept))
+    return {"starts": starts, "goals": goals, "obstacles": obstacles}
+
+
+def repeat_scenarios(scen: dict, k: int) -> dict:
+    """Each scenario k times in a row (k samples per scenario)."""
+    return {key: value.repeat_interleave(k, 0) for key, value in scen.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Safety filter / centralized optimizer: batched augmented-Lagrangian projection, constant KKT matrix
+# ---------------------------------------------------------------------------------------------
+class TrajectorySolver:
+    """min_c  w_p/2 ||c - c_bar||^2 + w_s/2 ||Pddot c||^2   s.t.  A c = b (rest-to-rest boundary conditions),
+                                                         F_j c - b_j = s_j,  s_j in S_j  for every constraint j.
+
+    Constraints j (per time sample): robot-robot p_i - p_k in {||.|| >= 2 r}, robot-obstacle p_i - o_m in
+    {||.|| >= r + r_m}, workspace p_i in box, velocity in {||.|| <= v_max}, acceleration in {||.|| <= a_max}.
+    The polar form s = a d (cos alpha, sin alpha), d >= 1 (separation) or d <= 1 (bounds), has the closed-form
+    minimiser alpha = atan2(.), d = max(1, ||.|| / a) or min(1, ||.|| / a) (Swarm-Gen), i.e. s = Proj_S(F c - b).
+
+    One iteration (augmented Lagrangian, multiplier lambda in coefficient space, as in Swarm-Gen):
+        c      <- argmin_{A c = b}  cost(c) - lambda^T c + sum_j rho_j/2 ||F_j c - b_j - s_j||^2   (KKT solve)
+        s_j    <- Proj_{S_j}(F_j c - b_j)                                                          (polar step)
+        lambda <- lambda - sum_j rho_j F_j^T (F_j c - b_j - s_j)                                  (dual step)
+    The c-step's KKT matrix depends only on N, the number of obstacles and the rho's: it is inverted once here
+    and every iteration is a batched matmul (separable per axis). With `iters` fixed the whole solve is a
+    differentiable function of (c_bar, c_0, lambda_0) by unrolling.
+    """
+
+    def __init__(self, n: int, num_obstacles: int, world: World, args: Args, w_prox: float = 1.0, w_smooth: float = 0.0,
+                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32):
+        P, Pd, Pdd = bernstein_basis(args.order, args.num_times, args.horizon)
+        self.n, self.m, self.nv, self.world = n, num_obstacles, args.order + 1, world
+        self.rho = dict(agent=args.rho_agent, obs=args.rho_obs, ws=args.rho_ws, vel=args.rho_vel, acc=args.rho_acc)
+        self.w_prox = w_prox
+        rho = self.rho
+        nv = self.nv
+        Hi = (w_prox * torch.eye(nv, dtype=torch.float64) + w_smooth * Pdd.T @ Pdd
+              + (rho["obs"] * num_obstacles + rho["ws"]) * P.T @ P + rho["vel"] * Pd.T @ Pd + rho["acc"] * Pdd.T @ Pdd)
+        laplacian = n * torch.eye(n, dtype=torch.float64) - torch.ones(n, n, dtype=torch.float64)  # D^T D of all pairs
+        H = torch.kron(torch.eye(n, dtype=torch.float64), Hi) + rho["agent"] * torch.kron(laplacian, P.T @ P)
+        Aeq = torch.kron(torch.eye(n, dtype=torch.float64), boundary_matrix(P, Pd, Pdd))
+        kkt = torch.cat([torch.cat([H, Aeq.T], 1), torch.cat([Aeq, torch.zeros(6 * n, 6 * n, dtype=torch.float64)], 1)], 0)
+        inv = torch.linalg.inv(kkt)  # constant: factorised once
+        dim = n * nv
+        self.G = inv[:dim, :dim].to(device, dtype).contiguous()  # (n nv, n nv), symmetric
+        self.E = inv[:dim, dim:].T.to(device, dtype).contiguous()  # (6 n, n nv): b_eq -> c
+        self.P, self.Pd, self.Pdd = (M.to(device, dtype) for M in (P, Pd, Pdd))
+        self.M, self.K = torch.cat([self.P, self.Pd, self.Pdd]), P.shape[0]  # (3 K, nv): all states in one matmul
+        self.offdiag = 1.0 - torch.eye(n, dtype=dtype, device=device)
+        A = boundary_matrix(P, Pd, Pdd)
+        self.A = A.to(device, dtype)
+        self.eq_proj = (A.T @ torch.linalg.inv(A @ A.T)).to(device, dtype)  # (nv, 6)
+        self.dt = args.horizon / (args.num_times - 1)
+
+    # -- pieces -------------------------------------------------------------------------------
+    def c_step(self, q: torch.Tensor, b_eq: torch.Tensor) -> torch.Tensor:
+        """argmin 1/2 c^T H c - q^T c s.t. A c = b, for q (B, N, 2, nv), b_eq (B, N, 2, 6): two batched matmuls."""
+        B, n, _, nv = q.shape
+        qf = q.permute(0, 2, 1, 3).reshape(B, 2, n * nv)
+        bf = b_eq.permute(0, 2, 1, 3).reshape(B, 2, n * 6)
+        c = qf @ self.G + bf @ self.E
+        return c.reshape(B, 2, n, nv).permute(0, 2, 1, 3)
+
+    def equality_projection(self, c: torch.Tensor, b_eq: torch.Tensor) -> torch.Tensor:
+        """Closest coefficients satisfying the boundary conditions exactly: c - A^T (A A^T)^-1 (A c - b)."""
+        return c - (c @ self.A.T - b_eq) @ self.eq_proj.T
+
+    def states(self, c: torch.Tensor) -> tuple:
+        """Positions, velocities, accelerations (B, N, 2, K) at the time samples (one matmul)."""
+        return (c @ self.M.T).split(self.K, -1)
+
+    def project(self, c: torch.Tensor, obstacles: torch.Tensor) -> tuple:
+        """Polar step at c. Returns (q_s, f_res, violation, collision):
+        q_s = sum_j rho_j F_j^T (b_j + s_j) and f_res = sum_j rho_j F_j^T (F_j c - b_j - s_j), both (B, N, 2, nv);
+        violation / collision: the largest constraint excess per sample (all constraints / separations only)."""
+        rho, w, n = self.rho, self.world, self.n
+        pos, vel, acc = self.states(c)
+        r2 = 2 * w.robot_radius
+        # robot-robot, time-major (B, K, N, 2): Delta_ik = p_i - p_k, s_ik = Delta_ik max(1, 2r / ||Delta_ik||);
+        # F^T of the pair rows sums over partners k; sum_k (Delta_ik - s_ik) = -(p_i sum_k w_ik - sum_k w_ik p_k)
+        pk = pos.permute(0, 3, 1, 2)
+        sq = pk.square().sum(-1)
+        dist = (sq[..., :, None] + sq[..., None, :] - 2 * pk @ pk.transpose(-1, -2)).clamp(min=1e-12).sqrt()
+        short = (r2 / dist - 1.0).clamp(min=0.0) * self.offdiag  # d = max(1, ||Delta|| / 2r)
+        res_rr = short @ pk - pk * short.sum(-1, keepdim=True)
+        s_rr = n * pk - pk.sum(2, keepdim=True) - res_rr
+        pen = ((r2 - dist) * self.offdiag).clamp(min=0.0).amax((1, 2, 3))
+        g_pos, r_pos = rho["agent"] * s_rr, rho["agent"] * res_rr
+        if self.m > 0:  # robot-obstacle: Delta = p_i - o_m, s = Delta max(1, (r + r_m) / ||Delta||)
+            centre, radius = obstacles[:, None, None, :, :2], obstacles[:, None, None, :, 2]
+            dob = pk[:, :, :, None] - centre  # (B, K, N, M, 2)
+            dist_o = (dob.square().sum(-1) + 1e-12).sqrt()
+            reach = w.robot_radius + radius
+            res_o = -(dob * (reach / dist_o - 1.0).clamp(min=0.0)[..., None]).sum(3)
+            g_pos = g_pos + rho["obs"] * (self.m * pk - res_o)  # sum_m (o_m + s_m)
+            r_pos = r_pos + rho["obs"] * res_o
+            pen = torch.maximum(pen, (reach - dist_o).clamp(min=0.0).amax((1, 2, 3)))
+        bound = w.workspace - w.robot_radius  # workspace box: s = clip(p)
+        s_w = pk.clamp(-bound, bound)
+        g_pos, r_pos = g_pos + rho["ws"] * s_w, r_pos + rho["ws"] * (pk - s_w)
+        exc_w = (pk.abs() - bound).clamp(min=0.0).amax((1, 2, 3))
+
+        def disc(x: torch.Tensor, limit: float) -> tuple:  # polar with d <= 1: s = x min(1, limit / ||x||)
+            norm = (x.square().sum(2, keepdim=True) + 1e-12).sqrt()
+            s = x * (limit / norm).clamp(max=1.0)
+            return s, x - s, (norm - limit).clamp(min=0.0).amax((1, 2, 3))
+
+        s_v, res_v, exc_v = disc(vel, w.v_max)
+        s_a, res_a, exc_a = disc(acc, w.a_max)
+        to_robot = lambda x: x.permute(0, 2, 3, 1)  # noqa: E731  (B, K, N, 2) -> (B, N, 2, K)
+        both = torch.stack([torch.cat([to_robot(g_pos), rho["vel"] * s_v, rho["acc"] * s_a], -1),
+                            torch.cat([to_robot(r_pos), rho["vel"] * res_v, rho["acc"] * res_a], -1)]) @ self.M
+        violation = torch.stack([pen, exc_w, exc_v, exc_a], -1).amax(-1)
+        return both[0], both[1], violation, pen
+
+    # -- solve --------------------------------------------------------------------------------
+    def solve(self, scen: dict, c_bar: torch.Tensor, c0: Optional[torch.Tensor] = None, lam0: Optional[torch.Tensor] = None,
+              iters: int = 15, tol: Optional[float] = None, group: int = 1, check_every: int = 5,
+              stop_fraction: float = 1.0) -> dict:
+        """Run the iteration from (c0, lambda0) (default: c_bar's equality projection, 0).
+
+        Fixed `iters` (tol=None): differentiable by unrolling; returns the final iterate and the per-iteration
+        fixed-point residuals ||c_k - c_{k-1}|| + ||lambda_k - lambda_{k-1}||.
+        With `tol`: each sample keeps the first iterate whose violation <= tol; the loop stops when every group of
+        `group` consecutive samples (the samples of one scenario) has one (or `stop_fraction` of the groups), or
+        after `iters` iterations."""
+        b_eq = boundary_values(scen["starts"], scen["goals"])
+        c = self.equality_projection(c_bar, b_eq) if c0 is None else c0
+        lam = torch.zeros_like(c) if lam0 is None else lam0
+        q_s, f_res, violation, collision = self.project(c, scen["obstacles"])
+        fixed_point = []
+        if tol is not None:
+            best_c, best_viol, best_coll = c.clone(), violation.clone(), collision.clone()
+            solved_at = torch.where(violation <= tol, 0, -1)
+        it = 0
+        for it in range(1, iters + 1):
+            c_new = self.c_step(self.w_prox * c_bar + lam + q_s, b_eq)
+            q_s, f_res, violation, collision = self.project(c_new, scen["obstacles"])
+            lam_new = lam - f_res
+            fixed_point.append((c_new - c).flatten(1).norm(dim=1) + (lam_new - lam).flatten(1).norm(dim=1))
+            c, lam = c_new, lam_new
+            if tol is not None:
+                fresh = (solved_at < 0) & (violation <= tol)
+                keep = fresh | (solved_at < 0)  # unsolved samples follow the iterate
+                best_c = torch.where(keep[:, None, None, None], c, best_c)
+                best_viol, best_coll = torch.where(keep, violation, best_viol), torch.where(keep, collision, best_coll)
+                solved_at = torch.where(fresh, it, solved_at)
+                if it % check_every == 0 and (solved_at >= 0).view(-1, group).any(1).float().mean().item() >= stop_fraction:
+                    break
+        out = {"c": c, "lam": lam, "violation": violation, "collision": collision, "iters": it,
+               "fixed_point": torch.stack(fixed_point, 1) if fixed_point else torch.zeros(c.shape[0], 0)}
+        if tol is not None:
+            out.update(c=best_c, violation=best_viol, collision=best_coll, solved_at=solved_at)
+        return out
+
+    def smoothness(self, c: torch.Tensor) -> torch.Tensor:
+        """Sum over robots and time of ||acceleration||^2 dt, per sample (the paper's smoothness metric)."""
+        return (c @ self.Pdd.T).square().sum((1, 2, 3)) * self.dt
+
+
+def perturbed_guess(scen: dict, order: int, std: float, generator: torch.Generator) -> torch.Tensor:
+    """Straight-line coefficients with Gaussian noise on the interior coefficients (the boundary ones stay)."""
+    c = straight_line_coefs(scen["starts"], scen["goals"], order)
+    noise = torch.randn(c.shape, generator=generator, device=c.device) * std
+    noise[..., :3] = 0.0
+    noise[..., -3:] = 0.0
+    return c + noise
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks: DiT flow model with permutation-invariant robot and map encoders; init network
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
+    layers, dim = [], in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(dim, hidden_dim), nn.SiLU()]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def robot_features(starts: torch.Tensor, goals: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per-robot (start, goal, goal - start) / workspace: no robot index anywhere (permutation equivariance)."""
+    return torch.cat([starts, goals, goals - starts], -1) / scale
+
+
+class MapEncoder(nn.Module):
+    """DeepSets over obstacles (x, y, radius): shared MLP, then mean- and max-pool, then an MLP."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.phi, self.rho = mlp(3, hidden, 2, hidden), mlp(2 * hidden, hidden, 1, hidden)
+        self.hidden = hidden
+
+    def forward(self, obstacles: torch.Tensor, scale: float) -> torch.Tensor:
+        if obstacles.shape[1] == 0:
+            return obstacles.new_zeros(obstacles.shape[0], self.hidden)
+        h = self.phi(obstacles / scale)
+        return self.rho(torch.cat([h.mean(1), h.amax(1)], -1))
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, H = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, H))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class DiTBlock(nn.Module):
+    """Transformer block with adaLN-Zero conditioning (Peebles & Xie): shift/scale/gate from the condition,
+    the gates initialised to zero so every block starts as the identity."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.attn, self.mlp = Attention(hidden, heads), mlp(hidden, 4 * hidden, 1, hidden)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(cond).chunk(6, -1)
+        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), sh1, sc1))
+        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
+    angles = t[:, None] * 1000.0 * freqs
+    return torch.cat([angles.cos(), angles.sin()], -1)
+
+
+class FlowDiT(nn.Module):
+    """Velocity field v_theta(x_t, t | starts, goals, obstacles) over joint coefficients x (B, N, 2 nv).
+
+    One token per robot = Linear(x_i) + RobotEncoder(start_i, goal_i); condition = t-embedding + pooled context
+    (mean of the robot encodings, DeepSets map encoding) through adaLN-Zero. No positional embedding over
+    robots, so permuting the robots permutes the output."""
+
+    def __init__(self, nv: int, hidden: int, depth: int, heads: int, scale: float):
+        super().__init__()
+        self.scale, self.hidden = scale, hidden
+        self.x_in = nn.Linear(2 * nv, hidden)
+        self.robot = mlp(6, hidden, 2, hidden)
+        self.map = MapEncoder(hidden)
+        self.context = mlp(2 * hidden, hidden, 1, hidden)
+        self.time = mlp(hidden, hidden, 1, hidden)
+        self.blocks = nn.ModuleList([DiTBlock(hidden, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.out = nn.Linear(hidden, 2 * nv)
+        for layer in (self.ada[1], self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def encode(self, scen: dict) -> tuple:
+        """Robot encodings (B, N, H) and pooled context (B, H): computed once per sample, reused by every flow step."""
+        r = self.robot(robot_features(scen["starts"], scen["goals"], self.scale))
+        return r, self.context(torch.cat([r.mean(1), self.map(scen["obstacles"], self.scale)], -1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, enc: tuple) -> torch.Tensor:
+        robots, context = enc
+        h = self.x_in(x) + robots
+        cond = self.time(timestep_embedding(t, self.hidden)) + context
+        for block in self.blocks:
+            h = block(h, cond)
+        shift, scale = self.ada(cond).chunk(2, -1)
+        return self.out(modulate(self.norm(h), shift, scale))
+
+
+class InitNet(nn.Module):
+    """Predicts the SF initialisation (Delta c, lambda_0) from the context and the generated sample: per-robot
+    encoder of (start, goal, normalised sample, normalised constraint residual F^T res of the sample), one
+    self-attention layer across robots, pooled map encoding; permutation equivariant. The residual input (one
+    polar step, this repo's addition to Swarm-Gen's inputs) tells the network where the sample is infeasible.
+    Output layer zero-initialised: training starts from the zero initialisation."""
+
+    def __init__(self, nv: int, hidden: int, heads: int, scale: float):
+        super().__init__()
+        self.scale = scale
+        self.robot = mlp(6 + 4 * nv, hidden, 2, hidden)
+        self.map = MapEncoder(hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.attn = Attention(hidden, heads)
+        self.head = mlp(2 * hidden, hidden, 2, 4 * nv)
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, scen: dict, x_gen: torch.Tensor, r_gen: torch.Tensor) -> tuple:
+        B, N, _ = x_gen.shape
+        h = self.robot(torch.cat([robot_features(scen["starts"], scen["goals"], self.scale), x_gen, r_gen], -1))
+        h = h + self.attn(self.norm(h))
+        out = self.head(torch.cat([h, self.map(scen["obstacles"], self.scale)[:, None].expand(-1, N, -1)], -1))
+        dc, lam = out.view(B, N, 2, 2, -1).unbind(2)
+        return dc, lam
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow matching: loss and sampler
+# ---------------------------------------------------------------------------------------------
+def to_tokens(c: torch.Tensor, scen: dict, order: int, coef_scale: float) -> torch.Tensor:
+    """Coefficients (B, N, 2, nv) -> normalised residual w.r.t. the straight line, tokens (B, N, 2 nv)."""
+    return ((c - straight_line_coefs(scen["starts"], scen["goals"], order)) / coef_scale).flatten(2)
+
+
+def from_tokens(x: torch.Tensor, scen: dict, order: int, coef_scale: float) -> torch.Tensor:
+    B, N, _ = x.shape
+    return x.view(B, N, 2, order + 1) * coef_scale + straight_line_coefs(scen["starts"], scen["goals"], order)
+
+
+def flow_matching_loss(model: FlowDiT, x1: torch.Tensor, scen: dict) -> torch.Tensor:
+    """Conditional flow matching with the linear path x_t = (1 - t) x0 + t x1, x0 ~ N(0, I), target x1 - x0
+    (Lipman et al. 2023 Eq. 23 with sigma_min = 0; the paper's generative loss)."""
+    x0 = torch.randn_like(x1)
+    t = torch.rand(x1.shape[0], device=x1.device)
+    xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
+    return F.mse_loss(model(xt, t, model.encode(scen)), x1 - x0)
+
+
+@torch.no_grad()
+def sample_flow(model: FlowDiT, scen: dict, flow_steps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Euler integration of dx/dt = v_theta(x, t) from x0 ~ N(0, I), t: 0 -> 1; batched over all samples."""
+    B, N = scen["starts"].shape[:2]
+    nv2 = model.out.out_features
+    x = torch.randn(B, N, nv2, device=scen["starts"].device, generator=generator)
+    enc, dt = model.encode(scen), 1.0 / flow_steps
+    for i in range(flow_steps):
+        x = x + dt * model(x, torch.full((B,), i * dt, device=x.device), enc)
+    return x
+
+
+def init_from_net(init_net: InitNet, solver: TrajectorySolver, scen: dict, x_gen: torch.Tensor, c_gen: torch.Tensor,
+                  coef_scale: float, lam_scale: float) -> tuple:
+    """c_0 = equality projection of c_gen + Delta c, lambda_0 (Swarm-Gen's InitModel recipe)."""
+    b_eq = boundary_values(scen["starts"], scen["goals"])
+    f_res = solver.project(solver.equality_projection(c_gen, b_eq), scen["obstacles"])[1]
+    dc, lam = init_net(scen, x_gen, (f_res / coef_scale).flatten(2))
+    c0 = solver.equality_projection(c_gen + dc * coef_scale, b_eq)
+    return c0, lam * lam_scale
+
+
+def init_loss(out: dict, c_gen: torch.Tensor, args: Args) -> tuple:
+    """Self-supervised init loss through the unrolled SF (Swarm-Gen recipe + violation term):
+    mean_k fixed-point residual_k + ||c_K - c_gen||^2 (mean over coefficients) + final violation."""
+    fp = out["fixed_point"].mean()
+    dist = (out["c"] - c_gen).square().mean()
+    viol = out["violation"].mean()
+    return args.init_w_fp * fp + args.init_w_dist * dist + args.init_w_viol * viol, fp, dist, viol
+
+
+# ---------------------------------------------------------------------------------------------
+# Data generation: the centralized optimizer run to convergence
+# ---------------------------------------------------------------------------------------------
+def optimizer_for(n: int, num_obstacles: int, world: World, args: Args, device: torch.device) -> TrajectorySolver:
+    return TrajectorySolver(n, num_obstacles, world, args, w_prox=1.0, w_smooth=args.opt_smoothness, device=device)
+
+
+def generate_data(n: int, args: Args, world: World, generator: torch.Generator, device: torch.device,
+                  chunk: int = 500) -> dict:
+    """Scenarios and their optimised joint trajectories; only instances solved within --tol are kept."""
+    opt = optimizer_for(n, args.num_obstacles, world, args, device)
+    parts, tried = [], 0
+    for start in range(0, args.num_scenarios, chunk):
+        scen = sample_scenarios(min(chunk, args.num_scenarios - start), n, args.num_obstacles, world, args.layouts, generator, device)
+        guess = perturbed_guess(scen, args.order, args.perturb_std, generator)
+        out = opt.solve(scen, guess, iters=args.data_iters, tol=args.tol, check_every=10, stop_fraction=0.95)
+        ok = out["solved_at"] >= 0
+        parts.append({**{k: v[ok] for k, v in scen.items()}, "coefs": out["c"][ok]})
+        tried += ok.numel()
+    data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    data["solved_fraction"] = torch.tensor(data["coefs"].shape[0] / max(tried, 1))
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: Flow-Opt pipeline vs the centralized optimizer from scratch, same scenarios, same tolerance
+# ---------------------------------------------------------------------------------------------
+def timed(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+@torch.no_grad()
+def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, world: World, device: torch.device,
+             seed: int) -> tuple:
+    """One row of the evaluation table for n robots (held-out scenarios from a separate seed)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    scen = sample_scenarios(args.eval_scenarios, n, args.num_obstacles, world, args.layouts, gen, device)
+    S, num = args.num_samples, args.eval_scenarios
+    sf = TrajectorySolver(n, args.num_obstacles, world, args, device=device)
+    opt = optimizer_for(n, args.num_obstacles, world, args, device)
+    # centralized optimizer from scratch (perturbed straight-line guess, the data generator's procedure)
+    guess = perturbed_guess(scen, args.order, args.perturb_std, gen)
+    t0, cpu0 = timed(device), time.process_time()
+    base = opt.solve(scen, guess, iters=args.opt_max_iters, tol=args.tol, check_every=args.check_every)
+    t_opt, cpu_opt = timed(device) - t0, time.process_time() - cpu0
+    # Flow-Opt: sample, predict the SF init, filter until tolerance
+    rep = repeat_scenarios(scen, S)
+    t0, cpu0 = timed(device), time.process_time()
+    x_gen = sample_flow(model, rep, args.flow_steps, gen)
+    c_gen = from_tokens(x_gen, rep, args.order, norm["coef_scale"])
+    t1 = timed(device)
+    c0, lam0 = init_from_net(init_net, sf, rep, x_gen, c_gen, norm["coef_scale"], norm["lam_scale"])
+    t2 = timed(device)
+    flt = sf.solve(rep, c_gen, c0, lam0, iters=args.sf_max_iters, tol=args.tol, group=S, check_every=args.check_every)
+    t3, cpu3 = timed(device), time.process_time()
+    zero = sf.solve(rep, c_gen, iters=args.sf_max_iters, tol=args.tol, group=S, check_every=args.check_every)
+    t_zero = timed(device) - t3
+    _, _, viol_gen, coll_gen = sf.project(sf.equality_projection(c_gen, boundary_values(rep["starts"], rep["goals"])), rep["obstacles"])
+    # per scenario: the feasible sample with the smallest acceleration cost (else the least violating one)
+    smooth = sf.smoothness(flt["c"]).view(num, S)
+    feasible = (flt["violation"] <= args.tol).view(num, S)
+    pick = torch.where(feasible, smooth, 1e9 + flt["violation"].view(num, S)).argmin(1)
+    chosen = lambda x: x.view(num, S, *x.shape[1:])[torch.arange(num, device=device), pick]  # noqa: E731
+    success = chosen(flt["violation"]) <= args.tol
+    base_ok = base["violation"] <= args.tol
+    both = success & base_ok
+    smooth_ratio = (chosen(smooth.view(-1))[both] / opt.smoothness(base["c"])[both]).mean() if both.any() else torch.tensor(float("nan"))
+    t_flow = t3 - t0
+    # per-scenario time to tolerance: fixed overhead + first iteration with a feasible sample x time per iteration
+    first = lambda out, k: out["solved_at"].view(-1, k).float().where(out["solved_at"].view(-1, k) >= 0, float("inf")).amin(1)  # noqa: E731
+    per_iter_sf, per_iter_opt = (t3 - t2) / max(flt["iters"], 1), t_opt / max(base["iters"], 1)
+    t_each_flow = (t2 - t0) + first(flt, S) * per_iter_sf  # inf where a scenario was not solved
+    t_each_opt = first(base, 1) * per_iter_opt
+    median_flow, median_opt = t_each_flow.median().item(), t_each_opt.median().item()
+    row = {
+        "robots": n, "scenarios": num, "samples": S, "batch": num * S,
+        "success": success.float().mean().item(),
+        "collision_before_sf": (coll_gen > args.tol).float().mean().item(),
+        "collision_after_sf": (chosen(flt["collision"]) > args.tol).float().mean().item(),
+        "violation_before_sf": viol_gen.mean().item(),
+        "smoothness": chosen(smooth.view(-1)).mean().item(),
+        "smoothness_ratio_vs_opt": smooth_ratio.item(),
+        "sf_iters": flt["iters"], "sf_zero_init_iters": zero["iters"],
+        "sf_zero_init_success": ((zero["violation"] <= args.tol).view(num, S).any(1)).float().mean().item(),
+        "t_sample_s": t1 - t0, "t_init_s": t2 - t1, "t_sf_s": t3 - t2, "t_sf_zero_init_s": t_zero, "t_flowopt_s": t_flow,
+        "opt_success": base_ok.float().mean().item(), "opt_iters": base["iters"],
+        "opt_median_iters": base["solved_at"].float().where(base_ok, float(args.opt_max_iters)).median().item(),
+        "t_opt_s": t_opt, "time_ratio_opt_over_flowopt": t_opt / max(t_flow, 1e-9),
+        "instances_per_s": num / max(t_flow, 1e-9),
+        "cpu_flowopt_s": cpu3 - cpu0, "cpu_opt_s": cpu_opt, "cpu_time_ratio": cpu_opt / max(cpu3 - cpu0, 1e-9),
+        "t_median_flowopt_s": median_flow, "t_median_opt_s": median_opt,
+        "median_time_ratio": median_opt / max(median_flow, 1e-9),
+    }
+    example = {"scen": {k: v[0].cpu() for k, v in scen.items()}, "flowopt": chosen(flt["c"])[0].cpu(),
+               "samples": c_gen[:S].cpu(), "opt": base["c"][0].cpu()}
+    return row, example
+
+
+def plot_trajectories(examples: dict, solver_basis: torch.Tensor, world: World, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(examples)
+    fig, axes = plt.subplots(2, len(keys), figsize=(3.2 * len(keys), 6.4), squeeze=False)
+    for j, n in enumerate(keys):
+        ex = examples[n]
+        for i, (name, c) in enumerate((("Flow-Opt", ex["flowopt"]), ("centralized optimizer", ex["opt"]))):
+            ax = axes[i, j]
+            pos = torch.einsum("nav,kv->nka", c, solver_basis).numpy()
+            for obs in ex["scen"]["obstacles"].numpy():
+                ax.add_patch(plt.Circle(obs[:2], obs[2], color="0.6"))
+            for k in range(pos.shape[0]):
+                line, = ax.plot(pos[k, :, 0], pos[k, :, 1], lw=1)
+                ax.plot(*pos[k, 0], "o", ms=3, color=line.get_color())
+                ax.plot(*pos[k, -1], "x", ms=4, color=line.get_color())
+            ax.set_xlim(-world.workspace, world.workspace)
+            ax.set_ylim(-world.workspace, world.workspace)
+            ax.set_aspect("equal")
+            ax.set_title(f"{name}, N={n}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+TABLE_COLUMNS = ("robots", "batch", "success", "collision_before_sf", "collision_after_sf", "smoothness_ratio_vs_opt",
+                 "sf_iters", "sf_zero_init_iters", "t_sample_s", "t_init_s", "t_sf_s", "t_sf_zero_init_s", "t_flowopt_s",
+                 "opt_success", "opt_iters", "t_opt_s", "time_ratio_opt_over_flowopt",
+                 "t_median_flowopt_s", "t_median_opt_s", "median_time_ratio",
+                 "cpu_flowopt_s", "cpu_opt_s", "cpu_time_ratio")
+
+
+def markdown_table(rows: list) -> str:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# main: data -> flow model -> init network -> evaluation table
+# ---------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    world = World.from_args(args)
+    for n in set(args.train_robots) | set(args.eval_robots):
+        check_scenario_args(n, args.num_obstacles, world, args.layouts)
+    if args.evaluate and not args.checkpoint:
+        raise ScenarioError("--evaluate needs --checkpoint")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise ScenarioError(f"--checkpoint {args.checkpoint!r} is not a file")
+
+    run_name = f"multirobot__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    nv = args.order + 1
+    checkpoint_path = run_dir / f"{args.exp_name}.pt"
+    stage_time, stage_cpu = {}, {}  # wall-clock and process CPU time (the latter is robust to a shared machine)
+
+    state = torch.load(args.checkpoint, map_location=device) if args.checkpoint else None
+    data = {}
+    if not args.evaluate:
+        # 1) data: the centralized optimizer run to convergence from perturbed straight lines
+        t0, c0_cpu = time.perf_counter(), time.process_time()
+        cache = Path(args.data_path) if args.data_path else run_dir / "data.pt"
+        if cache.exists():
+            data = torch.load(cache, map_location=device)
+        for n in args.train_robots:
+            if n not in data or data[n]["coefs"].shape[0] == 0:
+                data[n] = generate_data(n, args, world, generator, device)
+                print(f"data: N={n}: {data[n]['coefs'].shape[0]} solved trajectories "
+                      f"({data[n]['solved_fraction'].item():.1%} of scenarios)", flush=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data, cache)
+        stage_time["data"], stage_cpu["data"] = time.perf_counter() - t0, time.process_time() - c0_cpu
+        for n in args.train_robots:
+            if data[n]["coefs"].shape[0] == 0:
+                raise ScenarioError(f"the optimizer solved none of the N={n} training scenarios; raise --opt-max-iters")
+
+    if state is not None:
+        norm = state["norm"]
+    else:  # residual scale of the data; multiplier scale from the solver's rho (one number each)
+        res = torch.cat([to_tokens(data[n]["coefs"], data[n], args.order, 1.0).flatten() for n in args.train_robots])
+        norm = {"coef_scale": res.std().clamp(min=1e-3).item(), "lam_scale": 1.0}
+    model = FlowDiT(nv, args.hidden_dim, args.depth, args.heads, args.workspace).to(device)
+    init_net = InitNet(nv, args.hidden_dim, args.heads, args.workspace).to(device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        init_net.load_state_dict(state["init_net"])
+
+    def checkpoint_state() -> dict:
+        return {"model": model.state_dict(), "init_net": init_net.state_dict(), "norm": norm, "args": asdict(args)}
+
+    metrics: dict = {}
+    if not args.evaluate:
+        # 2) flow model: conditional flow matching on normalised coefficient residuals
+        t0, c0_cpu = time.perf_counter(), time.process_time()
+        targets = {n: to_tokens(data[n]["coefs"], data[n], args.order, norm["coef_scale"]) for n in args.train_robots}
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        progress = Progress(args.total_steps + args.init_steps, 0)
+        last_t, last_step = time.perf_counter(), 0
+        for step in range(1, args.total_steps + 1):
+            n = args.train_robots[step % len(args.train_robots)]
+            idx = torch.randint(0, targets[n].shape[0], (args.batch_size,), device=device, generator=generator)
+            scen = {k: data[n][k][idx] for k in ("starts", "goals", "obstacles")}
+            loss = flow_matching_loss(model, targets[n][idx], scen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            nonfinite |= ~torch.isfinite(loss.detach())
+            if step % args.log_freq == 0 or step == args.total_steps:
+                if nonfinite.item():
+                    raise NonFiniteLossError(f"non-finite flow-matching loss before step {step}; training stopped"
+                                             + (f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
+                sps = (step - last_step) / (time.perf_counter() - last_t)
+                writer.add_scalar("losses/flow_matching_loss", loss.item(), step)
+                writer.add_scalar("charts/SPS", sps, step)
+                progress.update(step, sps=sps, fm_loss=loss.item())
+                last_t, last_step = time.perf_counter(), step
+                if args.save_model:
+                    save_checkpoint(checkpoint_path, checkpoint_state())
+        stage_time["flow"], stage_cpu["flow"] = time.perf_counter() - t0, time.process_time() - c0_cpu
+
+        # 3) init network: self-supervised through the unrolled safety filter (sf_iters iterations)
+        t0, c0_cpu = time.perf_counter(), time.process_time()
+        solvers = {n: TrajectorySolver(n, args.num_obstacles, world, args, device=device) for n in args.train_robots}
+        init_opt = torch.optim.Adam(init_net.parameters(), lr=args.init_learning_rate)
+        last_t = time.perf_counter()
+        for step in range(1, args.init_steps + 1):
+            n = args.train_robots[step % len(args.train_robots)]
+            idx = torch.randint(0, targets[n].shape[0], (args.init_batch_size,), device=device, generator=generator)
+            scen = {k: data[n][k][idx] for k in ("starts", "goals", "obstacles")}
+            x_gen = sample_flow(model, scen, args.flow_steps, generator)
+            c_gen = from_tokens(x_gen, scen, args.order, norm["coef_scale"])
+            c0, lam0 = init_from_net(init_net, solvers[n], scen, x_gen, c_gen, norm["coef_scale"], norm["lam_scale"])
+            out = solvers[n].solve(scen, c_gen, c0, lam0, iters=args.sf_iters)
+            loss, fp, dist, viol = init_loss(out, c_gen, args)
+            init_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            init_opt.step()
+            nonfinite |= ~torch.isfinite(loss.detach())
+            if step % args.log_freq == 0 or step == args.init_steps:
+                if nonfinite.item():
+                    raise NonFiniteLossError(f"non-finite init-network loss before step {step}; training stopped"
+                                             + (f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
+                g = args.total_steps + step
+                sps = step / (time.perf_counter() - last_t)
+                for name, value in (("init_loss", loss), ("init_fixed_point_residual", fp), ("init_distance", dist),
+                                    ("init_violation", viol)):
+                    writer.add_scalar(f"losses/{name}", value.item(), g)
+                progress.update(g, sps=sps, init_loss=loss.item(), fp=fp.item(), viol=viol.item())
+                if args.save_model:
+                    save_checkpoint(checkpoint_path, checkpoint_state())
+        stage_time["init"], stage_cpu["init"] = time.perf_counter() - t0, time.process_time() - c0_cpu
+        progress.close()
+        train_time = sum(stage_time.values())
+        train_cpu = sum(stage_cpu.values())
+        print("training wall-clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in stage_time.items()) + f", total {train_time:.1f}s; "
+              "process CPU time: " + ", ".join(f"{k} {v:.1f}s" for k, v in stage_cpu.items()) + f", total {train_cpu:.1f}s", flush=True)
+        for k in stage_time:
+            writer.add_scalar(f"charts/time_{k}_s", stage_time[k], 0)
+            writer.add_scalar(f"charts/cpu_time_{k}_s", stage_cpu[k], 0)
+            metrics[f"train/time_{k}_s"], metrics[f"train/cpu_time_{k}_s"] = stage_time[k], stage_cpu[k]
+        metrics["train/time_s"], metrics["train/cpu_time_s"] = train_time, train_cpu
+        if args.save_model:
+            save_checkpoint(checkpoint_path, checkpoint_state())
+
+    # 4) evaluation table on held-out scenarios (a seed the training data never used)
+    model.eval()
+    init_net.eval()
+    rows, examples = [], {}
+    for n in args.eval_robots:
+        row, examples[n] = evaluate(model, init_net, norm, n, args, world, device, seed=10_000 + args.seed)
+        rows.append(row)
+        for k, v in row.items():
+            if isinstance(v, (int, float)):
+                writer.add_scalar(f"eval/N{n}/{k}", v, 0)
+                metrics[f"eval/N{n}/{k}"] = v
+        print(f"eval N={n}: success {row['success']:.2f}, collisions {row['collision_before_sf']:.2f} -> "
+              f"{row['collision_after_sf']:.2f}, Flow-Opt {row['t_flowopt_s']:.3f}s vs optimizer {row['t_opt_s']:.3f}s "
+              f"(x{row['time_ratio_opt_over_flowopt']:.2f}), smoothness ratio {row['smoothness_ratio_vs_opt']:.2f}", flush=True)
+    if rows:
+        table = markdown_table(rows)
+        print(table)
+        (run_dir / "evaluation.md").write_text(table + "\n")
+        with open(run_dir / "evaluation.csv", "w") as f:
+            f.write(",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in row.values()) for row in rows) + "\n")
+        P = bernstein_basis(args.order, args.num_times, args.horizon)[0].float()
+        plot_trajectories(examples, P, world, run_dir / "trajectories.png")
+    writer.close()
+    return metrics
+
+
+class Progress:
+    """tqdm bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int, initial: int):
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True)
+        self.total, self.last = total, initial
+
+    def update(self, step: int, **postfix) -> None:
+        text = {k: f"{v:.3g}" for k, v in postfix.items()}
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix(text, refresh=False)
+        else:
+            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()), flush=True)
+        self.last = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except (ScenarioError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,352 @@
+"""Tests for flow_opt.py: Bernstein basis and boundary conditions (known answers), the safety filter (KKT
+optimality of its c-step, a known-answer polar step, feasibility on a colliding crossing, gradcheck through the
+unrolled solver), permutation equivariance of the networks, the flow-matching loss, the learned init vs the
+zero init on held-out scenarios, the trained flow model vs the untrained one, bad input, NaN guard, determinism."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import ROOT, import_script
+
+fo = import_script("flow_opt")
+CPU = torch.device("cpu")
+
+
+def tiny(**overrides) -> "fo.Args":
+    base = fo.Args(cuda=False, train_robots=(4,), num_obstacles=2, num_scenarios=96, data_iters=150, total_steps=60,
+                   batch_size=32, hidden_dim=32, depth=2, heads=2, init_steps=10, init_batch_size=8, sf_iters=5,
+                   log_freq=30, eval_robots=(4,), eval_scenarios=6, num_samples=2, sf_max_iters=40, opt_max_iters=60,
+                   flow_steps=4)
+    return replace(base, **overrides)
+
+
+def world_of(args: "fo.Args") -> "fo.World":
+    return fo.World.from_args(args)
+
+
+# ---------------------------------------------------------------------------------------------- Bernstein basis
+def test_bernstein_basis_reproduces_constants_lines_and_degree_10_polynomials():
+    T = 4.0
+    P, Pd, Pdd = fo.bernstein_basis(10, 30, T)
+    t = torch.linspace(0, T, 30, dtype=torch.float64)
+    ones = torch.ones(11, dtype=torch.float64)
+    assert torch.allclose(P @ ones, torch.ones(30, dtype=torch.float64), atol=1e-12)  # partition of unity
+    assert torch.allclose(Pd @ ones, torch.zeros(30, dtype=torch.float64), atol=1e-12)
+    line = T * torch.arange(11, dtype=torch.float64) / 10  # Bernstein coefficients of p(t) = t
+    assert torch.allclose(P @ line, t, atol=1e-12) and torch.allclose(Pd @ line, torch.ones_like(t), atol=1e-12)
+    assert torch.allclose(Pdd @ line, torch.zeros_like(t), atol=1e-10)
+    # a random degree-10 polynomial: fit coefficients on the samples, derivatives then match analytically
+    torch.manual_seed(0)
+    a = torch.randn(11, dtype=torch.float64)
+    powers = torch.arange(11, dtype=torch.float64)
+    value = (a * t[:, None] ** powers).sum(1)
+    deriv = (a[1:] * powers[1:] * t[:, None] ** (powers[1:] - 1)).sum(1)
+    second = (a[2:] * powers[2:] * (powers[2:] - 1) * t[:, None] ** (powers[2:] - 2)).sum(1)
+    c = torch.linalg.lstsq(P, value[:, None]).solution[:, 0]
+    assert torch.allclose(P @ c, value, atol=1e-8)
+    assert torch.allclose(Pd @ c, deriv, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(Pdd @ c, second, rtol=1e-6, atol=1e-6)
+
+
+def test_straight_line_and_equality_projection_meet_the_boundary_conditions_exactly():
+    args = tiny()
+    solver = fo.TrajectorySolver(3, 0, world_of(args), args, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    starts, goals = torch.randn(5, 3, 2, generator=g, dtype=torch.float64), torch.randn(5, 3, 2, generator=g, dtype=torch.float64)
+    b = fo.boundary_values(starts, goals)
+    line = fo.straight_line_coefs(starts, goals, args.order)
+    assert torch.allclose(line @ solver.A.T, b, atol=1e-12)
+    c = solver.equality_projection(torch.randn(5, 3, 2, 11, generator=g, dtype=torch.float64), b)
+    assert torch.allclose(c @ solver.A.T, b, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------- safety filter
+def test_c_step_is_the_minimiser_of_the_augmented_lagrangian_subproblem():
+    """KKT optimality checked with an independent, naive objective (explicit pair loop) and autograd."""
+    args = tiny()
+    n, m = 3, 2
+    solver = fo.TrajectorySolver(n, m, world_of(args), args, w_prox=0.7, w_smooth=0.3, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, n, 2, 11, generator=g, dtype=torch.float64)
+    b = fo.boundary_values(torch.randn(2, n, 2, generator=g, dtype=torch.float64), torch.randn(2, n, 2, generator=g, dtype=torch.float64))
+    c = solver.c_step(q, b).requires_grad_(True)
+    rho = solver.rho
+    pos, vel, acc = (torch.einsum("bnav,kv->bnka", c, M) for M in (solver.P, solver.Pd, solver.Pdd))
+    J = 0.5 * 0.7 * c.square().sum() + 0.5 * 0.3 * acc.square().sum() - (q * c).sum()
+    for i in range(n):
+        for j in range(i + 1, n):
+            J = J + 0.5 * rho["agent"] * (pos[:, i] - pos[:, j]).square().sum()
+    J = J + 0.5 * (rho["obs"] * m + rho["ws"]) * pos.square().sum() + 0.5 * rho["vel"] * vel.square().sum() \
+        + 0.5 * rho["acc"] * acc.square().sum()
+    (grad,) = torch.autograd.grad(J, c)
+    A = solver.A.double()
+    tangent = grad - grad @ A.T @ torch.linalg.solve(A @ A.T, A)  # gradient projected on {A dc = 0}
+    assert torch.allclose(c @ A.T, b, atol=1e-9)
+    assert tangent.abs().max() < 1e-8 * grad.abs().max().clamp(min=1.0)
+
+
+def test_polar_step_known_answer_for_two_overlapping_robots():
+    """Two robots at rest 0.3 m apart (2r = 0.4): s = Delta * 0.4/0.3, residual -0.1 m along x for robot 0."""
+    args = tiny()
+    solver = fo.TrajectorySolver(2, 0, world_of(args), args, dtype=torch.float64)
+    starts = torch.tensor([[[0.15, 0.0], [-0.15, 0.0]]], dtype=torch.float64)
+    c = fo.straight_line_coefs(starts, starts, args.order)
+    q_s, f_res, violation, collision = solver.project(c, torch.zeros(1, 0, 3, dtype=torch.float64))
+    colsum = solver.P.sum(0)  # F^T of a constant residual per time sample
+    expected0 = torch.stack([-0.1 * colsum, torch.zeros_like(colsum)]) * args.rho_agent
+    assert torch.allclose(f_res[0, 0], expected0, atol=1e-9) and torch.allclose(f_res[0, 1], -expected0, atol=1e-9)
+    assert violation.item() == pytest.approx(0.1) and collision.item() == pytest.approx(0.1)
+
+
+def test_safety_filter_makes_a_colliding_crossing_feasible():
+    args = tiny()
+    n = 4
+    angle = torch.arange(n, dtype=torch.float32) * (2 * torch.pi / n) + 0.1
+    starts = 3.0 * torch.stack([angle.cos(), angle.sin()], -1)[None]
+    scen = {"starts": starts, "goals": -starts, "obstacles": torch.tensor([[[1.5, -1.0, 0.4]]])}
+    solver = fo.TrajectorySolver(n, 1, world_of(args), args)
+    c_in = fo.perturbed_guess(scen, args.order, 0.05, torch.Generator().manual_seed(0))
+    before = solver.project(solver.equality_projection(c_in, fo.boundary_values(starts, -starts)), scen["obstacles"])
+    assert before[3].item() > 0.2  # the straight lines collide near the centre
+    out = solver.solve(scen, c_in, iters=400, tol=args.tol)
+    assert out["solved_at"].item() > 0 and out["violation"].item() <= args.tol
+    assert torch.allclose(out["c"] @ solver.A.T, fo.boundary_values(starts, -starts), atol=1e-4)
+
+
+def test_unrolled_safety_filter_passes_gradcheck():
+    args = tiny(num_times=9, order=7)  # the midpoint, where the two robots meet, is a sample
+    solver = fo.TrajectorySolver(2, 1, world_of(args), args, dtype=torch.float64)
+    starts = torch.tensor([[[1.0, 0.05], [-1.0, -0.05]]], dtype=torch.float64)
+    scen = {"starts": starts, "goals": -starts, "obstacles": torch.tensor([[[0.0, 1.2, 0.3]]], dtype=torch.float64)}
+    c_bar = fo.perturbed_guess(scen, args.order, 0.1, torch.Generator().manual_seed(0)).requires_grad_(True)
+    lam0 = (0.01 * torch.randn(c_bar.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+
+    def f(c_bar, lam0):
+        out = solver.solve(scen, c_bar, lam0=lam0, iters=4)
+        return out["c"], out["fixed_point"]
+
+    assert solver.project(c_bar.detach(), scen["obstacles"])[3].item() > 0  # the constraints are active
+    assert torch.autograd.gradcheck(f, (c_bar, lam0), eps=1e-6, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- scenarios
+@pytest.mark.parametrize("n", [5, 32])
+def test_scenarios_are_collision_free_inside_and_follow_their_layout(n):
+    args = tiny()
+    world = world_of(args)
+    r = world.robot_radius
+    for layout in fo.LAYOUTS:
+        scen = fo.sample_scenarios(40, n, 4, world, (layout,), torch.Generator().manual_seed(0), CPU)
+        for key in ("starts", "goals"):
+            p = scen[key]
+            d = torch.cdist(p, p) + 1e9 * torch.eye(n)
+            assert d.min() >= 2 * r + 0.05 and p.abs().max() <= world.workspace - r
+        ends = torch.cat([scen["starts"], scen["goals"]], 1)
+        obs = scen["obstacles"]
+        assert (torch.cdist(obs[..., :2], ends) >= (r + obs[..., 2:3])).all()
+        if layout == "antipodal":
+            assert torch.allclose(scen["goals"], -scen["starts"])
+        if layout == "swap":
+            sorted_s = scen["starts"].sort(1).values
+            assert torch.allclose(scen["goals"].sort(1).values, sorted_s) and not torch.allclose(scen["goals"], scen["starts"])
+
+
+# ---------------------------------------------------------------------------------------------- networks
+def randomise(module: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def test_dit_and_init_net_are_robot_permutation_equivariant_and_obstacle_permutation_invariant():
+    args = tiny()
+    scen = fo.sample_scenarios(3, 6, 3, world_of(args), args.layouts, torch.Generator().manual_seed(0), CPU)
+    x = torch.randn(3, 6, 22)
+    t = torch.rand(3)
+    model, init_net = fo.FlowDiT(11, 32, 2, 4, 5.0), fo.InitNet(11, 32, 4, 5.0)
+    randomise(model, 0)
+    randomise(init_net, 1)
+    perm, operm = torch.randperm(6), torch.randperm(3)
+    pscen = {"starts": scen["starts"][:, perm], "goals": scen["goals"][:, perm], "obstacles": scen["obstacles"][:, operm]}
+    v, vp = model(x, t, model.encode(scen)), model(x[:, perm], t, model.encode(pscen))
+    assert v.abs().mean() > 1e-2 and torch.allclose(v[:, perm], vp, atol=1e-4)
+    r = torch.randn(3, 6, 22)
+    (dc, lam), (dcp, lamp) = init_net(scen, x, r), init_net(pscen, x[:, perm], r[:, perm])
+    assert torch.allclose(dc[:, perm], dcp, atol=1e-4) and torch.allclose(lam[:, perm], lamp, atol=1e-4)
+
+
+class ExactField(torch.nn.Module):
+    """The exact conditional velocity towards a fixed target x1: v(x_t, t) = (x1 - x_t) / (1 - t)."""
+
+    def __init__(self, x1):
+        super().__init__()
+        self.x1 = x1
+
+    def encode(self, scen):
+        return None
+
+    def forward(self, x, t, enc):
+        return (self.x1 - x) / (1 - t[:, None, None])
+
+
+def test_flow_matching_loss_known_answers():
+    torch.manual_seed(0)
+    x1 = torch.tensor([0.3, -0.7]).expand(4096, 3, 2).double()
+    assert fo.flow_matching_loss(ExactField(x1), x1, {}).item() < 1e-12
+    zero = ExactField(None)
+    zero.forward = lambda x, t, enc: torch.zeros_like(x)
+    x1 = torch.full((20000, 2, 2), 0.5)
+    assert fo.flow_matching_loss(zero, x1, {}).item() == pytest.approx(1.25, rel=0.02)  # E||x1 - x0||^2 / d
+
+
+def test_euler_sampler_with_a_constant_field_moves_noise_by_the_field():
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = torch.nn.Linear(1, 4)
+
+        def encode(self, scen):
+            return None
+
+        def forward(self, x, t, enc):
+            return torch.full_like(x, 0.5)
+
+    scen = {"starts": torch.zeros(3, 2, 2)}
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x = fo.sample_flow(Constant(), scen, 7, g1)
+    assert torch.allclose(x, torch.randn(3, 2, 4, generator=g2) + 0.5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny end-to-end run (N = 4), shared by the tests below."""
+    import os
+
+    cwd = os.getcwd()
+    path = tmp_path_factory.mktemp("flow_opt_run")
+    os.chdir(path)
+    try:
+        args = tiny(total_steps=200, init_steps=100, init_batch_size=16, init_learning_rate=3e-3, num_scenarios=128,
+                    hidden_dim=64, save_model=True)
+        metrics = fo.main(args)
+    finally:
+        os.chdir(cwd)
+    ckpt = next(path.glob("runs/*/flow_opt.pt"))
+    return args, metrics, ckpt, torch.load(next(path.glob("runs/*/data.pt")))
+
+
+def load_networks(args, ckpt):
+    state = torch.load(ckpt)
+    model = fo.FlowDiT(args.order + 1, args.hidden_dim, args.depth, args.heads, args.workspace)
+    init_net = fo.InitNet(args.order + 1, args.hidden_dim, args.heads, args.workspace)
+    model.load_state_dict(state["model"])
+    init_net.load_state_dict(state["init_net"])
+    return model, init_net, state["norm"]
+
+
+def test_main_runs_end_to_end_and_writes_the_table(trained):
+    args, metrics, ckpt, data = trained
+    run = ckpt.parent
+    assert (run / "evaluation.md").exists() and (run / "trajectories.png").exists()
+    for key in ("success", "collision_before_sf", "collision_after_sf", "t_flowopt_s", "t_opt_s"):
+        assert f"eval/N4/{key}" in metrics
+    assert data[4]["coefs"].shape[0] > 0.8 * args.num_scenarios  # the optimizer solved most training scenarios
+
+
+@torch.no_grad()
+def test_learned_init_reduces_the_sf_residual_vs_zero_init_on_held_out_scenarios(trained):
+    args, _, ckpt, _ = trained
+    model, init_net, norm = load_networks(args, ckpt)
+    g = torch.Generator().manual_seed(12345)  # never used by training
+    scen = fo.sample_scenarios(64, 4, args.num_obstacles, world_of(args), args.layouts, g, CPU)
+    solver = fo.TrajectorySolver(4, args.num_obstacles, world_of(args), args)
+    x = fo.sample_flow(model, scen, args.flow_steps, g)
+    c_gen = fo.from_tokens(x, scen, args.order, norm["coef_scale"])
+    c0, lam0 = fo.init_from_net(init_net, solver, scen, x, c_gen, norm["coef_scale"], norm["lam_scale"])
+    learned = solver.solve(scen, c_gen, c0, lam0, iters=args.sf_iters)
+    zero = solver.solve(scen, c_gen, iters=args.sf_iters)
+    assert learned["fixed_point"][:, -1].mean() < 0.9 * zero["fixed_point"][:, -1].mean()
+    assert learned["fixed_point"].mean() < zero["fixed_point"].mean()
+
+
+@torch.no_grad()
+def test_trained_flow_model_beats_the_untrained_one_on_held_out_data(trained):
+    """Learning curve: held-out flow-matching loss and distance to the optimizer's solutions, trained vs step 0."""
+    args, _, ckpt, _ = trained
+    model, _, norm = load_networks(args, ckpt)
+    untrained = fo.FlowDiT(args.order + 1, args.hidden_dim, args.depth, args.heads, args.workspace)
+    held = fo.generate_data(4, replace(args, num_scenarios=64), world_of(args), torch.Generator().manual_seed(777), CPU)
+    x1 = fo.to_tokens(held["coefs"], held, args.order, norm["coef_scale"])
+    scen = {k: held[k] for k in ("starts", "goals", "obstacles")}
+    losses = {}
+    for name, net in (("trained", model), ("untrained", untrained)):
+        torch.manual_seed(0)
+        losses[name] = torch.stack([fo.flow_matching_loss(net, x1, scen) for _ in range(8)]).mean().item()
+    assert losses["trained"] < 0.8 * losses["untrained"], losses
+
+
+# ---------------------------------------------------------------------------------------------- robustness
+def test_same_seed_gives_the_same_networks_on_cpu(tmp_path, monkeypatch):
+    states = []
+    for run in range(2):
+        (tmp_path / str(run)).mkdir()
+        monkeypatch.chdir(tmp_path / str(run))
+        fo.main(tiny(num_scenarios=40, data_iters=60, total_steps=20, init_steps=4, eval_robots=()))
+        states.append(torch.load(next((tmp_path / str(run)).glob("runs/*/flow_opt.pt"))))
+    for name in ("model", "init_net"):
+        for key, value in states[0][name].items():
+            assert torch.equal(value, states[1][name][key]), (name, key)
+
+
+def test_checkpoint_evaluates_without_training(trained, tmp_path, monkeypatch):
+    args, metrics, ckpt, _ = trained
+    monkeypatch.chdir(tmp_path)
+    again = fo.main(replace(args, evaluate=True, checkpoint=str(ckpt)))
+    for key in ("success", "collision_before_sf", "collision_after_sf", "smoothness"):
+        assert again[f"eval/N4/{key}"] == pytest.approx(metrics[f"eval/N4/{key}"]), key
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(in_tmp, monkeypatch):
+    original, calls = fo.flow_matching_loss, {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = original(*a, **k)
+        return loss * float("nan") if calls["n"] > 30 else loss
+
+    monkeypatch.setattr(fo, "flow_matching_loss", poisoned)
+    with pytest.raises(fo.NonFiniteLossError, match="non-finite flow-matching loss"):
+        fo.main(tiny(num_scenarios=40, data_iters=60, total_steps=60, log_freq=30, eval_robots=()))
+    state = torch.load(next(in_tmp.glob("runs/*/flow_opt.pt")))
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def run_script(*argv):
+    return subprocess.run([sys.executable, str(ROOT / "flow_opt.py"), *argv], capture_output=True, text=True, timeout=300)
+
+
+def test_bad_input_exits_with_one_clear_line(in_tmp):
+    result = run_script("--train-robots", "1", "--no-cuda")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == "error: need at least 2 robots per scenario, got 1", result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(eval_robots=(200,)), "200 robots do not fit"),
+    (dict(layouts=("spiral",)), r"unknown layout\(s\) \['spiral'\]"),
+    (dict(num_obstacles=-1), "--num-obstacles must be >= 0"),
+    (dict(evaluate=True), "--evaluate needs --checkpoint"),
+    (dict(evaluate=True, checkpoint="no/such.pt"), "--checkpoint 'no/such.pt' is not a file"),
+])
+def test_impossible_settings_raise_a_scenario_error_before_any_work(overrides, message, in_tmp):
+    with pytest.raises(fo.ScenarioError, match=message):
+        fo.main(tiny(**overrides))
