@@ -11,6 +11,12 @@ Usage:
   python benchmarks/run.py --suite smoke --out /tmp/x   # seconds; what CI runs to keep this working
   python benchmarks/run.py --suite quick --only fql_reacher_mixed --seeds 1 2 3 4 5
   python benchmarks/run.py --suite paper --engine submitit --slurm-partition gpu --workers 64
+  python benchmarks/run.py --suite quick --only qam_reacher_mixed --seeds 1 --out /tmp/x \
+      --override --total-steps 40 --eval-freq 20 --eval-episodes 2   # shrink a suite to check it runs
+Every curve also gets a row in <out>/<suite>_summary.md (final eval, mean +- std over seeds).
+The quick suite: FQL, QAM, GFP and DF-dir on flowrl/reacher/mixed-v0 and flowrl/pointmaze/wander-v0 (one plot per
+dataset, same budget), latent SFP and the flow-matching chunk policy on flowrl/pointmaze/demos-v0 (one plot), and SWFP
+on flowrl/pointmaze/demos-v0 (own plot: its x axis is online env steps after BC pretraining); 33 runs with 3 seeds.
 Also: benchmarks/throughput.py (updates/s) and the per-script latency benchmarks.
 """
 
@@ -42,8 +48,26 @@ class Experiment:
     group: str = ""  # experiments with the same group share one plot (default: own name)
 
 
-FQL_QUICK = ["--alpha", "0.3", "--total-steps", "20000", "--hidden-dim", "256", "--num-layers", "3",
-             "--eval-freq", "2500", "--eval-episodes", "100"]
+# The quick suite's offline methods share one budget (10k steps, 256x3, eval every 2000 on 100 episodes, 3 seeds) and
+# use each script's documented Reacher hyper-parameters (docs/<script>.md); the same flags on PointMaze wander.
+QUICK_SIZE = ["--total-steps", "10000", "--hidden-dim", "256", "--num-layers", "3", "--eval-freq", "2000",
+              "--eval-episodes", "100"]
+FQL_QUICK = ["--alpha", "0.3", *QUICK_SIZE]  # docs/fql.md
+
+QAM_QUICK = ["--inv-temp", "1", "--horizon-length", "1", *QUICK_SIZE]  # docs/qam.md: Reacher H = 1, inv_temp 1
+GFP_QUICK = ["--alpha", "0.3", "--eta", "1e-3", *QUICK_SIZE]  # docs/gfp.md: alpha 0.3, default eta
+DF_QUICK = ["--variant", "dir", "--eta", "1.0", *QUICK_SIZE]  # docs/decision_flow.md: DF-dir defaults
+# PointMaze demos: the budgets of docs/swfp.md (online: env steps on the x axis) and docs/streaming_flow.md
+SWFP_QUICK = ["--pretrain-steps", "5000", "--critic-warmup-steps", "2000", "--total-timesteps", "1000", "--hidden-dim", "128",
+              "--num-layers", "2", "--eval-freq", "500", "--eval-episodes", "100"]
+SFP_QUICK = ["--total-steps", "2000", "--batch-size", "256", "--hidden-dim", "128", "--num-blocks", "2", "--learning-rate", "1e-3",
+             "--lr-warmup-steps", "100", "--eval-freq", "500", "--eval-episodes", "100"]
+OFFLINE_QUICK = [  # (script, label, args, metrics): one curve set per dataset, offline methods in one plot per dataset
+    ("fql", "FQL", FQL_QUICK, ("eval/normalized_score", "eval/bc_flow_normalized_score")),
+    ("qam", "QAM", QAM_QUICK, ("eval/normalized_score", "eval/bc_flow_normalized_score")),
+    ("gfp", "GFP", GFP_QUICK, ("eval/normalized_score", "eval/flow_normalized_score")),
+    ("decision_flow", "DF-dir", DF_QUICK, ("eval/normalized_score", "eval/bc_flow_normalized_score")),
+]
 
 SUITES = {
     "smoke": [
@@ -52,10 +76,16 @@ SUITES = {
                    "FQL", ("eval/normalized_score", "eval/bc_flow_normalized_score"), seeds=(1, 2)),
     ],
     "quick": [
-        Experiment("fql_reacher_mixed", "fql", ["--env-id", "flowrl/reacher/mixed-v0", *FQL_QUICK], "FQL",
-                   ("eval/normalized_score", "eval/bc_flow_normalized_score")),
-        Experiment("fql_reacher_noisy", "fql", ["--env-id", "flowrl/reacher/noisy-v0", *FQL_QUICK], "FQL",
-                   ("eval/normalized_score", "eval/bc_flow_normalized_score")),
+        *[Experiment(f"{script}_{name}", script, ["--env-id", env_id, *args], label, metrics, group=f"quick_{name}")
+          for name, env_id in [("reacher_mixed", "flowrl/reacher/mixed-v0"), ("pointmaze_wander", "flowrl/pointmaze/wander-v0")]
+          for script, label, args, metrics in OFFLINE_QUICK],
+        Experiment("swfp_pointmaze_demos", "swfp", ["--env-id", "flowrl/pointmaze/demos-v0", *SWFP_QUICK], "SWFP",
+                   ("eval/success",), group="quick_pointmaze_demos_online"),
+        Experiment("streaming_flow_pointmaze_demos", "streaming_flow", ["--env-id", "flowrl/pointmaze/demos-v0", *SFP_QUICK],
+                   "SFP (latent)", ("eval/success",), group="quick_pointmaze_demos"),
+        Experiment("streaming_flow_chunk_pointmaze_demos", "streaming_flow",
+                   ["--env-id", "flowrl/pointmaze/demos-v0", *SFP_QUICK, "--policy", "chunk"], "FM chunk policy",
+                   ("eval/success",), group="quick_pointmaze_demos"),
     ],
     "paper": [  # paper-scale (1M updates, 512x4): a cluster job, not a CPU one
         Experiment(f"fql_{task}", "fql", ["--env-id", task, "--alpha", str(alpha)], "FQL", ("eval/success",), seeds=tuple(range(1, 9)))
@@ -65,7 +95,15 @@ SUITES = {
 }
 
 METRIC_NAMES = {"eval/normalized_score": "", "eval/bc_flow_normalized_score": " (BC flow)", "eval/success": " success",
-                "eval/bc_flow_success": " (BC flow) success"}
+                "eval/bc_flow_success": " (BC flow) success", "eval/flow_normalized_score": " (VaBC flow)"}
+# --override flags under another name in some scripts: script -> {flag: the script's flag}
+OVERRIDE_NAMES = {"swfp": {"--total-steps": "--total-timesteps"}}  # swfp's x axis is online env steps
+
+
+def with_override(script: str, args: list, override: list) -> list:
+    """args + override (tyro keeps the last value of a repeated flag), override flags renamed for this script."""
+    names = OVERRIDE_NAMES.get(script, {})
+    return [*args, *[names.get(a, a) for a in override]]
 
 
 def run_one(script: str, args: list, seed: int, workdir: str, threads: int) -> list:
@@ -138,15 +176,15 @@ def plot(path: Path, rows: list, title: str) -> None:
 
 
 def summarise(rows: list) -> dict:
-    """Final-eval mean and std over seeds per (label, metric)."""
+    """Final-eval mean, std, number of seeds and (largest) final step per (label, metric)."""
     import numpy as np
 
     last = defaultdict(dict)
     for _, label, seed, metric, step, value in rows:
         if step >= last[(label, metric)].get(seed, (-1, 0))[0]:
             last[(label, metric)][seed] = (step, value)
-    return {key: (float(np.mean([v for _, v in d.values()])), float(np.std([v for _, v in d.values()])), len(d))
-            for key, d in last.items()}
+    return {key: (float(np.mean([v for _, v in d.values()])), float(np.std([v for _, v in d.values()])), len(d),
+                  max(s for s, _ in d.values())) for key, d in last.items()}
 
 
 def main() -> int:
@@ -162,6 +200,10 @@ def main() -> int:
     parser.add_argument("--slurm-partition", default=None)
     parser.add_argument("--slurm-gpus", type=int, default=0)
     parser.add_argument("--slurm-timeout-min", type=int, default=24 * 60)
+    parser.add_argument("--override", nargs=argparse.REMAINDER, default=[],
+                        help="must come last: flags appended to every run's args, e.g. --override --total-steps 40 "
+                             "--eval-freq 20 --eval-episodes 2; appended after each experiment's own flags, so they win (tyro "
+                             "keeps the last value); for swfp --total-steps means --total-timesteps")
     opts = parser.parse_args()
 
     experiments = [e for e in SUITES[opts.suite] if not opts.only or e.name in opts.only]
@@ -174,7 +216,7 @@ def main() -> int:
     jobs, owners = [], []
     for e in experiments:
         for seed in opts.seeds or e.seeds:
-            jobs.append((e.script, e.args, seed, str(opts.workdir / e.name / f"seed{seed}")))
+            jobs.append((e.script, with_override(e.script, e.args, opts.override), seed, str(opts.workdir / e.name / f"seed{seed}")))
             owners.append((e, seed))
     t0 = time.time()
     print(f"{len(jobs)} runs, engine {opts.engine}, {opts.workers} workers x {opts.threads} threads", flush=True)
@@ -185,11 +227,20 @@ def main() -> int:
     by_group = defaultdict(list)
     for (e, seed), scalars in zip(owners, results):
         by_group[e.group or e.name] += [(e.name, e.label, seed, m, step, v) for m, step, v in scalars if m in e.metrics]
+    table = ["| plot (csv/png) | curve | final step | final mean ± std | seeds |", "|---|---|---|---|---|"]
     for group, rows in by_group.items():
         write_csv(opts.out / f"{group}.csv", rows)
         plot(opts.out / f"{group}.png", rows, group)
-        for (label, metric), (mean, std, n) in sorted(summarise(rows).items()):
-            print(f"{group:28s} {label + METRIC_NAMES.get(metric, ' ' + metric):30s} final {mean:7.2f} +- {std:5.2f} ({n} seeds)")
+        for (label, metric), (mean, std, n, step) in sorted(summarise(rows).items()):
+            curve = label + METRIC_NAMES.get(metric, " " + metric)
+            print(f"{group:28s} {curve:30s} final {mean:7.2f} +- {std:5.2f} ({n} seeds)")
+            table.append(f"| {group} | {curve} | {step} | {mean:.2f} ± {std:.2f} | {n} |")
+    summary = opts.out / f"{opts.suite}_summary.md"
+    command = " ".join(["python benchmarks/run.py", *sys.argv[1:]])
+    summary.write_text(f"# Suite `{opts.suite}`: final evaluation per curve\n\nMade by `{command}` "
+                       f"({len(jobs)} runs, {time.time() - t0:.0f} s). Mean ± std over seeds of each seed's last "
+                       f"evaluation (normalized scores x100, success rates in [0, 1]).\n\n" + "\n".join(table) + "\n", encoding="utf-8")
+    print(f"summary: {summary}")
     if tmp:
         tmp.cleanup()
     return 0

@@ -5,6 +5,20 @@ reads the `charts/SPS` scalars it logs (updates per second between two log steps
 loading, start-up and evaluation are excluded). The first logged interval is dropped as warm-up
 (it includes torch.compile when `--compile` is on).
 
+What one "step" is, per script (all at the given hidden-dim x num-layers, default batch and flow steps):
+  fql, qam, gfp, decision_flow   one offline gradient update on flowrl/reacher/mixed-v0 (the documented
+                                 Reacher hyper-parameters; qam with H = 1 as in docs/qam.md)
+  streaming_flow                 one imitation gradient update on flowrl/pointmaze/demos-v0 (--num-layers is
+                                 its --num-blocks of FiLM residual blocks)
+  fpmd (online)                  one env step + one update on Hopper-v5, 1 env, --learning-starts 1 so updates
+                                 start at once (the policy's action sampling and the env step are included)
+  swfp (online)                  one env step + one critic and one JKO-block update (phase 2) on
+                                 flowrl/reacher/mixed-v0; phase 1 (BC pretraining, critic warm-up) is cut to one
+                                 step each and is not measured (it logs charts/pretrain_SPS, not charts/SPS)
+flow_opt is not covered: its charts/SPS is the flow-matching stage of a trajectory-optimisation pipeline (a DiT
+over Bernstein coefficients, no env, no RL update) that first has to generate its training data with the
+optimiser and has no --eval-freq / --eval-episodes / --num-layers, so its rate is not comparable with the others.
+
 Usage:
   python benchmarks/throughput.py                            # every script, quick + paper sizes, CPU
   python benchmarks/throughput.py --scripts fql --sizes 256x3 512x4 --threads 2
@@ -29,8 +43,24 @@ ROOT = Path(__file__).resolve().parents[1]
 # script -> command-line arguments that select an offline/online training run without evaluation noise
 SCRIPTS = {
     "fql": ["--env-id", "flowrl/reacher/mixed-v0", "--alpha", "0.3"],
+    "qam": ["--env-id", "flowrl/reacher/mixed-v0", "--inv-temp", "1", "--horizon-length", "1"],
+    "gfp": ["--env-id", "flowrl/reacher/mixed-v0", "--alpha", "0.3"],
+    "decision_flow": ["--env-id", "flowrl/reacher/mixed-v0", "--variant", "dir"],
+    "streaming_flow": ["--env-id", "flowrl/pointmaze/demos-v0"],
+    "fpmd": ["--env-id", "Hopper-v5", "--num-envs", "1", "--learning-starts", "1"],
+    "swfp": ["--env-id", "flowrl/reacher/mixed-v0", "--pretrain-steps", "1", "--critic-warmup-steps", "1"],
 }
 SIZE_FLAGS = ("--hidden-dim", "--num-layers")
+# scripts that name a common flag differently: script -> {common flag: the script's flag}
+FLAG_NAMES = {
+    "fpmd": {"--total-steps": "--total-timesteps"},  # env steps (one update each here)
+    "swfp": {"--total-steps": "--total-timesteps"},  # online env steps of phase 2
+    "streaming_flow": {"--num-layers": "--num-blocks"},
+}
+
+
+def flag(script: str, name: str) -> str:
+    return FLAG_NAMES.get(script, {}).get(name, name)
 
 
 def read_sps(run_root: Path) -> list:
@@ -46,9 +76,10 @@ def measure(script: str, size: str, steps: int, threads: int, cuda: bool, extra:
     hidden, layers = size.split("x")
     log_freq = steps // 4
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / f"{script}.py"), *SCRIPTS[script], SIZE_FLAGS[0], hidden, SIZE_FLAGS[1], layers,
-               "--total-steps", str(steps), "--log-freq", str(log_freq), "--eval-freq", str(10 * steps),
-               "--eval-episodes", "1", "--cuda" if cuda else "--no-cuda", *extra]
+        common = [SIZE_FLAGS[0], hidden, SIZE_FLAGS[1], layers, "--total-steps", str(steps), "--log-freq", str(log_freq),
+                  "--eval-freq", str(10 * steps), "--eval-episodes", "1"]
+        cmd = [sys.executable, str(ROOT / f"{script}.py"), *SCRIPTS[script],
+               *[flag(script, a) if a.startswith("--") else a for a in common], "--cuda" if cuda else "--no-cuda", *extra]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
         subprocess.run(cmd, cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
         sps = read_sps(Path(tmp) / "runs")
