@@ -25,7 +25,7 @@ keeps the same objective, as in the paper. Differences from the official code, a
   * no image encoders (state-based tasks only; image observations are rejected with an error).
 
 Usage:
-  python fql.py --alpha 0.3 --total-steps 20000 --hidden-dim 256 --num-layers 3   # embedded Reacher, CPU
+  python fql.py --alpha 0.3 --total-steps 10000 --hidden-dim 256 --num-layers 3   # embedded Reacher, CPU, minutes
   python fql.py --env-id cube-single-play-singletask-task2-v0 --alpha 300          # OGBench, paper setting
   python fql.py --env-id D4RL/antmaze/large-play-v1 --alpha 3 --total-steps 500000  # Minari id
 See docs/fql.md for the paper <-> code map, logged metrics and results.
