@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +35,19 @@ EMBEDDED = ["flowrl/reacher/mixed-v0", "flowrl/pointmaze/wander-v0", "flowrl/poi
 def import_script(name: str):
     """Import a top-level algorithm script (fql.py, ...) as a module."""
     return importlib.import_module(name)
+
+
+def run_script(script: str, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `<script>.py` with `argv` in a subprocess, offline (unknown Minari ids fail at once)."""
+    return subprocess.run([sys.executable, str(ROOT / f"{script}.py"), *argv], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def last_error_line(result: subprocess.CompletedProcess) -> str:
+    """Bad input must end the run with a non-zero exit and no traceback; returns the last stderr line."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    return result.stderr.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")

@@ -5,15 +5,13 @@ NaN guard and same-seed determinism."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, import_script
+from conftest import import_script, last_error_line, run_script
 from toy_envs import GOOD_MODE
 
 dfm = import_script("decision_flow")
@@ -287,21 +285,12 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(bandit_datas
     assert all(torch.isfinite(v).all() for v in state["policy"].values())
 
 
-def run_script(*argv):
-    import os
-
-    return subprocess.run([sys.executable, str(ROOT / "decision_flow.py"), *argv], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
 def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
-    result = run_script("--env-id", "nosuch/dataset-v0", "--no-cuda")
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    result = run_script("decision_flow", "--env-id", "nosuch/dataset-v0", "--no-cuda")
+    last = last_error_line(result)
     assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
-    assert "Traceback" not in result.stderr
 
 
 def test_unknown_variant_is_rejected_by_the_cli(in_tmp):
-    result = run_script("--variant", "sideways", "--no-cuda")
+    result = run_script("decision_flow", "--variant", "sideways", "--no-cuda")
     assert result.returncode != 0 and "Traceback" not in result.stderr

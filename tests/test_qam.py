@@ -6,16 +6,13 @@ handling, determinism and the data paths."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import OGBENCH_TINY, ROOT, import_script
+from conftest import OGBENCH_TINY, import_script, last_error_line, run_script
 from toy_envs import GOOD_MODE
 
 qam = import_script("qam")
@@ -387,17 +384,12 @@ def test_checkpoint_reloads_and_evaluates(bandit_dataset, in_tmp):
 
 
 # ---------------------------------------------------------------------------------------------- bad input
-def run_script(*argv):
-    return subprocess.run([sys.executable, str(ROOT / "qam.py"), *argv], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
-    result = run_script("--env-id", "nosuch/dataset-v0", "--no-cuda")
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    result = run_script("qam", "--env-id", "nosuch/dataset-v0", "--no-cuda")
+    last = last_error_line(result)
     assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
-    assert "Traceback" not in result.stderr
 
 
 def test_both_variants_at_once_are_rejected(bandit_dataset, in_tmp):

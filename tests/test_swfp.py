@@ -5,16 +5,13 @@ handling, checkpoints and determinism."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, import_script
+from conftest import import_script, last_error_line, run_script
 
 swfp = import_script("swfp")
 
@@ -225,21 +222,16 @@ def test_phase1_checkpoint_reloads_as_the_same_pretrained_policy(small_bandit, i
 
 
 # ---------------------------------------------------------------------------------------------- bad input
-def run_script(*argv):
-    return subprocess.run([sys.executable, str(ROOT / "swfp.py"), *argv], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
-    result = run_script("--env-id", "nosuch/dataset-v0", "--no-cuda")
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    result = run_script("swfp", "--env-id", "nosuch/dataset-v0", "--no-cuda")
+    last = last_error_line(result)
     assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
-    assert "Traceback" not in result.stderr
 
 
 def test_non_positive_step_size_exits_with_one_clear_line(in_tmp):
-    result = run_script("--no-cuda", "--jko-step-size", "0")  # checked before any data is loaded
+    result = run_script("swfp", "--no-cuda", "--jko-step-size", "0")  # checked before any data is loaded
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: need --blocks >= 1, --jko-step-size > 0")
 
