@@ -2,7 +2,7 @@
 
 Runs `python decision_flow.py --variant dir|div ...` and `python fql.py ...` as subprocesses (the same network
 size, batch, gradient steps, flow steps, evaluation episodes and seeds for all), parses their evaluation lines,
-writes docs/results/decision_flow_curves.csv and plots docs/results/decision_flow_curves.png. Each run also
+writes docs/studies/decision_flow_curves.csv and plots docs/studies/decision_flow_curves.png. Each run also
 evaluates its own in-run BC flow, plotted as the behaviour-cloning reference.
 
 Usage:
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "docs" / "results"
+RESULTS = ROOT / "docs" / "studies"
 CSV = RESULTS / "decision_flow_curves.csv"
 PNG = RESULTS / "decision_flow_curves.png"
 METHODS = {  # label -> (script, algorithm-specific flags)

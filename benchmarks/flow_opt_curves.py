@@ -2,7 +2,7 @@
 N in {4, 8, 16, 32}) once per seed, then writes mean +- std per robot count and a figure.
 
   OMP_NUM_THREADS=1 python benchmarks/flow_opt_curves.py --seeds 1 2 3 [--extra "--num-scenarios 800"]
-writes docs/results/flow_opt_eval.csv, docs/results/flow_opt_eval.png and docs/results/flow_opt_trajectories.png
+writes docs/studies/flow_opt_eval.csv, docs/studies/flow_opt_eval.png and docs/studies/flow_opt_trajectories.png
 (the first seed's trajectories). Run output goes to --workdir (default /tmp/flow_opt_curves), not the repo.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "docs" / "results"
+RESULTS = ROOT / "docs" / "studies"
 COLUMNS = ("success", "collision_before_sf", "collision_after_sf", "smoothness_ratio_vs_opt", "sf_iters", "sf_zero_init_iters",
            "sf_zero_init_success", "t_sample_s", "t_init_s", "t_sf_s", "t_sf_zero_init_s", "t_flowopt_s", "opt_success",
            "opt_iters", "t_opt_s", "time_ratio_opt_over_flowopt", "t_median_flowopt_s", "t_median_opt_s", "median_time_ratio",

@@ -6,7 +6,7 @@ init network, one safety-filter iteration and one centralized-optimizer iteratio
 iteration). Reports wall-clock and process CPU time (the latter is meaningful on a shared machine); single thread.
 
   OMP_NUM_THREADS=1 python benchmarks/flow_opt_scaling.py --robots 4 8 16 32 --batches 1 8 32 128
-writes docs/results/flow_opt_scaling.csv and docs/results/flow_opt_scaling.png.
+writes docs/studies/flow_opt_scaling.csv and docs/studies/flow_opt_scaling.png.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--robots", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "flow_opt_scaling"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "studies" / "flow_opt_scaling"))
     cli = parser.parse_args()
     torch.set_num_threads(1)
     args = fo.Args(cuda=False)

@@ -1,4 +1,4 @@
-"""Learning curves of fpmd.py on a small CPU budget (docs/results/fpmd_*.csv, fpmd_*.png).
+"""Learning curves of fpmd.py on a small CPU budget (docs/studies/fpmd_*.csv, fpmd_*.png).
 
 Trains FPMD-R and FPMD-M on PointGoal (a 20-step 2-D reaching task, the env of tests/test_fpmd.py,
 defined again below) for several seeds with a reduced configuration (see CONFIG), evaluates every
@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "docs" / "results"
+RESULTS = ROOT / "docs" / "studies"
 sys.path.insert(0, str(ROOT))
 
 

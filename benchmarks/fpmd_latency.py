@@ -1,4 +1,4 @@
-"""Inference latency per action of fpmd.py's policies vs a Gaussian MLP policy (docs/results/fpmd_latency.csv).
+"""Inference latency per action of fpmd.py's policies vs a Gaussian MLP policy (docs/studies/fpmd_latency.csv).
 
 Batch 1, observation in numpy -> action in numpy (what an environment loop pays), Hopper-v5 sizes
 (obs 11, action 3), the paper's 3x256 Mish MLPs. Rows:
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=200, help="calls per policy per round (20 NFE rows: calls // 10)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "fpmd_latency.csv"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "studies" / "fpmd_latency.csv"))
     cli = parser.parse_args()
     torch.set_num_threads(cli.threads)
     device = torch.device(cli.device)

@@ -3,7 +3,7 @@
 For each seed, two runs of gfp.main with identical settings except --eta: GFP's default 1e-3 and 0.
 Every `--eval-freq` updates both the one-step actor and the multi-step flow are evaluated on
 `--eval-episodes` episodes; the curves are read back from the runs' tensorboard files.
-Writes docs/results/gfp_reacher_curves.csv and .png (mean +- std over seeds).
+Writes docs/studies/gfp_reacher_curves.csv and .png (mean +- std over seeds).
 
   OMP_NUM_THREADS=1 python benchmarks/gfp_curves.py                 # 3 seeds x 2 configs, ~1 h on a loaded 2-core CPU
   python benchmarks/gfp_curves.py --plot-only                       # re-plot from the csv
@@ -23,7 +23,7 @@ import tyro
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-OUT = ROOT / "docs" / "results"
+OUT = ROOT / "docs" / "studies"
 
 
 @dataclass
@@ -47,9 +47,9 @@ class Options:
     keep_runs: str = ""
     """keep the runs/ folders here (default: a temporary folder, deleted)"""
     plot_only: bool = False
-    """only re-plot from docs/results/gfp_reacher_curves*.csv (all such files are merged)"""
+    """only re-plot from docs/studies/gfp_reacher_curves*.csv (all such files are merged)"""
     csv_name: str = "gfp_reacher_curves.csv"
-    """csv written under docs/results (give seeds run in parallel processes their own file)"""
+    """csv written under docs/studies (give seeds run in parallel processes their own file)"""
 
 
 CONFIGS = {"GFP (eta=1e-3)": 1e-3, "eta=0 (BC flow, FQL-like actor)": 0.0}

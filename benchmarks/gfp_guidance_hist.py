@@ -3,7 +3,7 @@
 gfp.py logs the weights of one batch to tensorboard (`guidance/weights`) every --log-freq steps.
 This script makes a short run (by default on the two-mode bandit of tests/conftest.py, built in a
 temporary Minari folder) or reads an existing run (`--run-dir`), and draws the histograms as a
-heat map over training plus a few snapshots. Writes docs/results/gfp_guidance_hist_<name>.png.
+heat map over training plus a few snapshots. Writes docs/studies/gfp_guidance_hist_<name>.png.
 
   OMP_NUM_THREADS=1 python benchmarks/gfp_guidance_hist.py                       # bandit, ~1 min on a loaded CPU
   python benchmarks/gfp_guidance_hist.py --run-dir runs/<a gfp run> --name reacher # any finished run
@@ -24,7 +24,7 @@ import tyro
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # toy_envs (the bandit's env) and the bandit's data generator
-OUT = ROOT / "docs" / "results"
+OUT = ROOT / "docs" / "studies"
 BINS = 40  # gfp.py logs the softmax guidance with 40 equal bins on [0, 1]
 
 

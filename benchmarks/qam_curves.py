@@ -1,7 +1,7 @@
 """Learning curves of qam.py: the fine-tuned policy vs the BC flow (actor_slow) trained in the same run.
 
 Runs `qam.main` for each seed, evaluating both policies every `--eval-freq` steps (the evaluation lines
-of the plain-text log are parsed), then writes docs/results/qam_<task>_curve.csv and a PNG with the
+of the plain-text log are parsed), then writes docs/studies/qam_<task>_curve.csv and a PNG with the
 mean +- std over seeds. Tasks:
   bandit   the two-mode one-step bandit of tests/conftest.py (built in a temporary Minari root);
   reacher  the embedded flowrl/reacher/mixed-v0 dataset.
@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-RESULTS = ROOT / "docs" / "results"
+RESULTS = ROOT / "docs" / "studies"
 
 
 def bandit_dataset(root: Path) -> str:
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--horizon-length", type=int, default=1)
     parser.add_argument("--num-critics", type=int, default=2)
     parser.add_argument("--inv-temp", type=float, default=10.0)
-    parser.add_argument("--out", default=None, help="CSV to write (default docs/results/qam_<task>_curve.csv)")
+    parser.add_argument("--out", default=None, help="CSV to write (default docs/studies/qam_<task>_curve.csv)")
     parser.add_argument("--plot-only", action="store_true", help="no training: merge --inputs (or the default CSV) and plot")
     parser.add_argument("--inputs", nargs="*", default=[], help="per-seed CSVs (from parallel runs) to merge")
     args = parser.parse_args()

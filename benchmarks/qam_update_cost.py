@@ -8,7 +8,7 @@ them alike; the median is reported.
 
 Usage:
   OMP_NUM_THREADS=1 python benchmarks/qam_update_cost.py --sizes 512x4 256x3 --steps 60 --repeats 2
-Writes docs/results/qam_update_cost.csv (one row per configuration and size).
+Writes docs/studies/qam_update_cost.csv (one row per configuration and size).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "qam_update_cost.csv"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "studies" / "qam_update_cost.csv"))
     opts = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

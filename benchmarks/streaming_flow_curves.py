@@ -2,8 +2,8 @@
 
   python benchmarks/streaming_flow_curves.py run --config sfp-stochastic --seeds 1 2 3   # appends to the CSV
   python benchmarks/streaming_flow_curves.py run --config chunk --seeds 1 2 3
-  python benchmarks/streaming_flow_curves.py plot        # docs/results/streaming_flow_pointmaze.png + summary table
-  python benchmarks/streaming_flow_curves.py toy         # docs/results/streaming_flow_toy_*.png
+  python benchmarks/streaming_flow_curves.py plot        # docs/studies/streaming_flow_pointmaze.png + summary table
+  python benchmarks/streaming_flow_curves.py toy         # docs/studies/streaming_flow_toy_*.png
 
 Every configuration is trained with the same CPU-scale budget (COMMON below) and evaluated on the same
 100 env seeds at every evaluation; the CSV holds one row per (config, seed, step).
@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "docs" / "results"
+RESULTS = ROOT / "docs" / "studies"
 CSV = RESULTS / "streaming_flow_pointmaze.csv"
 COMMON = dict(cuda=False, total_steps=2000, batch_size=256, hidden_dim=128, num_blocks=2, learning_rate=1e-3,
               lr_warmup_steps=100, eval_freq=500, eval_episodes=100, eval_envs=50, log_freq=500)

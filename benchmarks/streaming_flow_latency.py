@@ -9,7 +9,7 @@ policy's action generator including the copy to the host, and (b) the time of ea
 
 Usage:
   python benchmarks/streaming_flow_latency.py                       # CPU (and CUDA when available)
-  python benchmarks/streaming_flow_latency.py --replans 200 --csv docs/results/streaming_flow_latency.csv
+  python benchmarks/streaming_flow_latency.py --replans 200 --csv docs/studies/streaming_flow_latency.csv
   python benchmarks/streaming_flow_latency.py --clock cpu    # CPU time of the thread: for a machine shared with other jobs
 """
 

@@ -6,7 +6,7 @@ budget (env steps and updates). The curves and per-block statistics are read bac
 
   OMP_NUM_THREADS=1 python benchmarks/swfp_curves.py run --seed 1            # all methods
                                                           # one seed; seeds (and methods) can run in parallel
-  python benchmarks/swfp_curves.py plot --seeds 1 2 3                   # -> docs/results/swfp_reacher_*.{csv,png}
+  python benchmarks/swfp_curves.py plot --seeds 1 2 3                   # -> docs/studies/swfp_reacher_*.{csv,png}
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "docs" / "results"
+RESULTS = ROOT / "docs" / "studies"
 METHODS = {"swfp_h1": {"jko_step_size": 1.0}, "swfp_h0.1": {"jko_step_size": 0.1}, "naive": {"naive_finetune": True}}
 BUDGET = dict(hidden_dim=128, num_layers=2, batch_size=256, pretrain_steps=5000, critic_warmup_steps=2000,
               total_timesteps=1000, eval_freq=500, eval_episodes=100, log_freq=250)

@@ -337,7 +337,7 @@ def test_bandit_fine_field_moves_to_the_better_mode_and_beats_the_bc_flow(bandit
 @pytest.mark.slow
 def test_learning_curve_on_the_embedded_reacher_dataset_beats_bc(in_tmp):
     """QAM's fine field vs the BC flow trained in the same run (100 evaluation episodes each)."""
-    # the setting of docs/results/qam_reacher_curve.csv (there: +12.4 at 2000 steps for seed 1, +13 mean of 3 seeds)
+    # the setting of docs/studies/qam_reacher_curve.csv (there: +12.4 at 2000 steps for seed 1, +13 mean of 3 seeds)
     args = tiny(env_id="flowrl/reacher/mixed-v0", total_steps=2000, inv_temp=1.0, hidden_dim=128, batch_size=256,
                 eval_freq=2000, eval_episodes=100, num_critics=10)
     metrics = qam.main(args)
