@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "docs" / "studies"
 CSV = RESULTS / "streaming_flow_pointmaze.csv"
+# the study of the dataset's own force actions (docs/streaming_flow.md); the next-state default is in the quick suite
 COMMON = dict(cuda=False, total_steps=2000, batch_size=256, hidden_dim=128, num_blocks=2, learning_rate=1e-3,
-              lr_warmup_steps=100, eval_freq=500, eval_episodes=100, eval_envs=50, log_freq=500)
+              lr_warmup_steps=100, eval_freq=500, eval_episodes=100, eval_envs=50, log_freq=500, action_space="env")
 CONFIGS = {
     "sfp-stochastic": dict(policy="sfp", variant="stochastic"),
     "sfp-deterministic": dict(policy="sfp", variant="deterministic"),
