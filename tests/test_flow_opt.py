@@ -291,6 +291,25 @@ def test_trained_flow_model_beats_the_untrained_one_on_held_out_data(trained):
     assert losses["trained"] < 0.8 * losses["untrained"], losses
 
 
+def test_only_the_least_violating_samples_go_through_the_filter(trained):
+    args, _, ckpt, _ = trained
+    model, init_net, norm = load_networks(args, ckpt)
+    picked = replace(args, num_samples=4, filter_samples=1)
+    row, example = fo.evaluate(model, init_net, norm, 4, picked, world_of(args), CPU, seed=4321)
+    assert row["samples"] == 4 and row["filtered"] == 1 and row["batch"] == args.eval_scenarios
+    assert example["samples"].shape[0] == 1
+    # the kept sample of each scenario is the least violating of the 4 drawn with the same generator state
+    g = torch.Generator().manual_seed(4321)
+    scen = fo.sample_scenarios(args.eval_scenarios, 4, args.num_obstacles, world_of(args), args.layouts, g, CPU)
+    fo.perturbed_guess(scen, args.order, args.perturb_std, g)
+    drawn = fo.repeat_scenarios(scen, 4)
+    x = fo.sample_flow(model, drawn, args.flow_steps, g)
+    c = fo.from_tokens(x, drawn, args.order, norm["coef_scale"])
+    solver = fo.TrajectorySolver(4, args.num_obstacles, world_of(args), args)
+    viol = solver.project(solver.equality_projection(c, fo.boundary_values(drawn["starts"], drawn["goals"])), drawn["obstacles"])[2]
+    assert torch.allclose(example["samples"][0], c[viol[:4].argmin()].cpu())
+
+
 # ---------------------------------------------------------------------------------------------- robustness
 def test_same_seed_gives_the_same_networks_on_cpu(tmp_path, monkeypatch):
     states = []
@@ -337,6 +356,7 @@ def test_bad_input_exits_with_one_clear_line(in_tmp):
     (dict(layouts=("spiral",)), r"unknown layout\(s\) \['spiral'\]"),
     (dict(num_obstacles=-1), "--num-obstacles must be >= 0"),
     (dict(evaluate=True), "--evaluate needs --checkpoint"),
+    (dict(filter_samples=0), "--num-samples and --filter-samples must be >= 1"),
     (dict(evaluate=True, checkpoint="no/such.pt"), "--checkpoint 'no/such.pt' is not a file"),
 ])
 def test_impossible_settings_raise_a_scenario_error_before_any_work(overrides, message, in_tmp):
