@@ -26,3 +26,35 @@ def test_sweep_runner_rejects_unknown_experiment(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--suite", "smoke", "--only", "nope",
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "error:" in out.stderr
+
+
+def test_latency_benchmark_covers_every_policy_script(tmp_path):
+    scripts = ["fql", "qam", "gfp", "decision_flow", "fpmd", "swfp", "streaming_flow"]
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency.py"), "--repeats", "3", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = list(csv.DictReader(open(tmp_path / "latency_cpu.csv")))
+    assert {r["script"] for r in rows} == set(scripts)
+    assert {int(r["batch"]) for r in rows} == {1, 50}
+    assert all(float(r["ms_per_action"]) > 0 and float(r["ms_first_action"]) > 0 for r in rows)
+    assert all(float(r["network_calls_per_action"]) > 0 for r in rows)
+    assert "| fql |" in out.stdout
+
+
+def test_throughput_job_of_the_runner(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import run
+
+    row = run.run_throughput("fql", "16x1", 8, 1)
+    assert row["script"] == "fql" and row["size"] == "16x1" and row["updates_per_s"] > 0
+
+
+def test_docs_results_holds_exactly_what_the_quick_suite_writes():
+    """docs/results/ is reproduced by `python benchmarks/run.py --suite quick`: no file there that it does not write."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import run
+
+    groups = {e.group or e.name for e in run.SUITES["quick"]}
+    written = {f"{g}.{ext}" for g in groups for ext in ("csv", "png")} | {"throughput_cpu.csv", "latency_cpu.csv", "quick_summary.md"}
+    present = {p.name for p in (ROOT / "docs" / "results").iterdir()}
+    assert present == written, f"extra: {present - written}, missing: {written - present}"
