@@ -85,19 +85,26 @@ class Policy:
     streaming: bool = False
 
 
-def fql_policies(device: torch.device, g: torch.Generator) -> list:
-    fql = importlib.import_module("fql")
-    A, (obs_dim, act_dim) = fql.Args, REACHER
-    onestep = fql.OneStepPolicy(obs_dim, act_dim, A.hidden_dim, A.num_layers).to(device)
-    bc_flow = fql.VectorField(obs_dim, act_dim, A.hidden_dim, A.num_layers).to(device)
+def onestep_and_flow(A, obs_dim: int, act_dim: int, device: torch.device, g: torch.Generator, onestep: Callable,
+                     onestep_label: str, sample_flow: Callable, flow_label: str) -> list:
+    """The two policies of fql and gfp: a one-step policy mu(s, z) (clipped) and a flow sampled with A.flow_steps."""
     net = f"MLP {A.hidden_dim}x{A.num_layers}"
 
     def noise(obs):
         return torch.randn(obs.shape[0], act_dim, device=device, generator=g)
 
-    return [Policy("one-step policy (deployed)", net, obs_dim, lambda obs: onestep(obs, noise(obs)).clamp(-1.0, 1.0), 1),
-            Policy(f"BC flow, {A.flow_steps} Euler steps", net, obs_dim,
-                   lambda obs: fql.sample_bc_flow(bc_flow, obs, noise(obs), A.flow_steps), A.flow_steps)]
+    return [Policy(onestep_label, net, obs_dim, lambda obs: onestep(obs, noise(obs)).clamp(-1.0, 1.0), 1),
+            Policy(f"{flow_label}, {A.flow_steps} Euler steps", net, obs_dim, lambda obs: sample_flow(obs, noise(obs)),
+                   A.flow_steps)]
+
+
+def fql_policies(device: torch.device, g: torch.Generator) -> list:
+    fql = importlib.import_module("fql")
+    A, (obs_dim, act_dim) = fql.Args, REACHER
+    onestep = fql.OneStepPolicy(obs_dim, act_dim, A.hidden_dim, A.num_layers).to(device)
+    bc_flow = fql.VectorField(obs_dim, act_dim, A.hidden_dim, A.num_layers).to(device)
+    return onestep_and_flow(A, obs_dim, act_dim, device, g, onestep, "one-step policy (deployed)",
+                            lambda obs, z: fql.sample_bc_flow(bc_flow, obs, z, A.flow_steps), "BC flow")
 
 
 def qam_policies(device: torch.device, g: torch.Generator) -> list:
@@ -130,14 +137,8 @@ def gfp_policies(device: torch.device, g: torch.Generator) -> list:
     A, (obs_dim, act_dim) = gfp.Args, REACHER
     actor = gfp.OneStepActor(obs_dim, act_dim, A.hidden_dim, A.num_layers).to(device)
     vabc = gfp.VaBCField(obs_dim, act_dim, A.hidden_dim, A.num_layers, A.time_emb_dim).to(device)
-    net = f"MLP {A.hidden_dim}x{A.num_layers}"
-
-    def noise(obs):
-        return torch.randn(obs.shape[0], act_dim, device=device, generator=g)
-
-    return [Policy("one-step actor (deployed)", net, obs_dim, lambda obs: actor(obs, noise(obs)).clamp(-1.0, 1.0), 1),
-            Policy(f"VaBC flow, {A.flow_steps} Euler steps", net, obs_dim,
-                   lambda obs: gfp.sample_flow(vabc, obs, noise(obs), A.flow_steps), A.flow_steps)]
+    return onestep_and_flow(A, obs_dim, act_dim, device, g, actor, "one-step actor (deployed)",
+                            lambda obs, z: gfp.sample_flow(vabc, obs, z, A.flow_steps), "VaBC flow")
 
 
 def decision_flow_policies(device: torch.device, g: torch.Generator) -> list:
