@@ -13,7 +13,7 @@ latency of every policy type (benchmarks/latency.py). Its outputs are exactly wh
   throughput_cpu.csv           updates/s, 1 thread per run, --workers runs at a time
   latency_cpu.csv              ms per action, batch 1 and 50, 1 thread
   quick_summary.md             final evaluation per curve + the throughput and latency tables
-On a 2-core CPU (2 workers x 1 thread) the whole quick suite takes about 40 minutes.
+On a 2-core CPU (2 workers x 1 thread) the whole quick suite takes about 34 minutes (2028 s measured).
 
 Usage:
   python benchmarks/run.py --suite quick                # docs/results/ on a 2-core CPU
