@@ -20,9 +20,11 @@ What this file implements, all batched over samples and scenarios in torch (CPU 
      conditions as equalities, one constant KKT matrix inverted once per (N, #obstacles); fixed iteration
      count, so it is differentiable by unrolling;
   4. training data: the same solver with a smoothness cost, run to convergence from perturbed straight lines;
-  5. a DiT conditional flow-matching model over the joint coefficients (one token per robot, adaLN-Zero);
+  5. a DiT conditional flow-matching model over the joint coefficients (one token per robot, adaLN-Zero), whose
+     tokens also carry the constraint residual of the trajectory x_t encodes;
   6. the init network (Delta c, lambda_0), trained through the unrolled SF;
-  7. evaluation for several robot counts against the centralized optimizer from scratch (same tolerance).
+  7. evaluation for several robot counts against the centralized optimizer from scratch (same solver code, same
+     tolerance, same iteration cap; both solvers drop finished scenarios from the batch).
 
 THIS REPO'S RECONSTRUCTION. The paper body and code were not readable here. Everything below beyond the
 abstract follows the same first author's Swarm-Gen safety filter (github cisimon7/SwarmGen) and the Singh
@@ -35,7 +37,10 @@ lab's polar-reformulation solvers, adapted to 2-D; assumptions, named:
   * the init-net loss is Swarm-Gen's (mean fixed-point residual + distance to the generated sample) plus a
     constraint-violation term;
   * the init network also sees the sample's constraint residual F^T res (one polar step), our addition;
-  * the optimizer (data generator and baseline) is the same solver with cost |c - guess|^2 + 10 |Pddot c|^2;
+  * the DiT sees the same residual of x_t at every flow step (`--flow-residual`), our addition: it halves the
+    collisions of the raw samples at equal training;
+  * the optimizer (data generator and baseline) is the same solver with cost 1/2|c - c_line|^2 + 10/2 |Pddot c|^2
+    (c_line: the straight line), started from a straight line with N(0, 0.3^2) noise on its interior coefficients;
   * Flow-Opt returns, per scenario, the feasible sample with the smallest acceleration cost.
 
 Usage:
@@ -51,9 +56,9 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -111,15 +116,15 @@ class Args:
     """constraint tolerance (m, m/s, m/s^2) defining success, for Flow-Opt and the optimizer alike"""
 
     # Solver (safety filter and centralized optimizer)
-    rho_agent: float = 1.0
+    rho_agent: float = 3.0
     """augmented-Lagrangian weight of robot-robot separation"""
-    rho_obs: float = 1.0
+    rho_obs: float = 3.0
     """augmented-Lagrangian weight of robot-obstacle separation"""
-    rho_ws: float = 1.0
+    rho_ws: float = 3.0
     """augmented-Lagrangian weight of the workspace box"""
-    rho_vel: float = 1.0
+    rho_vel: float = 3.0
     """augmented-Lagrangian weight of the speed bound"""
-    rho_acc: float = 1.0
+    rho_acc: float = 3.0
     """augmented-Lagrangian weight of the acceleration bound"""
     sf_iters: int = 15
     """SF iterations unrolled when training the init network (Swarm-Gen: 15)"""
@@ -130,7 +135,7 @@ class Args:
     """iterations between convergence checks (host syncs) of the solvers at evaluation"""
 
     # Data generation (centralized optimizer run to convergence)
-    num_scenarios: int = 500
+    num_scenarios: int = 2000
     """training scenarios per robot count"""
     opt_max_iters: int = 600
     """centralized-optimizer iterations at most (the evaluation baseline)"""
@@ -138,13 +143,14 @@ class Args:
     """weight of sum ||Pddot c||^2 in the optimizer's cost (its proximity weight to the guess is 1)"""
     data_iters: int = 300
     """optimizer iterations at most when generating data (stops once 95% of a chunk is solved)"""
-    perturb_std: float = 1.0
-    """std [m] of the perturbation of the straight-line guess's interior coefficients (diverse data)"""
+    perturb_std: float = 0.3
+    """std [m] of the noise on the interior coefficients of the optimizer's straight-line start (breaks the symmetry
+    of swaps and picks the homotopy class: diverse data)"""
     data_path: Optional[str] = None
     """reuse/extend this data cache (.pt) instead of runs/<run>/data.pt"""
 
     # Flow model (DiT)
-    total_steps: int = 1200
+    total_steps: int = 4000
     """flow-matching gradient steps"""
     batch_size: int = 128
     """scenarios per flow-matching step"""
@@ -156,6 +162,8 @@ class Args:
     """DiT blocks"""
     heads: int = 4
     """attention heads"""
+    flow_residual: bool = True
+    """give every DiT token the constraint residual F^T res of the trajectory x_t encodes (this repo's addition)"""
     flow_steps: int = 4
     """Euler steps of the flow sampler (4: at N = 8, 10 steps gave the same success at 2.4x the sampling time)"""
 
@@ -178,10 +186,11 @@ class Args:
     """robot counts of the evaluation table"""
     eval_scenarios: int = 50
     """held-out scenarios per robot count"""
-    num_samples: int = 2
-    """flow samples per scenario (the best feasible one is returned)"""
-    filter_samples: int = 4
-    """of them, the SF filters this many per scenario: those with the least constraint violation before filtering"""
+    num_samples: int = 1
+    """flow samples per scenario (the smoothest feasible one is returned; 1: at N = 8, 2 samples bought no success
+    and doubled the SF's batch)"""
+    filter_samples: int = 0
+    """of them, the SF filters this many per scenario: those with the least constraint violation before filtering (0: all)"""
 
 
 class ScenarioError(ValueError):
@@ -454,42 +463,78 @@ class TrajectorySolver:
 
     # -- solve --------------------------------------------------------------------------------
     def solve(self, scen: dict, c_bar: torch.Tensor, c0: Optional[torch.Tensor] = None, lam0: Optional[torch.Tensor] = None,
-              iters: int = 15, tol: Optional[float] = None, group: int = 1, check_every: int = 5,
-              stop_fraction: float = 1.0) -> dict:
-        """Run the iteration from (c0, lambda0) (default: c_bar's equality projection, 0).
-
-        Fixed `iters` (tol=None): differentiable by unrolling; returns the final iterate and the per-iteration
-        fixed-point residuals ||c_k - c_{k-1}|| + ||lambda_k - lambda_{k-1}||.
-        With `tol`: each sample keeps the first iterate whose violation <= tol; the loop stops when every group of
-        `group` consecutive samples (the samples of one scenario) has one (or `stop_fraction` of the groups), or
-        after `iters` iterations."""
+              iters: int = 15) -> dict:
+        """`iters` iterations from (c0, lambda0) (default: c_bar's equality projection, 0): differentiable by unrolling.
+        Returns the final iterate and the per-iteration fixed-point residuals
+        ||c_k - c_{k-1}|| + ||lambda_k - lambda_{k-1}||."""
         b_eq = boundary_values(scen["starts"], scen["goals"])
         c = self.equality_projection(c_bar, b_eq) if c0 is None else c0
         lam = torch.zeros_like(c) if lam0 is None else lam0
         q_s, f_res, violation, collision = self.project(c, scen["obstacles"])
         fixed_point = []
-        if tol is not None:
-            best_c, best_viol, best_coll = c.clone(), violation.clone(), collision.clone()
-            solved_at = torch.where(violation <= tol, 0, -1)
-        it = 0
-        for it in range(1, iters + 1):
+        for _ in range(iters):
             c_new = self.c_step(self.w_prox * c_bar + lam + q_s, b_eq)
             q_s, f_res, violation, collision = self.project(c_new, scen["obstacles"])
             lam_new = lam - f_res
             fixed_point.append((c_new - c).flatten(1).norm(dim=1) + (lam_new - lam).flatten(1).norm(dim=1))
             c, lam = c_new, lam_new
-            if tol is not None:
-                fresh = (solved_at < 0) & (violation <= tol)
-                keep = fresh | (solved_at < 0)  # unsolved samples follow the iterate
-                best_c = torch.where(keep[:, None, None, None], c, best_c)
-                best_viol, best_coll = torch.where(keep, violation, best_viol), torch.where(keep, collision, best_coll)
-                solved_at = torch.where(fresh, it, solved_at)
-                if it % check_every == 0 and (solved_at >= 0).view(-1, group).any(1).float().mean().item() >= stop_fraction:
+        return {"c": c, "lam": lam, "violation": violation, "collision": collision,
+                "fixed_point": torch.stack(fixed_point, 1) if fixed_point else c.new_zeros(c.shape[0], 0)}
+
+    @torch.no_grad()
+    def solve_to_tolerance(self, scen: dict, c_bar: torch.Tensor, c0: Optional[torch.Tensor] = None,
+                           lam0: Optional[torch.Tensor] = None, max_iters: int = 600, tol: float = 0.02, group: int = 1,
+                           check_every: int = 5, stop_fraction: float = 1.0) -> dict:
+        """The same iteration until every group of `group` consecutive samples (the samples of one scenario) has an
+        iterate within `tol` (or `stop_fraction` of the groups), at most `max_iters` iterations.
+
+        Each sample keeps its first iterate within tol. Every `check_every` iterations (the only host syncs) the
+        finished groups leave the batch (compaction), so each scenario costs the iterations it needs, not the
+        slowest scenario's. Returns per sample c, violation, collision, solved_at (-1: never) and finished_s: the
+        time.perf_counter() at which its group left the batch (its result was ready)."""
+        B, dev = c_bar.shape[0], c_bar.device
+        b_eq_all = boundary_values(scen["starts"], scen["goals"])
+        c = self.equality_projection(c_bar, b_eq_all) if c0 is None else c0
+        lam = torch.zeros_like(c) if lam0 is None else lam0
+        q_s, _, violation, collision = self.project(c, scen["obstacles"])
+        out = {"c": c.clone(), "violation": violation.clone(), "collision": collision.clone(),
+               "solved_at": torch.where(violation <= tol, 0, -1), "finished_s": torch.zeros(B, dtype=torch.float64)}
+        rows = torch.arange(B, device=dev)  # the samples still iterating
+        c_bar_a, b_eq, obstacles = c_bar, b_eq_all, scen["obstacles"]
+        best_c, best_viol, best_coll = out["c"].clone(), out["violation"].clone(), out["collision"].clone()
+        solved_at = out["solved_at"].clone()
+        groups_done, it = 0, 0
+
+        def retire(mask: torch.Tensor) -> None:  # write the finished samples' results back to the outputs
+            idx = rows[mask]
+            out["c"][idx], out["violation"][idx], out["collision"][idx] = best_c[mask], best_viol[mask], best_coll[mask]
+            out["solved_at"][idx] = solved_at[mask]
+            out["finished_s"][idx.cpu()] = time.perf_counter()
+
+        for it in range(1, max_iters + 1):
+            c = self.c_step(self.w_prox * c_bar_a + lam + q_s, b_eq)
+            q_s, f_res, violation, collision = self.project(c, obstacles)
+            lam = lam - f_res
+            fresh = (solved_at < 0) & (violation <= tol)
+            keep = solved_at < 0  # unsolved samples follow the iterate
+            best_c = torch.where(keep[:, None, None, None], c, best_c)
+            best_viol, best_coll = torch.where(keep, violation, best_viol), torch.where(keep, collision, best_coll)
+            solved_at = torch.where(fresh, it, solved_at)
+            if it % check_every == 0 or it == max_iters:
+                done = (solved_at >= 0).view(-1, group).any(1)
+                num_done = int(done.sum().item())
+                if groups_done + num_done >= stop_fraction * (B // group):
                     break
-        out = {"c": c, "lam": lam, "violation": violation, "collision": collision, "iters": it,
-               "fixed_point": torch.stack(fixed_point, 1) if fixed_point else torch.zeros(c.shape[0], 0)}
-        if tol is not None:
-            out.update(c=best_c, violation=best_viol, collision=best_coll, solved_at=solved_at)
+                if num_done:  # compaction: the finished scenarios leave the batch
+                    finished = done.repeat_interleave(group)
+                    retire(finished)
+                    groups_done += num_done
+                    live = ~finished
+                    rows, c, lam, q_s, c_bar_a, b_eq = rows[live], c[live], lam[live], q_s[live], c_bar_a[live], b_eq[live]
+                    obstacles, best_c, best_viol, best_coll, solved_at = (obstacles[live], best_c[live], best_viol[live],
+                                                                           best_coll[live], solved_at[live])
+        retire(torch.ones_like(rows, dtype=torch.bool))
+        out["iters"] = it
         return out
 
     def smoothness(self, c: torch.Tensor) -> torch.Tensor:
@@ -586,10 +631,10 @@ class FlowDiT(nn.Module):
     (mean of the robot encodings, DeepSets map encoding) through adaLN-Zero. No positional embedding over
     robots, so permuting the robots permutes the output."""
 
-    def __init__(self, nv: int, hidden: int, depth: int, heads: int, scale: float):
+    def __init__(self, nv: int, hidden: int, depth: int, heads: int, scale: float, residual_input: bool = True):
         super().__init__()
-        self.scale, self.hidden = scale, hidden
-        self.x_in = nn.Linear(2 * nv, hidden)
+        self.scale, self.hidden, self.residual_input = scale, hidden, residual_input
+        self.x_in = nn.Linear((4 if residual_input else 2) * nv, hidden)
         self.robot = mlp(6, hidden, 2, hidden)
         self.map = MapEncoder(hidden)
         self.context = mlp(2 * hidden, hidden, 1, hidden)
@@ -607,9 +652,10 @@ class FlowDiT(nn.Module):
         r = self.robot(robot_features(scen["starts"], scen["goals"], self.scale))
         return r, self.context(torch.cat([r.mean(1), self.map(scen["obstacles"], self.scale)], -1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, enc: tuple) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, enc: tuple, residual: Optional[Callable] = None) -> torch.Tensor:
+        """`residual`: x -> constraint residual tokens (`residual_input`), required when the model was built with it."""
         robots, context = enc
-        h = self.x_in(x) + robots
+        h = self.x_in(torch.cat([x, residual(x)], -1) if self.residual_input else x) + robots
         cond = self.time(timestep_embedding(t, self.hidden)) + context
         for block in self.blocks:
             h = block(h, cond)
@@ -647,6 +693,18 @@ class InitNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Flow matching: loss and sampler
 # ---------------------------------------------------------------------------------------------
+def normalised_residual(solver: "TrajectorySolver", c: torch.Tensor, scen: dict, coef_scale: float) -> torch.Tensor:
+    """F^T res of one polar step at eqproj(c), per robot (B, N, 2 nv), in token units: where and how far the
+    trajectories violate a constraint (input of the init network, and of the DiT with --flow-residual)."""
+    b_eq = boundary_values(scen["starts"], scen["goals"])
+    return (solver.project(solver.equality_projection(c, b_eq), scen["obstacles"])[1] / coef_scale).flatten(2)
+
+
+def residual_input(solver: "TrajectorySolver", scen: dict, order: int, coef_scale: float):
+    """tokens x -> normalised_residual of the coefficients x encodes: the DiT's extra input."""
+    return lambda x: normalised_residual(solver, from_tokens(x, scen, order, coef_scale), scen, coef_scale)
+
+
 def to_tokens(c: torch.Tensor, scen: dict, order: int, coef_scale: float) -> torch.Tensor:
     """Coefficients (B, N, 2, nv) -> normalised residual w.r.t. the straight line, tokens (B, N, 2 nv)."""
     return ((c - straight_line_coefs(scen["starts"], scen["goals"], order)) / coef_scale).flatten(2)
@@ -657,34 +715,33 @@ def from_tokens(x: torch.Tensor, scen: dict, order: int, coef_scale: float) -> t
     return x.view(B, N, 2, order + 1) * coef_scale + straight_line_coefs(scen["starts"], scen["goals"], order)
 
 
-def flow_matching_loss(model: FlowDiT, x1: torch.Tensor, scen: dict) -> torch.Tensor:
+def flow_matching_loss(model: FlowDiT, x1: torch.Tensor, scen: dict, residual: Optional[Callable] = None) -> torch.Tensor:
     """Conditional flow matching with the linear path x_t = (1 - t) x0 + t x1, x0 ~ N(0, I), target x1 - x0
     (Lipman et al. 2023 Eq. 23 with sigma_min = 0; the paper's generative loss)."""
     x0 = torch.randn_like(x1)
     t = torch.rand(x1.shape[0], device=x1.device)
     xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
-    return F.mse_loss(model(xt, t, model.encode(scen)), x1 - x0)
+    return F.mse_loss(model(xt, t, model.encode(scen), residual), x1 - x0)
 
 
 @torch.no_grad()
-def sample_flow(model: FlowDiT, scen: dict, flow_steps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_flow(model: FlowDiT, scen: dict, flow_steps: int, generator: Optional[torch.Generator] = None,
+                residual: Optional[Callable] = None) -> torch.Tensor:
     """Euler integration of dx/dt = v_theta(x, t) from x0 ~ N(0, I), t: 0 -> 1; batched over all samples."""
     B, N = scen["starts"].shape[:2]
     nv2 = model.out.out_features
     x = torch.randn(B, N, nv2, device=scen["starts"].device, generator=generator)
     enc, dt = model.encode(scen), 1.0 / flow_steps
     for i in range(flow_steps):
-        x = x + dt * model(x, torch.full((B,), i * dt, device=x.device), enc)
+        x = x + dt * model(x, torch.full((B,), i * dt, device=x.device), enc, residual)
     return x
 
 
 def init_from_net(init_net: InitNet, solver: TrajectorySolver, scen: dict, x_gen: torch.Tensor, c_gen: torch.Tensor,
                   coef_scale: float, lam_scale: float) -> tuple:
     """c_0 = equality projection of c_gen + Delta c, lambda_0 (Swarm-Gen's InitModel recipe)."""
-    b_eq = boundary_values(scen["starts"], scen["goals"])
-    f_res = solver.project(solver.equality_projection(c_gen, b_eq), scen["obstacles"])[1]
-    dc, lam = init_net(scen, x_gen, (f_res / coef_scale).flatten(2))
-    c0 = solver.equality_projection(c_gen + dc * coef_scale, b_eq)
+    dc, lam = init_net(scen, x_gen, normalised_residual(solver, c_gen, scen, coef_scale))
+    c0 = solver.equality_projection(c_gen + dc * coef_scale, boundary_values(scen["starts"], scen["goals"]))
     return c0, lam * lam_scale
 
 
@@ -704,6 +761,18 @@ def optimizer_for(n: int, num_obstacles: int, world: World, args: Args, device: 
     return TrajectorySolver(n, num_obstacles, world, args, w_prox=1.0, w_smooth=args.opt_smoothness, device=device)
 
 
+def optimize_from_scratch(opt: TrajectorySolver, scen: dict, args: Args, generator: torch.Generator, max_iters: int,
+                          check_every: int, stop_fraction: float = 1.0) -> dict:
+    """The centralized optimizer: min 1/2 ||c - c_line||^2 + w_s/2 ||Pddot c||^2 under every constraint (c_line: the
+    straight-line coefficients), started from a perturbed straight line; the perturbation breaks the symmetry of
+    swaps and picks the homotopy class (which side robots pass each other and the obstacles)."""
+    guess = perturbed_guess(scen, args.order, args.perturb_std, generator)
+    c0 = opt.equality_projection(guess, boundary_values(scen["starts"], scen["goals"]))
+    line = straight_line_coefs(scen["starts"], scen["goals"], args.order)
+    return opt.solve_to_tolerance(scen, line, c0, max_iters=max_iters, tol=args.tol, check_every=check_every,
+                                  stop_fraction=stop_fraction)
+
+
 def generate_data(n: int, args: Args, world: World, generator: torch.Generator, device: torch.device,
                   chunk: int = 500) -> dict:
     """Scenarios and their optimised joint trajectories; only instances solved within --tol are kept."""
@@ -711,8 +780,7 @@ def generate_data(n: int, args: Args, world: World, generator: torch.Generator, 
     parts, tried = [], 0
     for start in range(0, args.num_scenarios, chunk):
         scen = sample_scenarios(min(chunk, args.num_scenarios - start), n, args.num_obstacles, world, args.layouts, generator, device)
-        guess = perturbed_guess(scen, args.order, args.perturb_std, generator)
-        out = opt.solve(scen, guess, iters=args.data_iters, tol=args.tol, check_every=10, stop_fraction=0.95)
+        out = optimize_from_scratch(opt, scen, args, generator, args.data_iters, check_every=10, stop_fraction=0.95)
         ok = out["solved_at"] >= 0
         parts.append({**{k: v[ok] for k, v in scen.items()}, "coefs": out["c"][ok]})
         tried += ok.numel()
@@ -736,18 +804,17 @@ def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, 
     """One row of the evaluation table for n robots (held-out scenarios from a separate seed)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     scen = sample_scenarios(args.eval_scenarios, n, args.num_obstacles, world, args.layouts, gen, device)
-    S, num = min(args.filter_samples, args.num_samples), args.eval_scenarios
+    S, num = min(args.filter_samples or args.num_samples, args.num_samples), args.eval_scenarios
     sf = TrajectorySolver(n, args.num_obstacles, world, args, device=device)
     opt = optimizer_for(n, args.num_obstacles, world, args, device)
-    # centralized optimizer from scratch (perturbed straight-line guess, the data generator's procedure)
-    guess = perturbed_guess(scen, args.order, args.perturb_std, gen)
-    t0, cpu0 = timed(device), time.process_time()
-    base = opt.solve(scen, guess, iters=args.opt_max_iters, tol=args.tol, check_every=args.check_every)
-    t_opt, cpu_opt = timed(device) - t0, time.process_time() - cpu0
+    # centralized optimizer from scratch (the data generator's procedure)
+    t_start_opt, cpu0 = timed(device), time.process_time()
+    base = optimize_from_scratch(opt, scen, args, gen, args.opt_max_iters, args.check_every)
+    t_opt, cpu_opt = timed(device) - t_start_opt, time.process_time() - cpu0
     # Flow-Opt: sample, keep the S least violating samples per scenario, predict the SF init, filter until tolerance
     drawn = repeat_scenarios(scen, args.num_samples)
     t0, cpu0 = timed(device), time.process_time()
-    x_gen = sample_flow(model, drawn, args.flow_steps, gen)
+    x_gen = sample_flow(model, drawn, args.flow_steps, gen, residual_input(sf, drawn, args.order, norm["coef_scale"]))
     c_gen = from_tokens(x_gen, drawn, args.order, norm["coef_scale"])
     raw_violation = lambda c: sf.project(sf.equality_projection(c, boundary_values(drawn["starts"], drawn["goals"])),  # noqa: E731
                                          drawn["obstacles"])[2:]  # (violation, collision) of the drawn samples
@@ -760,35 +827,48 @@ def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, 
     t1 = timed(device)
     c0, lam0 = init_from_net(init_net, sf, rep, x_gen, c_gen, norm["coef_scale"], norm["lam_scale"])
     t2 = timed(device)
-    flt = sf.solve(rep, c_gen, c0, lam0, iters=args.sf_max_iters, tol=args.tol, group=S, check_every=args.check_every)
+    to_tol = dict(max_iters=args.sf_max_iters, tol=args.tol, group=S, check_every=args.check_every)
+    flt = sf.solve_to_tolerance(rep, c_gen, c0, lam0, **to_tol)
     t3, cpu3 = timed(device), time.process_time()
-    zero = sf.solve(rep, c_gen, iters=args.sf_max_iters, tol=args.tol, group=S, check_every=args.check_every)
+    zero = sf.solve_to_tolerance(rep, c_gen, **to_tol)
     t_zero = timed(device) - t3
+    # ablation without the flow model: the same SF (projection cost) started from the optimizer's starting points
+    t4 = timed(device)
+    line = sf.solve_to_tolerance(rep, perturbed_guess(rep, args.order, args.perturb_std, gen), **to_tol)
     if S == args.num_samples:  # no ranking: the raw samples' metrics are computed outside the timed pipeline
         viol_gen, coll_gen = raw_violation(c_gen)
-    # per scenario: the feasible sample with the smallest acceleration cost (else the least violating one)
-    smooth = sf.smoothness(flt["c"]).view(num, S)
-    feasible = (flt["violation"] <= args.tol).view(num, S)
-    pick = torch.where(feasible, smooth, 1e9 + flt["violation"].view(num, S)).argmin(1)
-    chosen = lambda x: x.view(num, S, *x.shape[1:])[torch.arange(num, device=device), pick]  # noqa: E731
-    success = chosen(flt["violation"]) <= args.tol
+
+    def best(out: dict) -> tuple:
+        """Per scenario: the feasible sample with the smallest acceleration cost (else the least violating one).
+        Returns (selector of that sample's rows, success, smoothness, smoothness ratio to the optimizer's)."""
+        smooth = sf.smoothness(out["c"]).view(num, S)
+        feasible = (out["violation"] <= args.tol).view(num, S)
+        pick = torch.where(feasible, smooth, 1e9 + out["violation"].view(num, S)).argmin(1)
+        chosen = lambda x: x.view(num, S, *x.shape[1:])[torch.arange(num, device=device), pick]  # noqa: E731
+        ok = chosen(out["violation"]) <= args.tol
+        both = ok & base_ok
+        ratio = (chosen(smooth.view(-1))[both] / opt.smoothness(base["c"])[both]).mean() if both.any() else torch.tensor(math.nan)
+        return chosen, ok, chosen(smooth.view(-1)), ratio
+
+    def ready(out: dict, k: int, start: float) -> torch.Tensor:
+        """Per scenario: seconds from the start of the method until it left the solver's batch with a sample within
+        tol (measured; inf where it was not solved)."""
+        solved = (out["solved_at"] >= 0).view(-1, k).any(1).cpu()
+        return torch.where(solved, out["finished_s"].view(-1, k)[:, 0] - start, float("inf"))
+
     base_ok = base["violation"] <= args.tol
-    both = success & base_ok
-    smooth_ratio = (chosen(smooth.view(-1))[both] / opt.smoothness(base["c"])[both]).mean() if both.any() else torch.tensor(float("nan"))
+    chosen, success, smooth, smooth_ratio = best(flt)
+    _, line_success, _, line_smooth_ratio = best(line)
+    solvable = success | base_ok | line_success  # instances with a known feasible solution (any method found one)
     t_flow = t3 - t0
-    # per-scenario time to tolerance: fixed overhead + first iteration with a feasible sample x time per iteration
-    first = lambda out, k: out["solved_at"].view(-1, k).float().where(out["solved_at"].view(-1, k) >= 0, float("inf")).amin(1)  # noqa: E731
-    per_iter_sf, per_iter_opt = (t3 - t2) / max(flt["iters"], 1), t_opt / max(base["iters"], 1)
-    t_each_flow = (t2 - t0) + first(flt, S) * per_iter_sf  # inf where a scenario was not solved
-    t_each_opt = first(base, 1) * per_iter_opt
-    median_flow, median_opt = t_each_flow.median().item(), t_each_opt.median().item()
+    median_flow, median_opt = ready(flt, S, t0).median().item(), ready(base, 1, t_start_opt).median().item()
     row = {
         "robots": n, "scenarios": num, "samples": args.num_samples, "filtered": S, "batch": num * S,
         "success": success.float().mean().item(),
         "collision_before_sf": (coll_gen > args.tol).float().mean().item(),
         "collision_after_sf": (chosen(flt["collision"]) > args.tol).float().mean().item(),
         "violation_before_sf": viol_gen.mean().item(),
-        "smoothness": chosen(smooth.view(-1)).mean().item(),
+        "smoothness": smooth.mean().item(),
         "smoothness_ratio_vs_opt": smooth_ratio.item(),
         "sf_iters": flt["iters"], "sf_zero_init_iters": zero["iters"],
         "sf_zero_init_success": ((zero["violation"] <= args.tol).view(num, S).any(1)).float().mean().item(),
@@ -800,6 +880,11 @@ def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, 
         "cpu_flowopt_s": cpu3 - cpu0, "cpu_opt_s": cpu_opt, "cpu_time_ratio": cpu_opt / max(cpu3 - cpu0, 1e-9),
         "t_median_flowopt_s": median_flow, "t_median_opt_s": median_opt,
         "median_time_ratio": median_opt / max(median_flow, 1e-9),
+        "solvable": solvable.float().mean().item(),
+        "success_on_solvable": (success[solvable].float().mean() if solvable.any() else torch.tensor(float("nan"))).item(),
+        "opt_success_on_solvable": (base_ok[solvable].float().mean() if solvable.any() else torch.tensor(float("nan"))).item(),
+        "line_sf_success": line_success.float().mean().item(), "line_sf_smoothness_ratio_vs_opt": line_smooth_ratio.item(),
+        "t_median_line_sf_s": ready(line, S, t4).median().item(),
     }
     example = {"scen": {k: v[0].cpu() for k, v in scen.items()}, "flowopt": chosen(flt["c"])[0].cpu(),
                "samples": c_gen[:S].cpu(), "opt": base["c"][0].cpu()}
@@ -838,7 +923,9 @@ TABLE_COLUMNS = ("robots", "batch", "success", "collision_before_sf", "collision
                  "sf_iters", "sf_zero_init_iters", "t_sample_s", "t_init_s", "t_sf_s", "t_sf_zero_init_s", "t_flowopt_s",
                  "opt_success", "opt_iters", "t_opt_s", "time_ratio_opt_over_flowopt",
                  "t_median_flowopt_s", "t_median_opt_s", "median_time_ratio",
-                 "cpu_flowopt_s", "cpu_opt_s", "cpu_time_ratio")
+                 "cpu_flowopt_s", "cpu_opt_s", "cpu_time_ratio",
+                 "solvable", "success_on_solvable", "opt_success_on_solvable",
+                 "line_sf_success", "line_sf_smoothness_ratio_vs_opt", "t_median_line_sf_s")
 
 
 def markdown_table(rows: list) -> str:
@@ -869,8 +956,8 @@ def main(args: Args) -> dict:
     world = World.from_args(args)
     for n in set(args.train_robots) | set(args.eval_robots):
         check_scenario_args(n, args.num_obstacles, world, args.layouts)
-    if not 1 <= args.filter_samples or not 1 <= args.num_samples:
-        raise ScenarioError(f"--num-samples and --filter-samples must be >= 1, got {args.num_samples}, {args.filter_samples}")
+    if args.num_samples < 1 or args.filter_samples < 0:
+        raise ScenarioError(f"--num-samples must be >= 1 and --filter-samples >= 0, got {args.num_samples}, {args.filter_samples}")
     if args.evaluate and not args.checkpoint:
         raise ScenarioError("--evaluate needs --checkpoint")
     if args.checkpoint and not Path(args.checkpoint).is_file():
@@ -910,7 +997,11 @@ def main(args: Args) -> dict:
     else:  # residual scale of the data; multiplier scale from the solver's rho (one number each)
         res = torch.cat([to_tokens(data[n]["coefs"], data[n], args.order, 1.0).flatten() for n in args.train_robots])
         norm = {"coef_scale": res.std().clamp(min=1e-3).item(), "lam_scale": 1.0}
-    model = FlowDiT(nv, args.hidden_dim, args.depth, args.heads, args.workspace).to(device)
+    if state is not None:  # the networks' shapes come from the checkpoint
+        args = replace(args, **{k: state["args"].get(k, False if k == "flow_residual" else getattr(args, k))
+                                for k in ("hidden_dim", "depth", "heads", "flow_residual")})
+    model = FlowDiT(nv, args.hidden_dim, args.depth, args.heads, args.workspace, args.flow_residual).to(device)
+    solvers = {n: TrajectorySolver(n, args.num_obstacles, world, args, device=device) for n in args.train_robots}
     init_net = InitNet(nv, args.hidden_dim, args.heads, args.workspace).to(device)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -932,7 +1023,7 @@ def main(args: Args) -> dict:
             n = args.train_robots[step % len(args.train_robots)]
             idx = torch.randint(0, targets[n].shape[0], (args.batch_size,), device=device, generator=generator)
             scen = {k: data[n][k][idx] for k in ("starts", "goals", "obstacles")}
-            loss = flow_matching_loss(model, targets[n][idx], scen)
+            loss = flow_matching_loss(model, targets[n][idx], scen, residual_input(solvers[n], scen, args.order, norm["coef_scale"]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -952,14 +1043,13 @@ def main(args: Args) -> dict:
 
         # 3) init network: self-supervised through the unrolled safety filter (sf_iters iterations)
         t0, c0_cpu = time.perf_counter(), time.process_time()
-        solvers = {n: TrajectorySolver(n, args.num_obstacles, world, args, device=device) for n in args.train_robots}
         init_opt = torch.optim.Adam(init_net.parameters(), lr=args.init_learning_rate)
         last_t = time.perf_counter()
         for step in range(1, args.init_steps + 1):
             n = args.train_robots[step % len(args.train_robots)]
             idx = torch.randint(0, targets[n].shape[0], (args.init_batch_size,), device=device, generator=generator)
             scen = {k: data[n][k][idx] for k in ("starts", "goals", "obstacles")}
-            x_gen = sample_flow(model, scen, args.flow_steps, generator)
+            x_gen = sample_flow(model, scen, args.flow_steps, generator, residual_input(solvers[n], scen, args.order, norm["coef_scale"]))
             c_gen = from_tokens(x_gen, scen, args.order, norm["coef_scale"])
             c0, lam0 = init_from_net(init_net, solvers[n], scen, x_gen, c_gen, norm["coef_scale"], norm["lam_scale"])
             out = solvers[n].solve(scen, c_gen, c0, lam0, iters=args.sf_iters)

@@ -2,8 +2,8 @@
 N in {4, 8, 16, 32}) once per seed, then writes mean +- std per robot count and a figure.
 
   OMP_NUM_THREADS=1 python benchmarks/flow_opt_curves.py --seeds 1 2 3 [--extra "--num-scenarios 800"]
-writes docs/studies/flow_opt_eval.csv, docs/studies/flow_opt_eval.png and docs/studies/flow_opt_trajectories.png
-(the first seed's trajectories). Run output goes to --workdir (default /tmp/flow_opt_curves), not the repo.
+writes docs/studies/flow_opt_eval.csv (mean and std), flow_opt_eval_seeds.csv (raw rows), flow_opt_eval.png and
+flow_opt_trajectories.png (the first seed's trajectories). Run output goes to --workdir (default /tmp/flow_opt_curves), not the repo.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ RESULTS = ROOT / "docs" / "studies"
 COLUMNS = ("success", "collision_before_sf", "collision_after_sf", "smoothness_ratio_vs_opt", "sf_iters", "sf_zero_init_iters",
            "sf_zero_init_success", "t_sample_s", "t_init_s", "t_sf_s", "t_sf_zero_init_s", "t_flowopt_s", "opt_success",
            "opt_iters", "t_opt_s", "time_ratio_opt_over_flowopt", "t_median_flowopt_s", "t_median_opt_s", "median_time_ratio",
-           "cpu_flowopt_s", "cpu_opt_s", "cpu_time_ratio")
+           "cpu_flowopt_s", "cpu_opt_s", "cpu_time_ratio", "solvable", "success_on_solvable",
+           "opt_success_on_solvable", "line_sf_success", "line_sf_smoothness_ratio_vs_opt",
+           "t_median_line_sf_s")
 
 
 def main() -> None:
@@ -59,6 +61,10 @@ def main() -> None:
             row[f"{col}_mean"], row[f"{col}_std"] = values.mean(), values.std()
         summary.append(row)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "flow_opt_eval_seeds.csv", "w", newline="") as f:  # the raw rows, one per seed and robot count
+        writer = csv.DictWriter(f, fieldnames=["seed", *tables[0][0]])
+        writer.writeheader()
+        writer.writerows({"seed": seed, **row} for seed, table in zip(cli.seeds, tables) for row in table)
     with open(RESULTS / "flow_opt_eval.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(summary[0]))
         writer.writeheader()
@@ -94,7 +100,7 @@ def main() -> None:
         ax.set_xlabel("robots N")
         ax.set_xscale("log", base=2)
         ax.grid(True, alpha=0.3)
-    fig.suptitle(f"flow_opt.py, {len(tables)} seed(s), 2-core AMD EPYC CPU (shared), single thread")
+    fig.suptitle(f"flow_opt.py, {len(tables)} seed(s), {len(summary)} robot count(s), CPU, single thread")
     fig.tight_layout()
     fig.savefig(RESULTS / "flow_opt_eval.png", dpi=110)
     print(open(RESULTS / "flow_opt_eval.csv").read())

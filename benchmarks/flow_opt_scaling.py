@@ -51,7 +51,8 @@ def main() -> None:
         for b in cli.batches:
             g = torch.Generator().manual_seed(0)
             scen = fo.sample_scenarios(b, n, args.num_obstacles, world, args.layouts, g, torch.device("cpu"))
-            x = fo.sample_flow(model, scen, args.flow_steps, g)
+            residual = fo.residual_input(solver, scen, args.order, 1.0)  # the DiT's constraint-residual input
+            x = fo.sample_flow(model, scen, args.flow_steps, g, residual)
             c = fo.perturbed_guess(scen, args.order, args.perturb_std, g)
             b_eq = fo.boundary_values(scen["starts"], scen["goals"])
             q_s = solver.project(c, scen["obstacles"])[0]
@@ -62,7 +63,7 @@ def main() -> None:
                 solver.project(c_new, scen["obstacles"])
 
             row = {"robots": n, "batch": b}
-            for name, fn in (("sample", lambda: fo.sample_flow(model, scen, args.flow_steps, g)),
+            for name, fn in (("sample", lambda: fo.sample_flow(model, scen, args.flow_steps, g, residual)),
                              ("init", lambda: fo.init_from_net(init_net, solver, scen, x, c_gen, 1.0, 1.0)), ("solver_iteration", one_iteration)):
                 row[f"{name}_wall_s"], row[f"{name}_cpu_s"] = clock(fn, cli.repeats)
             rows.append(row)
