@@ -462,20 +462,29 @@ class TrajectorySolver:
         return both[0], both[1], violation, pen
 
     # -- solve --------------------------------------------------------------------------------
+    def start(self, scen: dict, c_bar: torch.Tensor, c0: Optional[torch.Tensor], lam0: Optional[torch.Tensor]) -> tuple:
+        """(b_eq, c, lambda, q_s, violation, collision) at the start (default: c_bar's equality projection, 0)."""
+        b_eq = boundary_values(scen["starts"], scen["goals"])
+        c = self.equality_projection(c_bar, b_eq) if c0 is None else c0
+        q_s, _, violation, collision = self.project(c, scen["obstacles"])
+        return b_eq, c, torch.zeros_like(c) if lam0 is None else lam0, q_s, violation, collision
+
+    def iterate(self, c_bar: torch.Tensor, lam: torch.Tensor, q_s: torch.Tensor, b_eq: torch.Tensor,
+                obstacles: torch.Tensor) -> tuple:
+        """One iteration (c-step, polar step, dual step): returns (c, lambda, q_s, violation, collision)."""
+        c = self.c_step(self.w_prox * c_bar + lam + q_s, b_eq)
+        q_s, f_res, violation, collision = self.project(c, obstacles)
+        return c, lam - f_res, q_s, violation, collision
+
     def solve(self, scen: dict, c_bar: torch.Tensor, c0: Optional[torch.Tensor] = None, lam0: Optional[torch.Tensor] = None,
               iters: int = 15) -> dict:
         """`iters` iterations from (c0, lambda0) (default: c_bar's equality projection, 0): differentiable by unrolling.
         Returns the final iterate and the per-iteration fixed-point residuals
         ||c_k - c_{k-1}|| + ||lambda_k - lambda_{k-1}||."""
-        b_eq = boundary_values(scen["starts"], scen["goals"])
-        c = self.equality_projection(c_bar, b_eq) if c0 is None else c0
-        lam = torch.zeros_like(c) if lam0 is None else lam0
-        q_s, f_res, violation, collision = self.project(c, scen["obstacles"])
+        b_eq, c, lam, q_s, violation, collision = self.start(scen, c_bar, c0, lam0)
         fixed_point = []
         for _ in range(iters):
-            c_new = self.c_step(self.w_prox * c_bar + lam + q_s, b_eq)
-            q_s, f_res, violation, collision = self.project(c_new, scen["obstacles"])
-            lam_new = lam - f_res
+            c_new, lam_new, q_s, violation, collision = self.iterate(c_bar, lam, q_s, b_eq, scen["obstacles"])
             fixed_point.append((c_new - c).flatten(1).norm(dim=1) + (lam_new - lam).flatten(1).norm(dim=1))
             c, lam = c_new, lam_new
         return {"c": c, "lam": lam, "violation": violation, "collision": collision,
@@ -493,14 +502,11 @@ class TrajectorySolver:
         slowest scenario's. Returns per sample c, violation, collision, solved_at (-1: never) and finished_s: the
         time.perf_counter() at which its group left the batch (its result was ready)."""
         B, dev = c_bar.shape[0], c_bar.device
-        b_eq_all = boundary_values(scen["starts"], scen["goals"])
-        c = self.equality_projection(c_bar, b_eq_all) if c0 is None else c0
-        lam = torch.zeros_like(c) if lam0 is None else lam0
-        q_s, _, violation, collision = self.project(c, scen["obstacles"])
+        b_eq, c, lam, q_s, violation, collision = self.start(scen, c_bar, c0, lam0)
         out = {"c": c.clone(), "violation": violation.clone(), "collision": collision.clone(),
                "solved_at": torch.where(violation <= tol, 0, -1), "finished_s": torch.zeros(B, dtype=torch.float64)}
         rows = torch.arange(B, device=dev)  # the samples still iterating
-        c_bar_a, b_eq, obstacles = c_bar, b_eq_all, scen["obstacles"]
+        c_bar_a, obstacles = c_bar, scen["obstacles"]
         best_c, best_viol, best_coll = out["c"].clone(), out["violation"].clone(), out["collision"].clone()
         solved_at = out["solved_at"].clone()
         groups_done, it = 0, 0
@@ -512,9 +518,7 @@ class TrajectorySolver:
             out["finished_s"][idx.cpu()] = time.perf_counter()
 
         for it in range(1, max_iters + 1):
-            c = self.c_step(self.w_prox * c_bar_a + lam + q_s, b_eq)
-            q_s, f_res, violation, collision = self.project(c, obstacles)
-            lam = lam - f_res
+            c, lam, q_s, violation, collision = self.iterate(c_bar_a, lam, q_s, b_eq, obstacles)
             fresh = (solved_at < 0) & (violation <= tol)
             keep = solved_at < 0  # unsolved samples follow the iterate
             best_c = torch.where(keep[:, None, None, None], c, best_c)
