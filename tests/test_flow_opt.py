@@ -318,6 +318,18 @@ def test_trained_flow_model_beats_the_untrained_one_on_held_out_data(trained):
     assert losses["trained"] < 0.8 * losses["untrained"], losses
 
 
+def test_feasibility_certificate_only_adds_solvable_instances(trained):
+    """--certify-restarts runs after everything timed: the methods' results are unchanged, and the solvable share can
+    only grow (instances no method solved get another chance from random optimizer starts)."""
+    args, _, ckpt, _ = trained
+    model, init_net, norm = load_networks(args, ckpt)
+    plain, _ = fo.evaluate(model, init_net, norm, 4, args, world_of(args), CPU, seed=99)
+    cert, _ = fo.evaluate(model, init_net, norm, 4, replace(args, certify_restarts=3, certify_iters=100), world_of(args), CPU, seed=99)
+    for key in ("success", "opt_success", "line_sf_success", "smoothness"):
+        assert cert[key] == plain[key], key
+    assert cert["solvable"] >= plain["solvable"] >= max(plain["success"], plain["opt_success"], plain["line_sf_success"])
+
+
 def test_only_the_least_violating_samples_go_through_the_filter(trained):
     args, _, ckpt, _ = trained
     model, init_net, norm = load_networks(args, ckpt)
@@ -385,6 +397,7 @@ def test_bad_input_exits_with_one_clear_line(in_tmp):
     (dict(num_obstacles=-1), "--num-obstacles must be >= 0"),
     (dict(evaluate=True), "--evaluate needs --checkpoint"),
     (dict(filter_samples=-1), "--num-samples must be >= 1 and --filter-samples >= 0"),
+    (dict(certify_restarts=-1), "--certify-restarts must be >= 0"),
     (dict(evaluate=True, checkpoint="no/such.pt"), "--checkpoint 'no/such.pt' is not a file"),
 ])
 def test_impossible_settings_raise_a_scenario_error_before_any_work(overrides, message, in_tmp):
