@@ -117,6 +117,19 @@ def test_safety_filter_makes_a_colliding_crossing_feasible():
     assert torch.allclose(out["c"] @ solver.A.T, fo.boundary_values(starts, -starts), atol=1e-4)
 
 
+def test_detour_starts_bend_every_robot_to_the_same_side_and_keep_the_boundary():
+    scen = {"starts": torch.tensor([[[0.0, 0.0], [2.0, 1.0]]]), "goals": torch.tensor([[[3.0, 0.0], [2.0, 4.0]]])}
+    c = fo.detour_starts(scen, 10, (1.0, -0.5))  # (2 starts, 2 robots, 2 axes, 11)
+    line = fo.straight_line_coefs(scen["starts"], scen["goals"], 10)[0]
+    assert c.shape == (2, 2, 2, 11)
+    assert torch.equal(c[:, ..., :3], line[None, ..., :3].expand(2, -1, -1, -1))
+    assert torch.equal(c[:, ..., -3:], line[None, ..., -3:].expand(2, -1, -1, -1))
+    bend = c - line  # robot 0 heads +x: right is -y; robot 1 heads +y: right is +x
+    assert torch.allclose(bend[:, 0, 0], torch.zeros(2, 11)) and torch.allclose(bend[:, 1, 1], torch.zeros(2, 11))
+    assert bend[0, 0, 1, 5] == pytest.approx(-1.0) and bend[0, 1, 0, 5] == pytest.approx(1.0)  # peak of the bump
+    assert torch.allclose(bend[1], -0.5 * bend[0])
+
+
 def test_compaction_leaves_each_scenarios_result_unchanged():
     """solve_to_tolerance drops finished scenarios from the batch: every scenario must get exactly the result it gets
     when solved alone, and a scenario's samples leave together (group)."""
@@ -258,7 +271,7 @@ def trained(tmp_path_factory):
     os.chdir(path)
     try:
         args = tiny(total_steps=200, init_steps=100, init_batch_size=16, init_learning_rate=3e-3, num_scenarios=128,
-                    hidden_dim=64, save_model=True)
+                    hidden_dim=64, save_model=True, eval_repeats=2)
         metrics = fo.main(args)
     finally:
         os.chdir(cwd)
@@ -398,6 +411,7 @@ def test_bad_input_exits_with_one_clear_line(in_tmp):
     (dict(evaluate=True), "--evaluate needs --checkpoint"),
     (dict(filter_samples=-1), "--num-samples must be >= 1 and --filter-samples >= 0"),
     (dict(certify_restarts=-1), "--certify-restarts must be >= 0"),
+    (dict(eval_repeats=0), "--eval-repeats must be >= 1"),
     (dict(evaluate=True, checkpoint="no/such.pt"), "--checkpoint 'no/such.pt' is not a file"),
 ])
 def test_impossible_settings_raise_a_scenario_error_before_any_work(overrides, message, in_tmp):
