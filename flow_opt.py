@@ -1061,7 +1061,6 @@ def main(args: Args) -> dict:
         args = replace(args, **{k: state["args"].get(k, False if k == "flow_residual" else getattr(args, k))
                                 for k in ("hidden_dim", "depth", "heads", "flow_residual")})
     model = FlowDiT(nv, args.hidden_dim, args.depth, args.heads, args.workspace, args.flow_residual).to(device)
-    solvers = {n: TrajectorySolver(n, args.num_obstacles, world, args, device=device) for n in args.train_robots}
     init_net = InitNet(nv, args.hidden_dim, args.heads, args.workspace).to(device)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -1075,6 +1074,7 @@ def main(args: Args) -> dict:
         # 2) flow model: conditional flow matching on normalised coefficient residuals
         t0, c0_cpu = time.perf_counter(), time.process_time()
         targets = {n: to_tokens(data[n]["coefs"], data[n], args.order, norm["coef_scale"]) for n in args.train_robots}
+        solvers = {n: TrajectorySolver(n, args.num_obstacles, world, args, device=device) for n in args.train_robots}
         optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         progress = Progress(args.total_steps + args.init_steps, 0)
