@@ -40,9 +40,10 @@ lab's polar-reformulation solvers, adapted to 2-D; assumptions, named:
   * the init network also sees the sample's constraint residual F^T res (one polar step), our addition;
   * the DiT sees the same residual of x_t at every flow step (`--flow-residual`), our addition: at equal training
     it halves the colliding robot pairs of the raw samples (6.6 -> 3.5 per 8-robot scenario);
-  * every run of the solver to tolerance (optimizer, SF at evaluation, data) gets a deadlock kick: every
-    --kick-every iterations, each still unsolved sample's iterate is bent sideways, every robot to its right, and
-    its multipliers reset (our addition; at N = 8 it lifts both methods' success by about 4 points);
+  * every run of the solver to tolerance (optimizer, SF at evaluation, data) gets a deadlock kick: when an unsolved
+    sample's violation stops falling (over windows of --kick-every iterations), its iterate is bent sideways, every
+    robot to its right, and its multipliers reset (our addition; at N = 8 it lifts both methods' success by about
+    4 points);
   * the optimizer (data generator and baseline) is the same solver with cost 1/2|c - c_line|^2 + 10/2 |Pddot c|^2
     (c_line: the straight line), started from a straight line with N(0, 0.3^2) noise on its interior coefficients;
   * Flow-Opt returns, per scenario, the feasible sample with the smallest acceleration cost.
@@ -137,13 +138,14 @@ class Args:
     optimizer's cap --opt-max-iters by default: the same budget at the same tolerance)"""
     check_every: int = 5
     """iterations between convergence checks (host syncs) of the solvers at evaluation"""
-    kick_every: int = 200
-    """every this many iterations, the solve-to-tolerance runs (optimizer, SF at evaluation, data) bend the iterate of
-    every unsolved sample sideways and reset its multipliers: a deadlock kick (this repo's addition; 0: never)"""
+    kick_every: int = 100
+    """deadlock kick (this repo's addition; 0: none) of every solve to tolerance (optimizer, SF at evaluation, data):
+    every this many iterations, an unsolved sample whose least violation over them did not fall below
+    --kick-progress x that of the window before is stuck; its iterate is bent sideways and its multipliers reset"""
+    kick_progress: float = 0.8
+    """a window's least violation must fall below this share of the previous window's, or the sample is kicked"""
     kick_bend: float = 2.0
-    """size [m] of the kick's bend, every robot to its right (the consistent side that resolves crossings). Chosen on
-    400 fresh N = 8 scenarios (not the evaluation's): the optimizer solved 370 without a kick, 391-397 with
-    every 150-250 iterations and bends of 1.5-3 m, most with 200 and 2"""
+    """size [m] of the kick's bend, every robot to its right (the consistent side that resolves crossings)"""
 
     # Data generation (centralized optimizer run to convergence)
     num_scenarios: int = 2000
@@ -515,7 +517,7 @@ class TrajectorySolver:
     def solve_to_tolerance(self, scen: dict, c_bar: torch.Tensor, c0: Optional[torch.Tensor] = None,
                            lam0: Optional[torch.Tensor] = None, max_iters: int = 600, tol: float = 0.02, group: int = 1,
                            check_every: int = 5, stop_fraction: float = 1.0, kick_every: int = 0,
-                           kick_bend: float = 0.0) -> dict:
+                           kick_bend: float = 0.0, kick_progress: float = 0.8) -> dict:
         """The same iteration until every group of `group` consecutive samples (the samples of one scenario) has an
         iterate within `tol` (or `stop_fraction` of the groups), at most `max_iters` iterations.
 
@@ -539,15 +541,20 @@ class TrajectorySolver:
             out["solved_at"][idx] = solved_at[mask]
             out["finished_s"][idx.cpu()] = time.perf_counter()
 
-        # deadlock kick (this repo's addition): the unsolved samples' iterate is bent to the right, multipliers reset
+        # deadlock kick (this repo's addition): an unsolved sample whose smallest violation over a window of
+        # kick_every iterations is not below kick_progress x the previous window's is stuck; its iterate is bent to
+        # the right and its multipliers reset
         kick = detour_bends(scen, self.nv - 1, (kick_bend,)) if kick_every else None
+        window_min, last_min = torch.full_like(violation, math.inf), torch.full_like(violation, math.inf)
         for it in range(1, max_iters + 1):
             if kick_every and it % kick_every == 0:
-                stuck = (solved_at < 0)[:, None, None, None]
-                c = torch.where(stuck, c + kick, c)  # the bend keeps the boundary coefficients
-                lam = torch.where(stuck, 0.0, lam)
+                stuck = (solved_at < 0) & (window_min >= kick_progress * last_min)
+                c = torch.where(stuck[:, None, None, None], c + kick, c)  # the bend keeps the boundary coefficients
+                lam = torch.where(stuck[:, None, None, None], 0.0, lam)
                 q_s = self.project(c, obstacles)[0]
+                last_min, window_min = torch.where(stuck, math.inf, window_min), torch.full_like(window_min, math.inf)
             c, lam, q_s, violation, collision = self.iterate(c_bar_a, lam, q_s, b_eq, obstacles)
+            window_min = torch.minimum(window_min, violation)
             fresh = (solved_at < 0) & (violation <= tol)
             keep = solved_at < 0  # unsolved samples follow the iterate
             best_c = torch.where(keep[:, None, None, None], c, best_c)
@@ -565,6 +572,7 @@ class TrajectorySolver:
                     live = ~finished
                     rows, c, lam, q_s, c_bar_a, b_eq = rows[live], c[live], lam[live], q_s[live], c_bar_a[live], b_eq[live]
                     kick = kick[live] if kick_every else None
+                    window_min, last_min = window_min[live], last_min[live]
                     obstacles, best_c, best_viol, best_coll, solved_at = (obstacles[live], best_c[live], best_viol[live],
                                                                            best_coll[live], solved_at[live])
         retire(torch.ones_like(rows, dtype=torch.bool))
@@ -795,6 +803,11 @@ def optimizer_for(n: int, num_obstacles: int, world: World, args: Args, device: 
     return TrajectorySolver(n, num_obstacles, world, args, w_prox=1.0, w_smooth=args.opt_smoothness, device=device)
 
 
+def kick_args(args: Args) -> dict:
+    """The deadlock-kick settings of `TrajectorySolver.solve_to_tolerance` (the same for every method)."""
+    return dict(kick_every=args.kick_every, kick_bend=args.kick_bend, kick_progress=args.kick_progress)
+
+
 def optimize_from_scratch(opt: TrajectorySolver, scen: dict, args: Args, generator: torch.Generator, max_iters: int,
                           check_every: int, stop_fraction: float = 1.0) -> dict:
     """The centralized optimizer: min 1/2 ||c - c_line||^2 + w_s/2 ||Pddot c||^2 under every constraint (c_line: the
@@ -804,7 +817,7 @@ def optimize_from_scratch(opt: TrajectorySolver, scen: dict, args: Args, generat
     c0 = opt.equality_projection(guess, boundary_values(scen["starts"], scen["goals"]))
     line = straight_line_coefs(scen["starts"], scen["goals"], args.order)
     return opt.solve_to_tolerance(scen, line, c0, max_iters=max_iters, tol=args.tol, check_every=check_every,
-                                  stop_fraction=stop_fraction, kick_every=args.kick_every, kick_bend=args.kick_bend)
+                                  stop_fraction=stop_fraction, **kick_args(args))
 
 
 def detour_bends(scen: dict, order: int, scales: Tuple[float, ...]) -> torch.Tensor:
@@ -839,8 +852,7 @@ def optimize_multistart(opt: TrajectorySolver, scen: dict, args: Args, generator
                                      generator).unflatten(0, (B, -1)))
     c0 = opt.equality_projection(torch.cat(parts, 1).flatten(0, 1), boundary_values(rep["starts"], rep["goals"]))
     out = opt.solve_to_tolerance(rep, straight_line_coefs(rep["starts"], rep["goals"], args.order), c0,
-                                 max_iters=max_iters, tol=args.tol, group=R, check_every=10, kick_every=args.kick_every,
-                                 kick_bend=args.kick_bend)
+                                 max_iters=max_iters, tol=args.tol, group=R, check_every=10, **kick_args(args))
     ok = (out["solved_at"] >= 0).view(B, R)
     best = torch.where(ok, opt.smoothness(out["c"]).view(B, R), math.inf).argmin(1)
     return ok.any(1), out["c"].unflatten(0, (B, R))[torch.arange(B, device=best.device), best]
@@ -905,8 +917,7 @@ def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, 
     t1 = timed(device)
     c0, lam0 = init_from_net(init_net, sf, rep, x_gen, c_gen, norm["coef_scale"], norm["lam_scale"])
     t2 = timed(device)
-    to_tol = dict(max_iters=args.sf_max_iters, tol=args.tol, group=S, check_every=args.check_every,
-                  kick_every=args.kick_every, kick_bend=args.kick_bend)
+    to_tol = dict(max_iters=args.sf_max_iters, tol=args.tol, group=S, check_every=args.check_every, **kick_args(args))
     flt = sf.solve_to_tolerance(rep, c_gen, c0, lam0, **to_tol)
     t3, cpu3 = timed(device), time.process_time()
     zero = sf.solve_to_tolerance(rep, c_gen, **to_tol)
@@ -1042,6 +1053,8 @@ def main(args: Args) -> dict:
         raise ScenarioError(f"--eval-repeats must be >= 1, got {args.eval_repeats}")
     if args.kick_every < 0:
         raise ScenarioError(f"--kick-every must be >= 0 (0: no kick), got {args.kick_every}")
+    if args.kick_progress <= 0:
+        raise ScenarioError(f"--kick-progress must be > 0, got {args.kick_progress}")
     if args.certify_restarts < 0:
         raise ScenarioError(f"--certify-restarts must be >= 0, got {args.certify_restarts}")
     if args.num_samples < 1 or args.filter_samples < 0:
