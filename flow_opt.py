@@ -41,9 +41,9 @@ lab's polar-reformulation solvers, adapted to 2-D; assumptions, named:
   * the DiT sees the same residual of x_t at every flow step (`--flow-residual`), our addition: at equal training
     it halves the colliding robot pairs of the raw samples (6.6 -> 3.5 per 8-robot scenario);
   * every run of the solver to tolerance (optimizer, SF at evaluation, data) gets a deadlock kick: when an unsolved
-    sample's violation stops falling (over windows of --kick-every iterations), its iterate is bent sideways, every
-    robot to its right, and its multipliers reset (our addition; at N = 8 it lifts both methods' success by about
-    4 points);
+    sample's violation stops falling (over windows of --kick-every iterations), the paths of its robots in conflict
+    are bent sideways, each to its right, and their multipliers reset (our addition; at N = 8 it lifts both
+    methods' success by a few points);
   * the optimizer (data generator and baseline) is the same solver with cost 1/2|c - c_line|^2 + 10/2 |Pddot c|^2
     (c_line: the straight line), started from a straight line with N(0, 0.3^2) noise on its interior coefficients;
   * Flow-Opt returns, per scenario, the feasible sample with the smallest acceleration cost.
@@ -140,12 +140,16 @@ class Args:
     """iterations between convergence checks (host syncs) of the solvers at evaluation"""
     kick_every: int = 100
     """deadlock kick (this repo's addition; 0: none) of every solve to tolerance (optimizer, SF at evaluation, data):
-    every this many iterations, an unsolved sample whose least violation over them did not fall below
-    --kick-progress x that of the window before is stuck; its iterate is bent sideways and its multipliers reset"""
+    the window [iterations] over which the least violation of each unsolved sample is tracked; when it stops
+    falling, the paths of the sample's robots in conflict are bent sideways and their multipliers reset"""
     kick_progress: float = 0.8
-    """a window's least violation must fall below this share of the previous window's, or the sample is kicked"""
+    """a window stalls when its least violation is not below this share of the previous window's"""
+    kick_patience: int = 2
+    """stalled windows in a row before a kick (1 restarted slow but converging 32-robot solves)"""
     kick_bend: float = 2.0
-    """size [m] of the kick's bend, every robot to its right (the consistent side that resolves crossings)"""
+    """size [m] of the kick's bend, each bent robot to its right (the consistent side that resolves crossings)"""
+    kick_robots: float = 0.3
+    """the kick bends the robots whose constraint residual is at least this share of the sample's largest (0: all)"""
 
     # Data generation (centralized optimizer run to convergence)
     num_scenarios: int = 2000
@@ -517,7 +521,8 @@ class TrajectorySolver:
     def solve_to_tolerance(self, scen: dict, c_bar: torch.Tensor, c0: Optional[torch.Tensor] = None,
                            lam0: Optional[torch.Tensor] = None, max_iters: int = 600, tol: float = 0.02, group: int = 1,
                            check_every: int = 5, stop_fraction: float = 1.0, kick_every: int = 0,
-                           kick_bend: float = 0.0, kick_progress: float = 0.8) -> dict:
+                           kick_bend: float = 0.0, kick_progress: float = 0.8, kick_patience: int = 2,
+                           kick_robots: float = 0.3) -> dict:
         """The same iteration until every group of `group` consecutive samples (the samples of one scenario) has an
         iterate within `tol` (or `stop_fraction` of the groups), at most `max_iters` iterations.
 
@@ -541,16 +546,23 @@ class TrajectorySolver:
             out["solved_at"][idx] = solved_at[mask]
             out["finished_s"][idx.cpu()] = time.perf_counter()
 
-        # deadlock kick (this repo's addition): an unsolved sample whose smallest violation over a window of
-        # kick_every iterations is not below kick_progress x the previous window's is stuck; its iterate is bent to
-        # the right and its multipliers reset
+        # deadlock kick (this repo's addition). A window of kick_every iterations stalls when its least violation is
+        # not below kick_progress x the previous window's; after kick_patience stalled windows in a row, the paths of
+        # the sample's robots in conflict (constraint residual >= kick_robots x the largest robot's) are bent to the
+        # right and their multipliers reset
         kick = detour_bends(scen, self.nv - 1, (kick_bend,)) if kick_every else None
         window_min, last_min = torch.full_like(violation, math.inf), torch.full_like(violation, math.inf)
+        stalls = torch.zeros_like(solved_at)
         for it in range(1, max_iters + 1):
             if kick_every and it % kick_every == 0:
-                stuck = (solved_at < 0) & (window_min >= kick_progress * last_min)
-                c = torch.where(stuck[:, None, None, None], c + kick, c)  # the bend keeps the boundary coefficients
-                lam = torch.where(stuck[:, None, None, None], 0.0, lam)
+                stalled = (solved_at < 0) & (window_min >= kick_progress * last_min)
+                stalls = torch.where(stalled, stalls + 1, 0)
+                stuck = stalls >= kick_patience
+                stalls = torch.where(stuck, 0, stalls)
+                conflict = self.project(c, obstacles)[1].flatten(2).norm(dim=2)  # (B, N): each robot's residual
+                bent = stuck[:, None] & (conflict >= kick_robots * conflict.amax(1, keepdim=True))
+                c = torch.where(bent[..., None, None], c + kick, c)  # the bend keeps the boundary coefficients
+                lam = torch.where(bent[..., None, None], 0.0, lam)
                 q_s = self.project(c, obstacles)[0]
                 last_min, window_min = torch.where(stuck, math.inf, window_min), torch.full_like(window_min, math.inf)
             c, lam, q_s, violation, collision = self.iterate(c_bar_a, lam, q_s, b_eq, obstacles)
@@ -572,7 +584,7 @@ class TrajectorySolver:
                     live = ~finished
                     rows, c, lam, q_s, c_bar_a, b_eq = rows[live], c[live], lam[live], q_s[live], c_bar_a[live], b_eq[live]
                     kick = kick[live] if kick_every else None
-                    window_min, last_min = window_min[live], last_min[live]
+                    window_min, last_min, stalls = window_min[live], last_min[live], stalls[live]
                     obstacles, best_c, best_viol, best_coll, solved_at = (obstacles[live], best_c[live], best_viol[live],
                                                                            best_coll[live], solved_at[live])
         retire(torch.ones_like(rows, dtype=torch.bool))
@@ -805,7 +817,8 @@ def optimizer_for(n: int, num_obstacles: int, world: World, args: Args, device: 
 
 def kick_args(args: Args) -> dict:
     """The deadlock-kick settings of `TrajectorySolver.solve_to_tolerance` (the same for every method)."""
-    return dict(kick_every=args.kick_every, kick_bend=args.kick_bend, kick_progress=args.kick_progress)
+    return dict(kick_every=args.kick_every, kick_bend=args.kick_bend, kick_progress=args.kick_progress,
+                kick_patience=args.kick_patience, kick_robots=args.kick_robots)
 
 
 def optimize_from_scratch(opt: TrajectorySolver, scen: dict, args: Args, generator: torch.Generator, max_iters: int,
@@ -1053,8 +1066,9 @@ def main(args: Args) -> dict:
         raise ScenarioError(f"--eval-repeats must be >= 1, got {args.eval_repeats}")
     if args.kick_every < 0:
         raise ScenarioError(f"--kick-every must be >= 0 (0: no kick), got {args.kick_every}")
-    if args.kick_progress <= 0:
-        raise ScenarioError(f"--kick-progress must be > 0, got {args.kick_progress}")
+    if args.kick_progress <= 0 or args.kick_patience < 1:
+        raise ScenarioError(f"--kick-progress must be > 0 and --kick-patience >= 1, got {args.kick_progress}, "
+                            f"{args.kick_patience}")
     if args.certify_restarts < 0:
         raise ScenarioError(f"--certify-restarts must be >= 0, got {args.certify_restarts}")
     if args.num_samples < 1 or args.filter_samples < 0:

@@ -133,15 +133,15 @@ def test_detour_starts_bend_every_robot_to_the_same_side_and_keep_the_boundary()
 def test_deadlock_kick_bends_a_symmetry_locked_head_on_swap_and_spares_progressing_samples():
     """Two robots swap places head-on from exact straight lines: every iterate stays on the line (the polar step
     pushes along it); only the sampled-time violation shrinks, by about a third per 100 iterations, as the robots
-    learn to 'tunnel' between time samples. A kick that asks for more progress than that per window (halving)
-    bends both robots to their right at the end of the second window (the first has nothing to compare with), and
-    they pass each other; one that counts any decrease as progress never fires."""
+    learn to 'tunnel' between time samples. A kick that asks for more progress than that per window (halving), with
+    patience 1, bends both robots to their right at the end of the second window (the first has nothing to compare
+    with), and they pass each other; one that counts any decrease as progress never fires."""
     args = tiny()
     starts = torch.tensor([[[-3.0, 0.0], [3.0, 0.0]]], dtype=torch.float64)
     scen = {"starts": starts, "goals": starts.flip(1), "obstacles": torch.zeros(1, 0, 3, dtype=torch.float64)}
     solver = fo.TrajectorySolver(2, 0, world_of(args), args, dtype=torch.float64)
     line = fo.straight_line_coefs(scen["starts"], scen["goals"], args.order)
-    kw = dict(max_iters=300, tol=args.tol, kick_every=100, kick_bend=1.0)
+    kw = dict(max_iters=300, tol=args.tol, kick_every=100, kick_bend=1.0, kick_patience=1)
     for out in (solver.solve_to_tolerance(scen, line, max_iters=300, tol=args.tol),
                 solver.solve_to_tolerance(scen, line, **kw, kick_progress=1.0)):
         assert out["solved_at"].item() == -1 and out["c"][0, :, 1].abs().max() < 1e-9  # still on the line
@@ -163,7 +163,8 @@ def test_compaction_leaves_each_scenarios_result_unchanged():
     solver = fo.TrajectorySolver(n, 1, world, args, dtype=torch.float64)
     c_in = fo.perturbed_guess(rep, args.order, 0.3, g).double()
     rep = {k: v.double() for k, v in rep.items()}
-    kw = dict(max_iters=300, tol=args.tol, group=2, check_every=5, kick_every=10, kick_bend=1.0, kick_progress=0.5)
+    kw = dict(max_iters=300, tol=args.tol, group=2, check_every=5, kick_every=10, kick_bend=2.0, kick_progress=0.5,
+              kick_patience=1)
     batch = solver.solve_to_tolerance(rep, c_in, **kw)
     unkicked = solver.solve_to_tolerance(rep, c_in, **{**kw, "kick_every": 0})
     assert not torch.equal(batch["solved_at"], unkicked["solved_at"])  # kicks acted
@@ -438,7 +439,8 @@ def test_bad_input_exits_with_one_clear_line(in_tmp):
     (dict(certify_restarts=-1), "--certify-restarts must be >= 0"),
     (dict(eval_repeats=0), "--eval-repeats must be >= 1"),
     (dict(kick_every=-5), "--kick-every must be >= 0"),
-    (dict(kick_progress=0.0), "--kick-progress must be > 0"),
+    (dict(kick_progress=0.0), "--kick-progress must be > 0 and --kick-patience >= 1"),
+    (dict(kick_patience=0), "--kick-progress must be > 0 and --kick-patience >= 1"),
     (dict(evaluate=True, checkpoint="no/such.pt"), "--checkpoint 'no/such.pt' is not a file"),
 ])
 def test_impossible_settings_raise_a_scenario_error_before_any_work(overrides, message, in_tmp):
