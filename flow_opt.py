@@ -528,7 +528,8 @@ class TrajectorySolver:
 
         Each sample keeps its first iterate within tol. Every `check_every` iterations (the only host syncs) the
         finished groups leave the batch (compaction), so each scenario costs the iterations it needs, not the
-        slowest scenario's. Returns per sample c, violation, collision, solved_at (-1: never) and finished_s: the
+        slowest scenario's. With kick_every > 0, an unsolved sample whose violation stops falling gets the deadlock
+        kick described below. Returns per sample c, violation, collision, solved_at (-1: never) and finished_s: the
         time.perf_counter() at which its group left the batch (its result was ready)."""
         B, dev = c_bar.shape[0], c_bar.device
         b_eq, c, lam, q_s, violation, collision = self.start(scen, c_bar, c0, lam0)
