@@ -941,6 +941,7 @@ def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, 
     line = sf.solve_to_tolerance(rep, perturbed_guess(rep, args.order, args.perturb_std, gen), **to_tol)
     if S == args.num_samples:  # no ranking: the raw samples' metrics are computed outside the timed pipeline
         viol_gen, coll_gen = raw_violation(c_gen)
+    base_ok = base["violation"] <= args.tol
 
     def best(out: dict) -> tuple:
         """Per scenario: the feasible sample with the smallest acceleration cost (else the least violating one).
@@ -960,7 +961,6 @@ def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, 
         solved = (out["solved_at"] >= 0).view(-1, k).any(1).cpu()
         return torch.where(solved, out["finished_s"].view(-1, k)[:, 0] - start, float("inf"))
 
-    base_ok = base["violation"] <= args.tol
     chosen, success, smooth, smooth_ratio = best(flt)
     _, line_success, _, line_smooth_ratio = best(line)
     solvable = success | base_ok | line_success  # instances with a known feasible solution (any method found one)
