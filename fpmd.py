@@ -19,8 +19,9 @@ per action, the cost of a Gaussian policy. Two variants (`--variant`):
 This file follows the official implementation (relax/algorithm/rf.py, mf.py; scripts/train_mujoco.py):
 twin critics with a plain TD target (no entropy bonus) at the policy's next action, rewards scaled
 by 0.2; the policy's training samples are the actions a' ~ pi_old(s') drawn for the TD target, with
-weights w = exp(minQ(s', a') / (temperature * running_std(minQ))); acting = best-of-N particles by
-minQ plus Gaussian noise of std 0.1 * alpha, alpha tuned towards a target entropy of that noise;
+weights w = exp(minQ(s', a') / (temperature * running_std(minQ))); acting = best-of-N: every particle
+gets Gaussian noise of std 0.1 * alpha, the noisy particle with the highest minQ is taken and clipped
+(as the official HEAD, network/rf.py:49-67), alpha tuned towards a target entropy of that noise;
 an EMA ("target") policy acts in the environment and is evaluated; 5 vector envs, one gradient
 update per vector step. Evaluation reports both the 1-NFE policy (one flow step, no best-of-N;
 `eval/episodic_return_1nfe`, the paper's inference claim) and the training-time sampler
@@ -267,20 +268,21 @@ def sample_actions(policy: FlowPolicy, obs: torch.Tensor, z: torch.Tensor, varia
 def best_of_n_action(policy: FlowPolicy, critic: Critic, obs: torch.Tensor, variant: str, flow_steps: int,
                      num_particles: int, init_noise_scale: float, noise_std: Optional[torch.Tensor],
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Official get_action: N flow samples per state (clipped to [-1, 1]), keep the one with the highest
-    min(Q1, Q2), then add N(0, noise_std^2) exploration noise (not clipped again). All particles of all
-    states are one batch (particle-major rows)."""
+    """Official get_action (relax/network/rf.py, mf.py @78f90a6): N flow samples per state, each plus its own
+    N(0, noise_std^2) exploration noise; the noisy particles are scored by min(Q1, Q2) unclipped and the best
+    one is returned clipped to [-1, 1]. noise_std=None: no noise (evaluation). All particles of all states
+    are one batch (particle-major rows)."""
     batch, act_dim = obs.shape[0], policy.act_dim
     z = torch.randn(num_particles * batch, act_dim, device=obs.device, generator=generator) * init_noise_scale
     obs_n = obs.repeat(num_particles, 1)
-    actions = sample_actions(policy, obs_n, z, variant, flow_steps).clamp_(-1.0, 1.0)
+    actions = sample_actions(policy, obs_n, z, variant, flow_steps)
+    if noise_std is not None:
+        actions = actions + noise_std * torch.randn(actions.shape, device=obs.device, generator=generator)
     if num_particles > 1:
         q = critic(obs_n, actions).min(0).values.view(num_particles, batch)
         best = q.argmax(0)
         actions = actions.view(num_particles, batch, act_dim)[best, torch.arange(batch, device=obs.device)]
-    if noise_std is not None:
-        actions = actions + noise_std * torch.randn(actions.shape, device=obs.device, generator=generator)
-    return actions
+    return actions.clamp_(-1.0, 1.0)
 
 
 class OneStepActor(nn.Module):

@@ -215,14 +215,59 @@ def test_best_of_n_takes_the_particle_with_the_highest_min_q():
     obs = torch.randn(50, 3)
     dist = {n: (fpmd.best_of_n_action(policy, critic, obs, "rf", 3, n, 1.0, None) - goal).norm(dim=1).mean() for n in (1, 64)}
     assert dist[64] < 0.5 * dist[1]
-    # the choice is the argmax over the same particles: repeat with a seeded generator and compare by hand
+    # the choice is the argmax over the same (unclipped) particles, returned clipped: repeat by hand
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     chosen = fpmd.best_of_n_action(policy, critic, obs[:5], "rf", 3, 8, 1.0, None, g1)
     z = torch.randn(40, 2, generator=g2)
     with torch.no_grad():
-        particles = fpmd.rf_sample(policy, obs[:5].repeat(8, 1), z, 3).clamp(-1, 1).view(8, 5, 2)
+        particles = fpmd.rf_sample(policy, obs[:5].repeat(8, 1), z, 3).view(8, 5, 2)
     best = critic(None, particles).min(0).values.argmax(0)
-    assert torch.allclose(chosen, particles[best, torch.arange(5)])
+    assert torch.allclose(chosen, particles[best, torch.arange(5)].clamp(-1, 1))
+
+
+class FixedParticles(torch.nn.Module):
+    """A stub velocity field whose one Euler step from t = 0 lands on given particles (particle-major rows)."""
+
+    def __init__(self, particles):
+        super().__init__()
+        self.particles, self.act_dim = particles, particles.shape[-1]
+
+    def forward(self, obs, x, t):
+        return self.particles - x
+
+
+def test_best_of_n_scores_the_unclipped_particles_and_returns_the_winner_clipped():
+    # one state, particles 1.5 and 0.8, Q peaked at a = 1: by Q(1.5) = -0.5 < Q(0.8) = -0.2 the official
+    # get_action keeps 0.8 (scoring the clipped 1.0 instead, Q = 0, would keep the first particle)
+    policy = FixedParticles(torch.tensor([[1.5], [0.8]]))
+    critic = lambda obs, a: -(a - 1.0).abs().sum(-1).expand(2, -1)  # noqa: E731
+    action = fpmd.best_of_n_action(policy, critic, torch.zeros(1, 1), "rf", 1, 2, 0.5, None)
+    assert torch.allclose(action, torch.tensor([[0.8]]))
+    policy = FixedParticles(torch.tensor([[1.5], [0.2]]))  # the winner is clipped on the way out
+    assert torch.allclose(fpmd.best_of_n_action(policy, critic, torch.zeros(1, 1), "rf", 1, 2, 0.5, None), torch.tensor([[1.0]]))
+
+
+def test_exploration_noise_is_added_to_every_particle_before_the_q_argmax():
+    """Official get_action (network/rf.py, mf.py @78f90a6): particle_k + noise_k is scored by min-Q unclipped,
+    the best noisy particle is returned clipped; no fresh noise after the selection."""
+    torch.manual_seed(0)
+    batch, n, noise_std = 2000, 2, torch.tensor(0.5)
+    particles = torch.tensor([[0.0], [0.1]]).repeat_interleave(batch, 0)  # particle-major: 0.0 and 0.1 for every state
+    seen = []
+
+    def critic(obs, a):  # Q(s, a) = a (both critics), recording what it scores
+        seen.append(a.clone())
+        return a.sum(-1).expand(2, -1)
+
+    action = fpmd.best_of_n_action(FixedParticles(particles), critic, torch.zeros(batch, 1), "rf", 1, n, 0.5, noise_std)
+    scored = seen[0].view(n, batch, 1)
+    noise = scored - particles.view(n, batch, 1)
+    assert noise.std().item() == pytest.approx(0.5, rel=0.05) and noise.mean().abs().item() < 0.03
+    best = scored.sum(-1).argmax(0)
+    assert torch.equal(action, scored[best, torch.arange(batch)].clamp(-1, 1))
+    # selecting before the noise would always keep particle 1 (Q 0.1 > 0.0); with the noise first, particle 0
+    # wins whenever its noise beats particle 1's by 0.1: P = 1 - Phi(0.1 / (0.5 sqrt 2)) = 0.444
+    assert (best == 0).float().mean().item() == pytest.approx(0.444, abs=0.04)
 
 
 @pytest.mark.parametrize("variant", ["rf", "mf"])
