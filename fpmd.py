@@ -22,6 +22,8 @@ by 0.2; the policy's training samples are the actions a' ~ pi_old(s') drawn for 
 weights w = exp(minQ(s', a') / (temperature * running_std(minQ))); acting = best-of-N: every particle
 gets Gaussian noise of std 0.1 * alpha, the noisy particle with the highest minQ is taken and clipped
 (as the official HEAD, network/rf.py:49-67), alpha tuned towards a target entropy of that noise;
+the critics take two Adam steps per update with the same gradients (an official quirk the paper's
+numbers were made with; `--no-critic-double-step` takes one);
 an EMA ("target") policy acts in the environment and is evaluated; 5 vector envs, one gradient
 update per vector step. Evaluation reports both the 1-NFE policy (one flow step, no best-of-N;
 `eval/episodic_return_1nfe`, the paper's inference claim) and the training-time sampler
@@ -136,6 +138,9 @@ class Args:
     """target entropy of the exploration noise = -target_entropy_scale * action_dim"""
     mf_equal_prob: float = 0.0
     """FPMD-M: probability of r = t in the (r, t) sampling (official: 0.0)"""
+    critic_double_step: bool = True
+    """two Adam steps per critic update with the same gradients: a quirk of the official rf.py/mf.py that the
+    paper's numbers were made with (kept by default for fidelity); --no-critic-double-step takes one"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,9 +565,11 @@ def main(args: Args) -> dict:
         critic_opt.zero_grad(set_to_none=True)
         loss_critic.backward()
         critic_opt.step()
-        with torch.no_grad():  # weights from the just-updated critics, as the official code
+        with torch.no_grad():  # weights from the critics after their (first) step, as the official code
             min_q = critic(next_obs, next_actions).min(0).values
             weights = fpmd_weights(min_q, running_std, args.temperature)
+        if args.critic_double_step:  # official quirk (algorithm/rf.py:118-121 then 179-180): same grads, 2nd step
+            critic_opt.step()
         out = {"critic_loss": loss_critic.detach(), "q_mean": q.detach().mean(), "weights_mean": weights.mean(),
                "weights_max": weights.max(), "running_q_std": running_std.clone()}
         if step % args.policy_freq == 0:

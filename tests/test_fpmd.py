@@ -5,6 +5,7 @@ that beats the random policy measured in the same test, determinism, checkpoints
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import gymnasium as gym
@@ -348,6 +349,23 @@ def test_same_seed_gives_the_same_networks_on_cpu(tmp_path, monkeypatch):
         for key, value in states[0][name].items():
             assert torch.equal(value, states[1][name][key]), (name, key)
     assert torch.equal(states[0]["log_alpha"], states[1]["log_alpha"])
+
+
+def test_critics_take_two_adam_steps_per_update_by_default_and_one_with_the_flag_off(tmp_path, monkeypatch):
+    """Official rf.py/mf.py @78f90a6 (lines 118-121 and 179-180 of algorithm/rf.py) apply the critics' Adam update
+    twice per update with the same gradients; --no-critic-double-step takes one step."""
+    updates = {}
+    for double in (True, False):  # the default first
+        monkeypatch.chdir(tmp_path)
+        overrides = {} if double else {"critic_double_step": False}
+        fpmd.main(tiny(total_timesteps=200, eval_episodes=1, eval_freq=200, save_model=True, exp_name=f"d{double}", **overrides))
+        state = torch.load(next(tmp_path.glob(f"runs/*__d{double}__*/d{double}.pt")))
+        updates[double] = state["num_updates"]
+        critic_steps = {float(s["step"]) for s in state["critic_opt"]["state"].values()}
+        policy_steps = {float(s["step"]) for s in state["policy_opt"]["state"].values()}
+        assert critic_steps == {(2 if double else 1) * updates[double]}, (double, critic_steps, updates)
+        assert policy_steps == {math.ceil(updates[double] / 2)}  # once every policy_freq = 2 updates either way
+    assert updates[True] == updates[False] > 0
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(in_tmp):
