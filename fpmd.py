@@ -144,11 +144,14 @@ class Args:
 
 
 # ---------------------------------------------------------------------------------------------
-# Networks (official code: Mish everywhere, haiku's default init = truncated normal with std
-# 1/sqrt(fan_in) and zero biases; time enters through a sinusoidal embedding and a small MLP)
+# Networks (official code: Mish everywhere, hk.Linear's default init and zero biases; time enters
+# through a sinusoidal embedding and a small MLP)
 # ---------------------------------------------------------------------------------------------
 def haiku_init_(weight: torch.Tensor, fan_in: int) -> None:
-    std = 1.0 / math.sqrt(fan_in) / 0.87962566103423978  # haiku rescales so the truncated std is 1/sqrt(fan_in)
+    """hk.Linear's default w_init (haiku/_src/basic.py): TruncatedNormal(stddev=1/sqrt(fan_in)), i.e. a normal of
+    std 1/sqrt(fan_in) truncated at +-2 std and NOT rescaled (only VarianceScaling divides by 0.8796), so the
+    weights' actual std is 0.8796/sqrt(fan_in)."""
+    std = 1.0 / math.sqrt(fan_in)
     nn.init.trunc_normal_(weight, std=std, a=-2.0 * std, b=2.0 * std)
 
 

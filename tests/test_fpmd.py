@@ -172,6 +172,27 @@ def test_alpha_moves_the_noise_entropy_towards_the_target():
         assert np.sign(-log_alpha.grad.item()) == direction  # gradient descent step direction
 
 
+# ---------------------------------------------------------------------------------------------- init
+def haiku_linear_std(fan_in: int) -> float:
+    """Std of haiku's default hk.Linear weights (haiku/_src/basic.py: TruncatedNormal(stddev=1/sqrt(fan_in));
+    initializers.py: stddev * truncated_normal(-2, 2), with no rescaling, unlike VarianceScaling): the std of
+    a standard normal truncated to [-2, 2], sqrt(1 - 2 * 2 phi(2) / (Phi(2) - Phi(-2))) = 0.8796, / sqrt(fan_in)."""
+    phi2, mass = math.exp(-2.0) / math.sqrt(2 * math.pi), math.erf(2 / math.sqrt(2))
+    return math.sqrt(1 - 4 * phi2 / mass) / math.sqrt(fan_in)
+
+
+def test_linear_layers_have_haiku_default_init_std_and_truncation():
+    torch.manual_seed(0)
+    fan_in = 1024
+    critic = fpmd.Critic(fan_in - 2, 2, 1024, 1)  # first layer: 2 x 1024 x 1024 weights with fan_in 1024
+    policy = fpmd.FlowPolicy(3, 2, 1024, 2, 1)  # hidden layer: 1024 x 1024 with fan_in 1024
+    for weight in (critic.net[0].weight, policy.net[2].weight):
+        assert weight.std().item() == pytest.approx(haiku_linear_std(fan_in), rel=0.005)
+        assert weight.abs().max().item() <= 2.0 / math.sqrt(fan_in)
+    assert haiku_linear_std(1) == pytest.approx(0.87962566, rel=1e-7)  # haiku's own constant for this truncation
+    assert torch.all(critic.net[0].bias == 0) and torch.all(policy.net[2].bias == 0)
+
+
 # ---------------------------------------------------------------------------------------------- Prop. 2
 def test_exact_dirac_fields_give_the_target_in_one_step_and_in_many():
     c = torch.tensor([[0.3, -0.7]]).expand(8, 2)
