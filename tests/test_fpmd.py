@@ -61,7 +61,19 @@ class CounterEnv(gym.Env):
         return np.array([float(self.t)], np.float32), 1.0, self.t == 3, False, {}
 
 
+class ResetRecordingPointGoalEnv(PointGoalEnv):
+    """PointGoal that records (its id, the reset seed, the start position) of every reset in `resets`."""
+
+    resets: list = []
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        ResetRecordingPointGoalEnv.resets.append((id(self), seed, obs.copy()))
+        return obs, info
+
+
 gym.register("FPMDPointGoal-v0", entry_point=PointGoalEnv, max_episode_steps=20)
+gym.register("FPMDPointGoalResets-v0", entry_point=ResetRecordingPointGoalEnv, max_episode_steps=20)
 gym.register("FPMDPointGoalNaN-v0", entry_point=PointGoalEnv, max_episode_steps=20, kwargs={"nan_reward_after": 150})
 
 
@@ -314,6 +326,23 @@ def test_same_step_autoreset_keeps_the_final_observation_for_the_buffer():
     real = fpmd.final_observations(next_obs, infos)
     assert terminated.all() and np.all(next_obs == 0.0) and np.all(real == 3.0)
     envs.close()
+
+
+def test_training_envs_are_seeded_once_and_later_episodes_start_elsewhere(in_tmp):
+    """gymnasium re-seeds an env's RNG on every seeded reset: only the first reset of each training env may
+    carry a seed (SAME_STEP autoreset resets unseeded), so consecutive episodes start from different states."""
+    ResetRecordingPointGoalEnv.resets.clear()
+    fpmd.main(tiny(env_id="FPMDPointGoalResets-v0", total_timesteps=120, learning_starts=1000, eval_freq=120,
+                   eval_episodes=1))  # 60 steps per env: >= 3 episodes each; no updates
+    by_env = {}
+    for env_id, seed, obs in ResetRecordingPointGoalEnv.resets:
+        by_env.setdefault(env_id, []).append((seed, obs))
+    training = [r for r in by_env.values() if r[0][0] in (1, 2)]  # vector env seeds args.seed + i
+    assert len(training) == 2 and all(len(r) >= 3 for r in training)
+    for resets in training:
+        assert all(seed is None for seed, _ in resets[1:])
+        starts = [obs for _, obs in resets]
+        assert all(not np.allclose(a, b) for a, b in zip(starts, starts[1:]))
 
 
 def test_actions_are_rescaled_and_discrete_spaces_rejected():
