@@ -28,7 +28,12 @@ an EMA ("target") policy acts in the environment and is evaluated; 5 vector envs
 update per vector step. Evaluation reports both the 1-NFE policy (one flow step, no best-of-N;
 `eval/episodic_return_1nfe`, the paper's inference claim) and the training-time sampler
 (best-of-N, no exploration noise; `eval/episodic_return`, the official evaluator's metric).
-Deliberate differences from the official code are listed in docs/fpmd.md.
+Deliberate differences from the official code (details in docs/fpmd.md): `--no-critic-double-step` is
+offered (official: always two steps); gymnasium -v5 envs (official: gym -v4) with the random warm-up
+counted in --total-timesteps; in-process evaluation of both samplers, final evaluation reported (paper:
+best over training); `mf_sample` takes the step size into account for more than one step (official
+MeanFlow.p_sample is right for one step only; FPMD-M uses one); Mish by an equivalent exp formula on CPU;
+PyTorch RNG streams.
 
 Usage:
   python fpmd.py                                        # FPMD-R on Hopper-v5, paper setting (1M steps)
