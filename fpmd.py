@@ -19,13 +19,21 @@ per action, the cost of a Gaussian policy. Two variants (`--variant`):
 This file follows the official implementation (relax/algorithm/rf.py, mf.py; scripts/train_mujoco.py):
 twin critics with a plain TD target (no entropy bonus) at the policy's next action, rewards scaled
 by 0.2; the policy's training samples are the actions a' ~ pi_old(s') drawn for the TD target, with
-weights w = exp(minQ(s', a') / (temperature * running_std(minQ))); acting = best-of-N particles by
-minQ plus Gaussian noise of std 0.1 * alpha, alpha tuned towards a target entropy of that noise;
+weights w = exp(minQ(s', a') / (temperature * running_std(minQ))); acting = best-of-N: every particle
+gets Gaussian noise of std 0.1 * alpha, the noisy particle with the highest minQ is taken and clipped
+(as the official HEAD, network/rf.py:49-67), alpha tuned towards a target entropy of that noise;
+the critics take two Adam steps per update with the same gradients (an official quirk the paper's
+numbers were made with; `--no-critic-double-step` takes one);
 an EMA ("target") policy acts in the environment and is evaluated; 5 vector envs, one gradient
 update per vector step. Evaluation reports both the 1-NFE policy (one flow step, no best-of-N;
 `eval/episodic_return_1nfe`, the paper's inference claim) and the training-time sampler
 (best-of-N, no exploration noise; `eval/episodic_return`, the official evaluator's metric).
-Deliberate differences from the official code are listed in docs/fpmd.md.
+Deliberate differences from the official code (details in docs/fpmd.md): `--no-critic-double-step` is
+offered (official: always two steps); gymnasium -v5 envs (official: gym -v4) with the random warm-up
+counted in --total-timesteps; in-process evaluation of both samplers, final evaluation reported (paper:
+best over training); `mf_sample` takes the step size into account for more than one step (official
+MeanFlow.p_sample is right for one step only; FPMD-M uses one); Mish by an equivalent exp formula on CPU;
+PyTorch RNG streams.
 
 Usage:
   python fpmd.py                                        # FPMD-R on Hopper-v5, paper setting (1M steps)
@@ -135,14 +143,20 @@ class Args:
     """target entropy of the exploration noise = -target_entropy_scale * action_dim"""
     mf_equal_prob: float = 0.0
     """FPMD-M: probability of r = t in the (r, t) sampling (official: 0.0)"""
+    critic_double_step: bool = True
+    """two Adam steps per critic update with the same gradients: a quirk of the official rf.py/mf.py that the
+    paper's numbers were made with (kept by default for fidelity); --no-critic-double-step takes one"""
 
 
 # ---------------------------------------------------------------------------------------------
-# Networks (official code: Mish everywhere, haiku's default init = truncated normal with std
-# 1/sqrt(fan_in) and zero biases; time enters through a sinusoidal embedding and a small MLP)
+# Networks (official code: Mish everywhere, hk.Linear's default init and zero biases; time enters
+# through a sinusoidal embedding and a small MLP)
 # ---------------------------------------------------------------------------------------------
 def haiku_init_(weight: torch.Tensor, fan_in: int) -> None:
-    std = 1.0 / math.sqrt(fan_in) / 0.87962566103423978  # haiku rescales so the truncated std is 1/sqrt(fan_in)
+    """hk.Linear's default w_init (haiku/_src/basic.py): TruncatedNormal(stddev=1/sqrt(fan_in)), i.e. a normal of
+    std 1/sqrt(fan_in) truncated at +-2 std and NOT rescaled (only VarianceScaling divides by 0.8796), so the
+    weights' actual std is 0.8796/sqrt(fan_in)."""
+    std = 1.0 / math.sqrt(fan_in)
     nn.init.trunc_normal_(weight, std=std, a=-2.0 * std, b=2.0 * std)
 
 
@@ -267,20 +281,21 @@ def sample_actions(policy: FlowPolicy, obs: torch.Tensor, z: torch.Tensor, varia
 def best_of_n_action(policy: FlowPolicy, critic: Critic, obs: torch.Tensor, variant: str, flow_steps: int,
                      num_particles: int, init_noise_scale: float, noise_std: Optional[torch.Tensor],
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Official get_action: N flow samples per state (clipped to [-1, 1]), keep the one with the highest
-    min(Q1, Q2), then add N(0, noise_std^2) exploration noise (not clipped again). All particles of all
-    states are one batch (particle-major rows)."""
+    """Official get_action (relax/network/rf.py, mf.py @78f90a6): N flow samples per state, each plus its own
+    N(0, noise_std^2) exploration noise; the noisy particles are scored by min(Q1, Q2) unclipped and the best
+    one is returned clipped to [-1, 1]. noise_std=None: no noise (evaluation). All particles of all states
+    are one batch (particle-major rows)."""
     batch, act_dim = obs.shape[0], policy.act_dim
     z = torch.randn(num_particles * batch, act_dim, device=obs.device, generator=generator) * init_noise_scale
     obs_n = obs.repeat(num_particles, 1)
-    actions = sample_actions(policy, obs_n, z, variant, flow_steps).clamp_(-1.0, 1.0)
+    actions = sample_actions(policy, obs_n, z, variant, flow_steps)
+    if noise_std is not None:
+        actions = actions + noise_std * torch.randn(actions.shape, device=obs.device, generator=generator)
     if num_particles > 1:
         q = critic(obs_n, actions).min(0).values.view(num_particles, batch)
         best = q.argmax(0)
         actions = actions.view(num_particles, batch, act_dim)[best, torch.arange(batch, device=obs.device)]
-    if noise_std is not None:
-        actions = actions + noise_std * torch.randn(actions.shape, device=obs.device, generator=generator)
-    return actions
+    return actions.clamp_(-1.0, 1.0)
 
 
 class OneStepActor(nn.Module):
@@ -558,9 +573,11 @@ def main(args: Args) -> dict:
         critic_opt.zero_grad(set_to_none=True)
         loss_critic.backward()
         critic_opt.step()
-        with torch.no_grad():  # weights from the just-updated critics, as the official code
+        with torch.no_grad():  # weights from the critics after their (first) step, as the official code
             min_q = critic(next_obs, next_actions).min(0).values
             weights = fpmd_weights(min_q, running_std, args.temperature)
+        if args.critic_double_step:  # official quirk (algorithm/rf.py:118-121 then 179-180): same grads, 2nd step
+            critic_opt.step()
         out = {"critic_loss": loss_critic.detach(), "q_mean": q.detach().mean(), "weights_mean": weights.mean(),
                "weights_max": weights.max(), "running_q_std": running_std.clone()}
         if step % args.policy_freq == 0:

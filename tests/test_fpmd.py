@@ -1,10 +1,12 @@
 """Tests for fpmd.py: losses with known answers (MeanFlow target at r = t, JVP vs finite differences,
 weights, TD target, alpha), Prop. 2 (a Dirac target makes the 1-step sample equal the multi-step one),
-best-of-N, the lean 1-NFE actor, SAME_STEP autoreset bookkeeping, a short online run on a tiny env
+best-of-N (noise before the min-Q argmax), the haiku init std, two critic Adam steps, the lean 1-NFE actor,
+SAME_STEP autoreset bookkeeping and unseeded autoresets, a short online run on a tiny env
 that beats the random policy measured in the same test, determinism, checkpoints and bad input."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import gymnasium as gym
@@ -60,7 +62,19 @@ class CounterEnv(gym.Env):
         return np.array([float(self.t)], np.float32), 1.0, self.t == 3, False, {}
 
 
+class ResetRecordingPointGoalEnv(PointGoalEnv):
+    """PointGoal that records (its id, the reset seed, the start position) of every reset in `resets`."""
+
+    resets: list = []
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        ResetRecordingPointGoalEnv.resets.append((id(self), seed, obs.copy()))
+        return obs, info
+
+
 gym.register("FPMDPointGoal-v0", entry_point=PointGoalEnv, max_episode_steps=20)
+gym.register("FPMDPointGoalResets-v0", entry_point=ResetRecordingPointGoalEnv, max_episode_steps=20)
 gym.register("FPMDPointGoalNaN-v0", entry_point=PointGoalEnv, max_episode_steps=20, kwargs={"nan_reward_after": 150})
 
 
@@ -171,6 +185,27 @@ def test_alpha_moves_the_noise_entropy_towards_the_target():
         assert np.sign(-log_alpha.grad.item()) == direction  # gradient descent step direction
 
 
+# ---------------------------------------------------------------------------------------------- init
+def haiku_linear_std(fan_in: int) -> float:
+    """Std of haiku's default hk.Linear weights (haiku/_src/basic.py: TruncatedNormal(stddev=1/sqrt(fan_in));
+    initializers.py: stddev * truncated_normal(-2, 2), with no rescaling, unlike VarianceScaling): the std of
+    a standard normal truncated to [-2, 2], sqrt(1 - 2 * 2 phi(2) / (Phi(2) - Phi(-2))) = 0.8796, / sqrt(fan_in)."""
+    phi2, mass = math.exp(-2.0) / math.sqrt(2 * math.pi), math.erf(2 / math.sqrt(2))
+    return math.sqrt(1 - 4 * phi2 / mass) / math.sqrt(fan_in)
+
+
+def test_linear_layers_have_haiku_default_init_std_and_truncation():
+    torch.manual_seed(0)
+    fan_in = 1024
+    critic = fpmd.Critic(fan_in - 2, 2, 1024, 1)  # first layer: 2 x 1024 x 1024 weights with fan_in 1024
+    policy = fpmd.FlowPolicy(3, 2, 1024, 2, 1)  # hidden layer: 1024 x 1024 with fan_in 1024
+    for weight in (critic.net[0].weight, policy.net[2].weight):
+        assert weight.std().item() == pytest.approx(haiku_linear_std(fan_in), rel=0.005)
+        assert weight.abs().max().item() <= 2.0 / math.sqrt(fan_in)
+    assert haiku_linear_std(1) == pytest.approx(0.87962566, rel=1e-7)  # haiku's own constant for this truncation
+    assert torch.all(critic.net[0].bias == 0) and torch.all(policy.net[2].bias == 0)
+
+
 # ---------------------------------------------------------------------------------------------- Prop. 2
 def test_exact_dirac_fields_give_the_target_in_one_step_and_in_many():
     c = torch.tensor([[0.3, -0.7]]).expand(8, 2)
@@ -215,14 +250,59 @@ def test_best_of_n_takes_the_particle_with_the_highest_min_q():
     obs = torch.randn(50, 3)
     dist = {n: (fpmd.best_of_n_action(policy, critic, obs, "rf", 3, n, 1.0, None) - goal).norm(dim=1).mean() for n in (1, 64)}
     assert dist[64] < 0.5 * dist[1]
-    # the choice is the argmax over the same particles: repeat with a seeded generator and compare by hand
+    # the choice is the argmax over the same (unclipped) particles, returned clipped: repeat by hand
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     chosen = fpmd.best_of_n_action(policy, critic, obs[:5], "rf", 3, 8, 1.0, None, g1)
     z = torch.randn(40, 2, generator=g2)
     with torch.no_grad():
-        particles = fpmd.rf_sample(policy, obs[:5].repeat(8, 1), z, 3).clamp(-1, 1).view(8, 5, 2)
+        particles = fpmd.rf_sample(policy, obs[:5].repeat(8, 1), z, 3).view(8, 5, 2)
     best = critic(None, particles).min(0).values.argmax(0)
-    assert torch.allclose(chosen, particles[best, torch.arange(5)])
+    assert torch.allclose(chosen, particles[best, torch.arange(5)].clamp(-1, 1))
+
+
+class FixedParticles(torch.nn.Module):
+    """A stub velocity field whose one Euler step from t = 0 lands on given particles (particle-major rows)."""
+
+    def __init__(self, particles):
+        super().__init__()
+        self.particles, self.act_dim = particles, particles.shape[-1]
+
+    def forward(self, obs, x, t):
+        return self.particles - x
+
+
+def test_best_of_n_scores_the_unclipped_particles_and_returns_the_winner_clipped():
+    # one state, particles 1.5 and 0.8, Q peaked at a = 1: by Q(1.5) = -0.5 < Q(0.8) = -0.2 the official
+    # get_action keeps 0.8 (scoring the clipped 1.0 instead, Q = 0, would keep the first particle)
+    policy = FixedParticles(torch.tensor([[1.5], [0.8]]))
+    critic = lambda obs, a: -(a - 1.0).abs().sum(-1).expand(2, -1)  # noqa: E731
+    action = fpmd.best_of_n_action(policy, critic, torch.zeros(1, 1), "rf", 1, 2, 0.5, None)
+    assert torch.allclose(action, torch.tensor([[0.8]]))
+    policy = FixedParticles(torch.tensor([[1.5], [0.2]]))  # the winner is clipped on the way out
+    assert torch.allclose(fpmd.best_of_n_action(policy, critic, torch.zeros(1, 1), "rf", 1, 2, 0.5, None), torch.tensor([[1.0]]))
+
+
+def test_exploration_noise_is_added_to_every_particle_before_the_q_argmax():
+    """Official get_action (network/rf.py, mf.py @78f90a6): particle_k + noise_k is scored by min-Q unclipped,
+    the best noisy particle is returned clipped; no fresh noise after the selection."""
+    torch.manual_seed(0)
+    batch, n, noise_std = 2000, 2, torch.tensor(0.5)
+    particles = torch.tensor([[0.0], [0.1]]).repeat_interleave(batch, 0)  # particle-major: 0.0 and 0.1 for every state
+    seen = []
+
+    def critic(obs, a):  # Q(s, a) = a (both critics), recording what it scores
+        seen.append(a.clone())
+        return a.sum(-1).expand(2, -1)
+
+    action = fpmd.best_of_n_action(FixedParticles(particles), critic, torch.zeros(batch, 1), "rf", 1, n, 0.5, noise_std)
+    scored = seen[0].view(n, batch, 1)
+    noise = scored - particles.view(n, batch, 1)
+    assert noise.std().item() == pytest.approx(0.5, rel=0.05) and noise.mean().abs().item() < 0.03
+    best = scored.sum(-1).argmax(0)
+    assert torch.equal(action, scored[best, torch.arange(batch)].clamp(-1, 1))
+    # selecting before the noise would always keep particle 1 (Q 0.1 > 0.0); with the noise first, particle 0
+    # wins whenever its noise beats particle 1's by 0.1: P = 1 - Phi(0.1 / (0.5 sqrt 2)) = 0.444
+    assert (best == 0).float().mean().item() == pytest.approx(0.444, abs=0.04)
 
 
 @pytest.mark.parametrize("variant", ["rf", "mf"])
@@ -249,6 +329,23 @@ def test_same_step_autoreset_keeps_the_final_observation_for_the_buffer():
     envs.close()
 
 
+def test_training_envs_are_seeded_once_and_later_episodes_start_elsewhere(in_tmp):
+    """gymnasium re-seeds an env's RNG on every seeded reset: only the first reset of each training env may
+    carry a seed (SAME_STEP autoreset resets unseeded), so consecutive episodes start from different states."""
+    ResetRecordingPointGoalEnv.resets.clear()
+    fpmd.main(tiny(env_id="FPMDPointGoalResets-v0", total_timesteps=120, learning_starts=1000, eval_freq=120,
+                   eval_episodes=1))  # 60 steps per env: >= 3 episodes each; no updates
+    by_env = {}
+    for env_id, seed, obs in ResetRecordingPointGoalEnv.resets:
+        by_env.setdefault(env_id, []).append((seed, obs))
+    training = [r for r in by_env.values() if r[0][0] in (1, 2)]  # vector env seeds args.seed + i
+    assert len(training) == 2 and all(len(r) >= 3 for r in training)
+    for resets in training:
+        assert all(seed is None for seed, _ in resets[1:])
+        starts = [obs for _, obs in resets]
+        assert all(not np.allclose(a, b) for a, b in zip(starts, starts[1:]))
+
+
 def test_actions_are_rescaled_and_discrete_spaces_rejected():
     env = fpmd.make_env("Pendulum-v1")  # Box(-2, 2) -> [-1, 1]
     assert np.allclose(env.action_space.low, -1) and np.allclose(env.action_space.high, 1)
@@ -270,7 +367,7 @@ def random_policy_return(episodes: int, seed: int) -> float:
 
 def test_short_online_run_beats_the_random_policy(in_tmp):
     """FPMD-R, 1600 env steps (700 updates): both the 1-NFE policy and the training sampler vs uniform random,
-    on the same 30 evaluation episodes (measured: random ~ -18, FPMD ~ -9 / -7)."""
+    on the same 30 evaluation episodes (measured: random -17.9, FPMD -7.0 (1 NFE) / -6.2 (best-of-4))."""
     args = tiny(total_timesteps=1600, learning_starts=200, hidden_dim=64, eval_freq=1600, eval_episodes=30, log_freq=800)
     metrics = fpmd.main(args)
     random_return = random_policy_return(30, args.seed)
@@ -303,6 +400,23 @@ def test_same_seed_gives_the_same_networks_on_cpu(tmp_path, monkeypatch):
         for key, value in states[0][name].items():
             assert torch.equal(value, states[1][name][key]), (name, key)
     assert torch.equal(states[0]["log_alpha"], states[1]["log_alpha"])
+
+
+def test_critics_take_two_adam_steps_per_update_by_default_and_one_with_the_flag_off(tmp_path, monkeypatch):
+    """Official rf.py/mf.py @78f90a6 (lines 118-121 and 179-180 of algorithm/rf.py) apply the critics' Adam update
+    twice per update with the same gradients; --no-critic-double-step takes one step."""
+    updates = {}
+    for double in (True, False):  # the default first
+        monkeypatch.chdir(tmp_path)
+        overrides = {} if double else {"critic_double_step": False}
+        fpmd.main(tiny(total_timesteps=200, eval_episodes=1, eval_freq=200, save_model=True, exp_name=f"d{double}", **overrides))
+        state = torch.load(next(tmp_path.glob(f"runs/*__d{double}__*/d{double}.pt")))
+        updates[double] = state["num_updates"]
+        critic_steps = {float(s["step"]) for s in state["critic_opt"]["state"].values()}
+        policy_steps = {float(s["step"]) for s in state["policy_opt"]["state"].values()}
+        assert critic_steps == {(2 if double else 1) * updates[double]}, (double, critic_steps, updates)
+        assert policy_steps == {math.ceil(updates[double] / 2)}  # once every policy_freq = 2 updates either way
+    assert updates[True] == updates[False] > 0
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(in_tmp):
