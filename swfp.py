@@ -33,6 +33,12 @@ RECONSTRUCTION from that theory, kept minimal:
 is trained to maximise Q of its final action with the gradient backpropagated through all K Euler steps
 (no trust region, no entropy term).
 
+Data, environments and evaluation (shared with fql.py; not from the paper):
+  * online episodes: the online env is seeded with --seed at its first reset only and reset unseeded
+    afterwards (its RNG continues, as the official FQL main.py, which seeds no episode), so every online
+    episode starts from a new state; evaluation episode i is reset with seed 10000 * --seed + i, the same
+    episodes at every evaluation.
+
 Usage:
   python swfp.py                                                     # embedded Reacher, this repo's defaults
   python swfp.py --pretrain-steps 5000 --critic-warmup-steps 2000 --total-timesteps 1000 --hidden-dim 128 \
@@ -687,6 +693,7 @@ def main(args: Args) -> dict:
 
     online_env = data.make_env()
     online_obs, episode_return, episode_length = None, 0.0, 0
+    online_seed = args.seed  # the online env is seeded once, at its first reset; later resets continue its RNG
     metrics = run_evaluation(0)
     pretrained = {k.replace("eval/", "eval/pretrained_"): v for k, v in metrics.items()}
     if args.total_timesteps == 0:
@@ -695,7 +702,8 @@ def main(args: Args) -> dict:
     t0, last_log_step = time.time(), 0
     for step in range(1, args.total_timesteps + 1):
         if online_obs is None:
-            online_obs, _ = online_env.reset(seed=args.seed + step)
+            online_obs, _ = online_env.reset(seed=online_seed)
+            online_seed = None
         obs_np = data.flatten(online_obs)
         action = policy(torch.as_tensor(obs_np[None], device=device))[0].cpu().numpy()
         next_obs, reward, terminated, truncated, info = online_env.step(action)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import import_script, last_error_line, run_script
+from conftest import RANDOM_START_STEPS, import_script, last_error_line, record_envs, run_script
 
 swfp = import_script("swfp")
 
@@ -245,3 +245,17 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_
     state = torch.load(next(in_tmp.glob("runs/*/swfp.pt")))
     assert state["phase"] == "pretrained"
     assert all(torch.isfinite(v).all() for v in state["critic"].values())
+
+
+# ---------------------------------------------------------------------------------------------- data / env plumbing
+def test_online_env_is_seeded_once_and_episodes_start_from_different_states(random_start_dataset, in_tmp, monkeypatch):
+    """The online env is reset with --seed once, then unseeded (its RNG continues): consecutive online episodes of the
+    random-start task start from different states, and no online reset reuses a seed (e.g. an evaluation seed)."""
+    envs = record_envs(swfp, monkeypatch)
+    swfp.main(tiny(env_id=str(random_start_dataset), pretrain_steps=20, critic_warmup_steps=5, eval_episodes=2,
+                   total_timesteps=4 * RANDOM_START_STEPS, eval_freq=4 * RANDOM_START_STEPS, log_freq=10, seed=3))
+    online = envs[-1]  # built after the evaluation envs
+    seeds = [seed for seed, _ in online.resets]
+    assert len(seeds) == 4 and seeds[0] == 3 and all(seed is None for seed in seeds[1:]), seeds
+    starts = [obs for _, obs in online.resets]
+    assert all(np.abs(a - b).max() > 1e-3 for i, a in enumerate(starts) for b in starts[i + 1:]), starts
