@@ -55,6 +55,11 @@ The ordinary critic is a TD ensemble with a Polyak target (as in the other offli
 dataset transitions with next actions sampled from the flow policy (T Euler steps). The deployed policy
 is the flow policy itself (T Euler steps from seeded noise); there is no separate one-step policy.
 
+Data, environments and evaluation (shared with fql.py; not from the paper):
+  * rewards: one function, `transform_reward`, maps D4RL AntMaze dataset rewards {0, 1} -> {-1, 0} (the
+    official FQL's name test: 'antmaze' and one of diverse / play / umaze); the script is offline-only, and
+    evaluation returns are the env's own.
+
 Usage:
   python decision_flow.py --variant dir --total-steps 10000 --hidden-dim 128 --num-layers 3  # embedded Reacher
   python decision_flow.py --variant div --env-id mujoco/hopper/medium-v0                       # Minari id
@@ -393,6 +398,19 @@ class NonFiniteLossError(RuntimeError):
 ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) as in the other offline scripts (fql.py)
 
 
+def transform_reward(env_id: str, reward):
+    """The one reward transform, applied to the dataset (decision_flow.py is offline-only; an online loop would
+    apply it before its replay buffer): D4RL AntMaze (a Minari D4RL/antmaze/... id, or a local copy named like
+    one) sparse {0, 1} -> {-1, 0}; every other task unchanged. Floats and arrays.
+
+    The test is the official FQL's (@719d044), offline and online alike: envs/env_utils.py:111 routes exactly these
+    names ('antmaze' and one of 'diverse', 'play', 'umaze') to d4rl_utils.get_dataset, which shifts
+    (d4rl_utils.py:31-37); main.py:140-144 shifts online rewards under the same test. OGBench antmaze singletask
+    rewards are already {-1, 0} and are shifted nowhere."""
+    d4rl_antmaze = "antmaze" in env_id and any(kind in env_id for kind in ("diverse", "play", "umaze"))
+    return reward - 1.0 if d4rl_antmaze else reward
+
+
 def flatten_obs(space: gym.Space, obs) -> np.ndarray:
     """Flatten (a batch of) observations of a Box or Dict space to float32 (batch, dim) in `space`'s key order."""
     if isinstance(space, gym.spaces.Dict):
@@ -451,8 +469,7 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         raise DatasetError(f"dataset {env_id!r} has no episodes")
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["actions"] = to_unit_box(data["actions"], dataset.action_space)
-    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as in fql.py (official FQL code)
-        data["rewards"] = data["rewards"] - 1.0
+    data["rewards"] = transform_reward(env_id, data["rewards"])  # D4RL antmaze: {0, 1} -> {-1, 0}
     data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
 
     def make_env():
@@ -475,6 +492,7 @@ def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
     check_spaces(env.observation_space, env.action_space)
     data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
     data["actions"] = to_unit_box(data["actions"], env.action_space)
+    data["rewards"] = transform_reward(name, data["rewards"])  # a no-op for every OGBench name, kept for symmetry
     env.close()
     make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
     return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)

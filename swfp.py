@@ -37,7 +37,10 @@ Data, environments and evaluation (shared with fql.py; not from the paper):
   * online episodes: the online env is seeded with --seed at its first reset only and reset unseeded
     afterwards (its RNG continues, as the official FQL main.py, which seeds no episode), so every online
     episode starts from a new state; evaluation episode i is reset with seed 10000 * --seed + i, the same
-    episodes at every evaluation.
+    episodes at every evaluation;
+  * rewards: one function, `transform_reward`, maps D4RL AntMaze rewards {0, 1} -> {-1, 0} for the dataset
+    and for every online reward before it enters the replay buffer (the official FQL's name test, offline and
+    online); the logged online and evaluation returns stay the env's own.
 
 Usage:
   python swfp.py                                                     # embedded Reacher, this repo's defaults
@@ -355,6 +358,19 @@ class NonFiniteLossError(RuntimeError):
 ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) (as FQL's official code)
 
 
+def transform_reward(env_id: str, reward):
+    """The one reward transform, applied to the dataset and to every online reward before it enters the replay
+    buffer: D4RL AntMaze (a Minari D4RL/antmaze/... id, or a local copy named like one) sparse {0, 1} -> {-1, 0};
+    every other task unchanged. Floats and arrays.
+
+    The test is the official FQL's (@719d044), offline and online alike: envs/env_utils.py:111 routes exactly these
+    names ('antmaze' and one of 'diverse', 'play', 'umaze') to d4rl_utils.get_dataset, which shifts
+    (d4rl_utils.py:31-37); main.py:140-144 shifts online rewards under the same test. OGBench antmaze singletask
+    rewards are already {-1, 0} and are shifted nowhere."""
+    d4rl_antmaze = "antmaze" in env_id and any(kind in env_id for kind in ("diverse", "play", "umaze"))
+    return reward - 1.0 if d4rl_antmaze else reward
+
+
 def flatten_obs(space: gym.Space, obs) -> np.ndarray:
     """Flatten (a batch of) observations of a Box or Dict space to float32 (batch, dim) in `space`'s key order."""
     if isinstance(space, gym.spaces.Dict):
@@ -413,8 +429,7 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         raise DatasetError(f"dataset {env_id!r} has no episodes")
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["actions"] = to_unit_box(data["actions"], dataset.action_space)
-    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as FQL's official code
-        data["rewards"] = data["rewards"] - 1.0
+    data["rewards"] = transform_reward(env_id, data["rewards"])  # D4RL antmaze: {0, 1} -> {-1, 0}
     data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
 
     def make_env():
@@ -437,6 +452,7 @@ def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
     check_spaces(env.observation_space, env.action_space)
     data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
     data["actions"] = to_unit_box(data["actions"], env.action_space)
+    data["rewards"] = transform_reward(name, data["rewards"])  # a no-op for every OGBench name, kept for symmetry
     env.close()
     make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
     return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
@@ -707,9 +723,9 @@ def main(args: Args) -> dict:
         obs_np = data.flatten(online_obs)
         action = policy(torch.as_tensor(obs_np[None], device=device))[0].cpu().numpy()
         next_obs, reward, terminated, truncated, info = online_env.step(action)
-        buffer.add(observations=obs_np, actions=action, rewards=reward, masks=1.0 - float(terminated),
-                   next_observations=data.flatten(next_obs))
-        episode_return, episode_length = episode_return + float(reward), episode_length + 1
+        buffer.add(observations=obs_np, actions=action, rewards=transform_reward(args.env_id, float(reward)),
+                   masks=1.0 - float(terminated), next_observations=data.flatten(next_obs))
+        episode_return, episode_length = episode_return + float(reward), episode_length + 1  # the env's own return
         online_obs = next_obs
         if terminated or truncated:
             writer.add_scalar("charts/episodic_return", episode_return, step)

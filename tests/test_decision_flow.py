@@ -294,3 +294,22 @@ def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
 def test_unknown_variant_is_rejected_by_the_cli(in_tmp):
     result = run_script("decision_flow", "--variant", "sideways", "--no-cuda")
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- data / env plumbing
+@pytest.mark.parametrize("env_id, shifted", [("D4RL/antmaze/umaze-v1", True), ("D4RL/antmaze/medium-play-v1", True),
+                                             ("D4RL/antmaze/large-diverse-v1", True), ("/data/antmaze-umaze-diverse-v2", True),
+                                             ("antmaze-large-navigate-singletask-v0", False),  # OGBench: already {-1, 0}
+                                             ("mujoco/hopper/medium-v0", False), ("flowrl/reacher/mixed-v0", False)])
+def test_reward_transform_shifts_d4rl_antmaze_only(env_id, shifted):
+    rewards = np.array([0.0, 1.0], np.float32)
+    np.testing.assert_array_equal(dfm.transform_reward(env_id, rewards), rewards - 1.0 if shifted else rewards)
+
+
+def test_dataset_rewards_go_through_the_reward_transform(make_bandit_dataset):
+    """Local copies named like a D4RL AntMaze task are shifted by -1; an 'antmaze' name that the official FQL does not
+    treat as D4RL AntMaze (no diverse / play / umaze) is not."""
+    reference = dfm.load_offline_data(str(make_bandit_dataset("plain-bandit", n_episodes=50)), "").transitions["rewards"]
+    for name, shift in (("antmaze-umaze-bandit", -1.0), ("antmaze-navigate-bandit", 0.0)):
+        rewards = dfm.load_offline_data(str(make_bandit_dataset(name, n_episodes=50)), "").transitions["rewards"]
+        np.testing.assert_allclose(rewards, reference + shift)

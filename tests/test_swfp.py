@@ -259,3 +259,42 @@ def test_online_env_is_seeded_once_and_episodes_start_from_different_states(rand
     assert len(seeds) == 4 and seeds[0] == 3 and all(seed is None for seed in seeds[1:]), seeds
     starts = [obs for _, obs in online.resets]
     assert all(np.abs(a - b).max() > 1e-3 for i, a in enumerate(starts) for b in starts[i + 1:]), starts
+
+
+@pytest.mark.parametrize("env_id, shifted", [("D4RL/antmaze/umaze-v1", True), ("D4RL/antmaze/medium-play-v1", True),
+                                             ("D4RL/antmaze/large-diverse-v1", True), ("/data/antmaze-umaze-diverse-v2", True),
+                                             ("antmaze-large-navigate-singletask-v0", False),  # OGBench: already {-1, 0}
+                                             ("mujoco/hopper/medium-v0", False), ("flowrl/reacher/mixed-v0", False)])
+def test_reward_transform_shifts_d4rl_antmaze_only(env_id, shifted):
+    rewards = np.array([0.0, 1.0], np.float32)
+    np.testing.assert_array_equal(swfp.transform_reward(env_id, rewards), rewards - 1.0 if shifted else rewards)
+    assert swfp.transform_reward(env_id, 1.0) == (0.0 if shifted else 1.0)
+
+
+def test_antmaze_rewards_are_shifted_the_same_way_offline_and_online(make_bandit_dataset, in_tmp, monkeypatch):
+    """A dataset whose --env-id names a D4RL antmaze task: the replay buffer holds dataset and online rewards both
+    shifted by -1 (one transform), while the logged online return stays the env's own."""
+    import minari
+
+    dataset = make_bandit_dataset("antmaze-umaze-bandit", n_episodes=200)
+    envs = record_envs(swfp, monkeypatch)
+    buffers = []
+
+    class RecordingBuffer(swfp.ReplayBuffer):
+        def __init__(self, transitions, capacity, device):
+            super().__init__(transitions, capacity, device)
+            self.offline_rewards, self.added = np.array(transitions["rewards"]), []
+            buffers.append(self)
+
+        def add(self, **transition):
+            self.added.append(float(transition["rewards"]))
+            super().add(**transition)
+
+    monkeypatch.setattr(swfp, "ReplayBuffer", RecordingBuffer)
+    swfp.main(tiny(env_id=str(dataset), pretrain_steps=20, critic_warmup_steps=5, total_timesteps=20, eval_episodes=2,
+                   eval_freq=20, log_freq=10))
+    raw = swfp.load_minari(minari.MinariDataset(dataset / "data"), "bandit")  # the same data under an unshifted id
+    np.testing.assert_allclose(buffers[0].offline_rewards, raw.transitions["rewards"] - 1.0)
+    online = envs[-1]
+    assert len(online.rewards) == 20 and max(online.rewards) > 0  # the bandit pays in [0, 1.5]
+    np.testing.assert_allclose(buffers[0].added, np.array(online.rewards) - 1.0, atol=1e-6)
