@@ -58,7 +58,11 @@ is the flow policy itself (T Euler steps from seeded noise); there is no separat
 Data, environments and evaluation (shared with fql.py; not from the paper):
   * rewards: one function, `transform_reward`, maps D4RL AntMaze dataset rewards {0, 1} -> {-1, 0} (the
     official FQL's name test: 'antmaze' and one of diverse / play / umaze); the script is offline-only, and
-    evaluation returns are the env's own.
+    evaluation returns are the env's own;
+  * OGBench: every singletask env is built with success_timing='post', so success, termination and reward are
+    those of the state after the step, as in ogbench 1.1.0, the version the official FQL pins (ogbench 1.2.x,
+    installed here, registers singletask envs with 'pre'). Decision Flow has no official code and its paper
+    evaluates on D4RL only: this is this repo's choice, to match fql.py. Dataset rewards are the same in both.
 
 Usage:
   python decision_flow.py --variant dir --total-steps 10000 --hidden-dim 128 --num-layers 3  # embedded Reacher
@@ -488,13 +492,17 @@ def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
 
     if "singletask" not in name.split("-"):
         raise DatasetError(f"Decision Flow needs a reward-labelled OGBench dataset (e.g. cube-single-play-singletask-task2-v0); got {name!r}")
-    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir))
+    # success_timing='post': success, termination and reward of the state after the step, as ogbench 1.1.0 (the
+    # version the official FQL pins) computed them; ogbench >= 1.2 registers singletask envs with 'pre'
+    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir),
+                                                  success_timing="post")
     check_spaces(env.observation_space, env.action_space)
     data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
     data["actions"] = to_unit_box(data["actions"], env.action_space)
     data["rewards"] = transform_reward(name, data["rewards"])  # a no-op for every OGBench name, kept for symmetry
     env.close()
-    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
+    make_env = lambda: unit_box_env(  # noqa: E731
+        ogbench.make_env_and_datasets(name, env_only=True, success_timing="post"))
     return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
 
 

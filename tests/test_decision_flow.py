@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import import_script, last_error_line, run_script
+from conftest import OGBENCH_TINY, import_script, last_error_line, run_script
 from toy_envs import GOOD_MODE
 
 dfm = import_script("decision_flow")
@@ -313,3 +313,29 @@ def test_dataset_rewards_go_through_the_reward_transform(make_bandit_dataset):
     for name, shift in (("antmaze-umaze-bandit", -1.0), ("antmaze-navigate-bandit", 0.0)):
         rewards = dfm.load_offline_data(str(make_bandit_dataset(name, n_episodes=50)), "").transitions["rewards"]
         np.testing.assert_allclose(rewards, reference + shift)
+
+
+def test_ogbench_envs_compute_success_after_the_step(ogbench_dir, monkeypatch):
+    """Every OGBench singletask env the script builds uses success_timing='post' (ogbench 1.1.0's behaviour, pinned by
+    the official FQL): stepping into the goal region gives success 1, reward 0 and termination on that step."""
+    import ogbench
+
+    calls = []
+    original = ogbench.make_env_and_datasets
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ogbench, "make_env_and_datasets", recording)
+    data = dfm.load_offline_data(OGBENCH_TINY, str(ogbench_dir))
+    env = data.make_env()
+    assert len(calls) == 2 and all(kw.get("success_timing") == "post" for kw in calls), calls
+    assert env.unwrapped._success_timing == "post"
+    env.reset(seed=0)
+    goal = np.array(env.unwrapped.cur_goal_xy)
+    env.unwrapped.set_xy(goal + np.array([1.05, 0.0]))  # just outside the goal tolerance (1.0) ...
+    _, reward, terminated, _, info = env.step(np.array([-1.0, 0.0], np.float32))  # ... and one step into it
+    assert np.linalg.norm(env.unwrapped.get_xy() - goal) < 1.0
+    assert (info["success"], reward, terminated) == (1.0, 0.0, True)
+    env.close()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import RANDOM_START_STEPS, import_script, last_error_line, record_envs, run_script
+from conftest import OGBENCH_TINY, RANDOM_START_STEPS, import_script, last_error_line, record_envs, run_script
 
 swfp = import_script("swfp")
 
@@ -298,3 +298,29 @@ def test_antmaze_rewards_are_shifted_the_same_way_offline_and_online(make_bandit
     online = envs[-1]
     assert len(online.rewards) == 20 and max(online.rewards) > 0  # the bandit pays in [0, 1.5]
     np.testing.assert_allclose(buffers[0].added, np.array(online.rewards) - 1.0, atol=1e-6)
+
+
+def test_ogbench_envs_compute_success_after_the_step(ogbench_dir, monkeypatch):
+    """Every OGBench singletask env the script builds uses success_timing='post' (ogbench 1.1.0's behaviour, pinned by
+    the official FQL): stepping into the goal region gives success 1, reward 0 and termination on that step."""
+    import ogbench
+
+    calls = []
+    original = ogbench.make_env_and_datasets
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ogbench, "make_env_and_datasets", recording)
+    data = swfp.load_offline_data(OGBENCH_TINY, str(ogbench_dir))
+    env = data.make_env()
+    assert len(calls) == 2 and all(kw.get("success_timing") == "post" for kw in calls), calls
+    assert env.unwrapped._success_timing == "post"
+    env.reset(seed=0)
+    goal = np.array(env.unwrapped.cur_goal_xy)
+    env.unwrapped.set_xy(goal + np.array([1.05, 0.0]))  # just outside the goal tolerance (1.0) ...
+    _, reward, terminated, _, info = env.step(np.array([-1.0, 0.0], np.float32))  # ... and one step into it
+    assert np.linalg.norm(env.unwrapped.get_xy() - goal) < 1.0
+    assert (info["success"], reward, terminated) == (1.0, 0.0, True)
+    env.close()
