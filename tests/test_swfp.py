@@ -5,6 +5,7 @@ handling, checkpoints and determinism."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -324,3 +325,17 @@ def test_ogbench_envs_compute_success_after_the_step(ogbench_dir, monkeypatch):
     assert np.linalg.norm(env.unwrapped.get_xy() - goal) < 1.0
     assert (info["success"], reward, terminated) == (1.0, 0.0, True)
     env.close()
+
+
+def test_minari_id_with_the_hub_unreachable_fails_fast_in_one_line(tmp_path):
+    start = time.time()
+    result = run_script("swfp", "--env-id", "mujoco/hopper/medium-v0", "--no-cuda",
+                        env={"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9",
+                             "MINARI_DATASETS_PATH": str(tmp_path / "empty")})
+    wall = time.time() - start
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "'mujoco/hopper/medium-v0'" in lines[0] and "unreachable" in lines[0]
+    assert "point --env-id at a local Minari dataset folder" in lines[0]
+    assert wall < 10, wall
