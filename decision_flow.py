@@ -65,7 +65,11 @@ Data, environments and evaluation (shared with fql.py; not from the paper):
     evaluates on D4RL only: this is this repo's choice, to match fql.py. Dataset rewards are the same in both;
   * Minari ids: a dataset not under MINARI_DATASETS_PATH is downloaded only after a 5 s probe of the Hugging
     Face hub (HF_ENDPOINT); with the hub unreachable or HF_HUB_OFFLINE set the run stops at once with one line
-    that names the id and how to point --env-id at a local folder (huggingface_hub alone retries ~25 s).
+    that names the id and how to point --env-id at a local folder (huggingface_hub alone retries ~25 s);
+  * evaluation: min(--eval-episodes, --eval-envs) envs (default 8; was 25) run in parallel, one batched policy
+    call per step. Episode i is reset with seed 10000 * --seed + i whichever env runs it, but the policy noise
+    comes from one generator shared by the batch, so the pool size changes which noise an episode draws: with
+    the same seeds, metrics of different pool sizes differ by evaluation noise (equal in distribution).
 
 Usage:
   python decision_flow.py --variant dir --total-steps 10000 --hidden-dim 128 --num-layers 3  # embedded Reacher
@@ -128,6 +132,8 @@ class Args:
     """evaluate every this many gradient steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation"""
+    eval_envs: int = 8
+    """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_bc_flow: bool = True
     """train and evaluate a behaviour flow u_beta (pure flow matching) as the in-run BC baseline (always on for div)"""
     log_freq: int = 5000
@@ -655,6 +661,8 @@ def main(args: Args) -> dict:
         torch.set_float32_matmul_precision("high")
     if args.flow_steps < 1:
         raise DatasetError(f"--flow-steps must be >= 1; got {args.flow_steps}")
+    if args.eval_envs < 1:
+        raise DatasetError(f"--eval-envs must be >= 1; got {args.eval_envs}")
     beta = args.beta if args.beta is not None else DEFAULT_BETA[args.variant]
 
     data = load_offline_data(args.env_id, args.ogbench_dataset_dir)
@@ -732,7 +740,7 @@ def main(args: Args) -> dict:
     def bc_flow_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return sample_flow(behaviour, obs, noise(obs, generator), args.flow_steps)
 
-    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
     progress = Progress(args.total_steps, start_step)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)

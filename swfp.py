@@ -48,7 +48,11 @@ Data, environments and evaluation (shared with fql.py; not from the paper):
     in both versions;
   * Minari ids: a dataset not under MINARI_DATASETS_PATH is downloaded only after a 5 s probe of the Hugging
     Face hub (HF_ENDPOINT); with the hub unreachable or HF_HUB_OFFLINE set the run stops at once with one line
-    that names the id and how to point --env-id at a local folder (huggingface_hub alone retries ~25 s).
+    that names the id and how to point --env-id at a local folder (huggingface_hub alone retries ~25 s);
+  * evaluation: min(--eval-episodes, --eval-envs) envs (default 8; was 25) run in parallel, one batched policy
+    call per step. Episode i is reset with seed 10000 * --seed + i whichever env runs it, but the policy noise
+    comes from one generator shared by the batch, so the pool size changes which noise an episode draws: with
+    the same seeds, metrics of different pool sizes differ by evaluation noise (equal in distribution).
 
 Usage:
   python swfp.py                                                     # embedded Reacher, this repo's defaults
@@ -119,6 +123,8 @@ class Args:
     """evaluate every this many environment steps (and before the first and after the last)"""
     eval_episodes: int = 50
     """episodes per evaluation"""
+    eval_envs: int = 8
+    """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     log_freq: int = 1000
     """log losses every this many gradient steps (the only host syncs of the loop)"""
     save_model: bool = False
@@ -622,6 +628,8 @@ def main(args: Args) -> dict:
     if args.blocks < 1 or args.jko_step_size <= 0 or args.entropy_coef < 0:
         raise DatasetError(f"need --blocks >= 1, --jko-step-size > 0, --entropy-coef >= 0; got {args.blocks}, "
                            f"{args.jko_step_size}, {args.entropy_coef}")
+    if args.eval_envs < 1:
+        raise DatasetError(f"--eval-envs must be >= 1; got {args.eval_envs}")
 
     data = load_offline_data(args.env_id, args.ogbench_dataset_dir)
     obs_dim = data.transitions["observations"].shape[1]
@@ -674,7 +682,7 @@ def main(args: Args) -> dict:
             torch._foreach_lerp_(target_params, critic_params, args.tau)
         return loss.detach(), q.detach().mean()
 
-    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
     phase1_steps = 0 if args.checkpoint else args.pretrain_steps + args.critic_warmup_steps
     progress = Progress(phase1_steps + args.total_timesteps, 0)

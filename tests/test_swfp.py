@@ -339,3 +339,28 @@ def test_minari_id_with_the_hub_unreachable_fails_fast_in_one_line(tmp_path):
     assert "'mujoco/hopper/medium-v0'" in lines[0] and "unreachable" in lines[0]
     assert "point --env-id at a local Minari dataset folder" in lines[0]
     assert wall < 10, wall
+
+
+def test_eval_envs_sets_the_evaluation_pool_size(small_bandit, in_tmp, monkeypatch):
+    envs = record_envs(swfp, monkeypatch)
+    swfp.main(tiny(env_id=str(small_bandit), pretrain_steps=20, critic_warmup_steps=5, total_timesteps=5, eval_freq=5,
+                   eval_episodes=7, eval_envs=3))
+    assert len(envs) == 3 + 1  # 3 evaluation envs, then the online env
+    assert sorted(seed for env in envs[:3] for seed, _ in env.resets) == sorted(2 * list(range(10_000, 10_007)))
+
+
+def test_evaluation_does_not_depend_on_the_pool_size(random_start_dataset):
+    """Episode i is reset with seed + i whichever env runs it: a deterministic policy gets the same returns."""
+    data = swfp.load_offline_data(str(random_start_dataset), "")
+    policy = lambda obs: torch.tanh(obs[:, 1:2] - obs[:, 2:3])  # noqa: E731
+    results = []
+    for pool in (1, 3):
+        envs = [data.make_env() for _ in range(pool)]
+        results.append(swfp.evaluate(data, envs, policy, 7, 123, torch.device("cpu")))
+    assert results[0] == results[1]
+    assert results[0]["episodic_return_std"] > 0  # the episodes differ (random starts)
+
+
+def test_non_positive_eval_envs_exits_with_one_clear_line(in_tmp):
+    result = run_script("swfp", "--no-cuda", "--eval-envs", "0")  # checked before any data is loaded
+    assert last_error_line(result) == "error: --eval-envs must be >= 1; got 0"
