@@ -55,6 +55,22 @@ The ordinary critic is a TD ensemble with a Polyak target (as in the other offli
 dataset transitions with next actions sampled from the flow policy (T Euler steps). The deployed policy
 is the flow policy itself (T Euler steps from seeded noise); there is no separate one-step policy.
 
+Data, environments and evaluation (shared with fql.py; not from the paper):
+  * rewards: one function, `transform_reward`, maps D4RL AntMaze dataset rewards {0, 1} -> {-1, 0} (the
+    official FQL's name test: 'antmaze' and one of diverse / play / umaze); the script is offline-only, and
+    evaluation returns are the env's own;
+  * OGBench: every singletask env is built with success_timing='post', so success, termination and reward are
+    those of the state after the step, as in ogbench 1.1.0, the version the official FQL pins (ogbench 1.2.x,
+    installed here, registers singletask envs with 'pre'). Decision Flow has no official code and its paper
+    evaluates on D4RL only: this is this repo's choice, to match fql.py. Dataset rewards are the same in both;
+  * Minari ids: a dataset not under MINARI_DATASETS_PATH is downloaded only after a 5 s probe of the Hugging
+    Face hub (HF_ENDPOINT); with the hub unreachable or HF_HUB_OFFLINE set the run stops at once with one line
+    that names the id and how to point --env-id at a local folder (huggingface_hub alone retries ~25 s);
+  * evaluation: min(--eval-episodes, --eval-envs) envs (default 8; was 25) run in parallel, one batched policy
+    call per step. Episode i is reset with seed 10000 * --seed + i whichever env runs it, but the policy noise
+    comes from one generator shared by the batch, so the pool size changes which noise an episode draws: with
+    the same seeds, metrics of different pool sizes differ by evaluation noise (equal in distribution).
+
 Usage:
   python decision_flow.py --variant dir --total-steps 10000 --hidden-dim 128 --num-layers 3  # embedded Reacher
   python decision_flow.py --variant div --env-id mujoco/hopper/medium-v0                       # Minari id
@@ -63,11 +79,14 @@ See docs/decision_flow.md for the flow-MDP table, the paper <-> code map and res
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -113,6 +132,8 @@ class Args:
     """evaluate every this many gradient steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation"""
+    eval_envs: int = 8
+    """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_bc_flow: bool = True
     """train and evaluate a behaviour flow u_beta (pure flow matching) as the in-run BC baseline (always on for div)"""
     log_freq: int = 5000
@@ -393,6 +414,19 @@ class NonFiniteLossError(RuntimeError):
 ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) as in the other offline scripts (fql.py)
 
 
+def transform_reward(env_id: str, reward):
+    """The one reward transform, applied to the dataset (decision_flow.py is offline-only; an online loop would
+    apply it before its replay buffer): D4RL AntMaze (a Minari D4RL/antmaze/... id, or a local copy named like
+    one) sparse {0, 1} -> {-1, 0}; every other task unchanged. Floats and arrays.
+
+    The test is the official FQL's (@719d044), offline and online alike: envs/env_utils.py:111 routes exactly these
+    names ('antmaze' and one of 'diverse', 'play', 'umaze') to d4rl_utils.get_dataset, which shifts
+    (d4rl_utils.py:31-37); main.py:140-144 shifts online rewards under the same test. OGBench antmaze singletask
+    rewards are already {-1, 0} and are shifted nowhere."""
+    d4rl_antmaze = "antmaze" in env_id and any(kind in env_id for kind in ("diverse", "play", "umaze"))
+    return reward - 1.0 if d4rl_antmaze else reward
+
+
 def flatten_obs(space: gym.Space, obs) -> np.ndarray:
     """Flatten (a batch of) observations of a Box or Dict space to float32 (batch, dim) in `space`'s key order."""
     if isinstance(space, gym.spaces.Dict):
@@ -451,8 +485,7 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         raise DatasetError(f"dataset {env_id!r} has no episodes")
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["actions"] = to_unit_box(data["actions"], dataset.action_space)
-    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as in fql.py (official FQL code)
-        data["rewards"] = data["rewards"] - 1.0
+    data["rewards"] = transform_reward(env_id, data["rewards"])  # D4RL antmaze: {0, 1} -> {-1, 0}
     data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
 
     def make_env():
@@ -471,13 +504,46 @@ def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
 
     if "singletask" not in name.split("-"):
         raise DatasetError(f"Decision Flow needs a reward-labelled OGBench dataset (e.g. cube-single-play-singletask-task2-v0); got {name!r}")
-    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir))
+    # success_timing='post': success, termination and reward of the state after the step, as ogbench 1.1.0 (the
+    # version the official FQL pins) computed them; ogbench >= 1.2 registers singletask envs with 'pre'
+    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir),
+                                                  success_timing="post")
     check_spaces(env.observation_space, env.action_space)
     data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
     data["actions"] = to_unit_box(data["actions"], env.action_space)
+    data["rewards"] = transform_reward(name, data["rewards"])  # a no-op for every OGBench name, kept for symmetry
     env.close()
-    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
+    make_env = lambda: unit_box_env(  # noqa: E731
+        ogbench.make_env_and_datasets(name, env_only=True, success_timing="post"))
     return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
+
+
+def download_minari(env_id: str):
+    """minari.load_dataset(env_id, download=True), failing fast and in one line when the hub is unreachable.
+
+    A dataset already under MINARI_DATASETS_PATH loads without the network. Otherwise the Hugging Face hub
+    (HF_ENDPOINT, default https://huggingface.co) is probed once with a 5 s timeout before Minari is called:
+    huggingface_hub retries a refused connection 5 times with back-off (~25 s and 12 log lines)."""
+    import minari
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    local = get_dataset_path(env_id)
+    if not (local / "data").exists():
+        hint = (f"point --env-id at a local Minari dataset folder, or put the dataset at {local} "
+                f"(MINARI_DATASETS_PATH sets the root)")
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise DatasetError(f"Minari dataset {env_id!r} is not local and HF_HUB_OFFLINE is set; {hint}")
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        try:
+            urllib.request.urlopen(endpoint, timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # the hub answered (any status): it is reachable
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise DatasetError(f"cannot download Minari dataset {env_id!r}: the Hugging Face hub at {endpoint} "
+                               f"is unreachable ({reason}); {hint}") from None
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter if the hub fails mid-way
+    return minari.load_dataset(env_id, download=True)
 
 
 def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
@@ -498,12 +564,15 @@ def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
         except Exception as e:
             tried.append(f"OGBench: {type(e).__name__}: {e}")
     else:
+        dataset = None
         try:
-            return validated(load_minari(minari.load_dataset(env_id, download=True), env_id), env_id)
-        except DatasetError:
-            raise
+            dataset = download_minari(env_id)
+        except DatasetError as e:  # not local and the hub unreachable or offline: the reason, in the one line below
+            tried.append(f"Minari: {e}")
         except Exception as e:
             tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        if dataset is not None:
+            return validated(load_minari(dataset, env_id), env_id)
     raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with "
                        f"`minari list remote`, see datasets/ for the embedded ones, or pass an OGBench "
                        f"singletask name such as cube-single-play-singletask-task2-v0")
@@ -592,6 +661,8 @@ def main(args: Args) -> dict:
         torch.set_float32_matmul_precision("high")
     if args.flow_steps < 1:
         raise DatasetError(f"--flow-steps must be >= 1; got {args.flow_steps}")
+    if args.eval_envs < 1:
+        raise DatasetError(f"--eval-envs must be >= 1; got {args.eval_envs}")
     beta = args.beta if args.beta is not None else DEFAULT_BETA[args.variant]
 
     data = load_offline_data(args.env_id, args.ogbench_dataset_dir)
@@ -669,7 +740,7 @@ def main(args: Args) -> dict:
     def bc_flow_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return sample_flow(behaviour, obs, noise(obs, generator), args.flow_steps)
 
-    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
     progress = Progress(args.total_steps, start_step)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)

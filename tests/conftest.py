@@ -133,3 +133,83 @@ def ogbench_dir(tmp_path_factory) -> Path:
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# decision_flow.py / swfp.py (issue 17): a random-start, multi-step task
+# ---------------------------------------------------------------------------------------------------------------
+RANDOM_START_STEPS = 5  # episode length of `random_start_dataset`
+
+
+@pytest.fixture(scope="session")
+def random_start_dataset(minari_root) -> Path:
+    """Gymnasium's Pendulum-v1 (reset draws a random angle and velocity) cut to 5-step episodes, as a Minari
+    dataset of 20 uniform-random-action episodes; its env is recoverable. For seeding tests: every episode
+    that is not reset with the same seed starts from a different state."""
+    import dataclasses
+
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    spec = dataclasses.replace(gym.spec("Pendulum-v1"), max_episode_steps=RANDOM_START_STEPS)
+    env = gym.make(spec)
+    env.action_space.seed(0)
+    buffers = []
+    for i in range(20):
+        obs, _ = env.reset(seed=1000 + i)
+        cols = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+        done = False
+        while not done:
+            action = env.action_space.sample()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            for key, value in zip(("observations", "actions", "rewards", "terminations", "truncations"),
+                                  (obs, action, reward, terminated, truncated)):
+                cols[key].append(value)
+            done = terminated or truncated
+        buffers.append(EpisodeBuffer(id=i, seed=1000 + i, **{k: np.asarray(v) for k, v in cols.items()}))
+    env.close()
+    dataset_id = "test/random-start-pendulum-v0"
+    minari.create_dataset_from_buffers(dataset_id=dataset_id, buffer=buffers, env=spec, eval_env=spec,
+                                       author="flowrl tests", author_email="tests@flowrl",
+                                       algorithm_name="uniform random", code_permalink="tests/conftest.py")
+    return minari_root / dataset_id
+
+
+class ResetRecorder(gym.Wrapper):
+    """Records every reset of the wrapped env (the seed passed and the first observation) and every step's reward."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.resets, self.rewards = [], []
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.resets.append((seed, np.array(obs, copy=True)))
+        return obs, info
+
+    def step(self, action):
+        out = self.env.step(action)
+        self.rewards.append(float(out[1]))
+        return out
+
+
+def record_envs(module, monkeypatch) -> list:
+    """Wrap every env that `module.main` builds through its OfflineData.make_env in a ResetRecorder, in creation
+    order (decision_flow.py / swfp.py: the evaluation envs first, then swfp's online env); returns that list."""
+    created = []
+    original = module.load_offline_data
+
+    def load(*args, **kwargs):
+        data = original(*args, **kwargs)
+        make_env = data.make_env
+
+        def make():
+            env = ResetRecorder(make_env())
+            created.append(env)
+            return env
+
+        data.make_env = make
+        return data
+
+    monkeypatch.setattr(module, "load_offline_data", load)
+    return created

@@ -5,13 +5,14 @@ NaN guard and same-seed determinism."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import import_script, last_error_line, run_script
+from conftest import OGBENCH_TINY, import_script, last_error_line, record_envs, run_script
 from toy_envs import GOOD_MODE
 
 dfm = import_script("decision_flow")
@@ -294,3 +295,87 @@ def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
 def test_unknown_variant_is_rejected_by_the_cli(in_tmp):
     result = run_script("decision_flow", "--variant", "sideways", "--no-cuda")
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- data / env plumbing
+@pytest.mark.parametrize("env_id, shifted", [("D4RL/antmaze/umaze-v1", True), ("D4RL/antmaze/medium-play-v1", True),
+                                             ("D4RL/antmaze/large-diverse-v1", True), ("/data/antmaze-umaze-diverse-v2", True),
+                                             ("antmaze-large-navigate-singletask-v0", False),  # OGBench: already {-1, 0}
+                                             ("mujoco/hopper/medium-v0", False), ("flowrl/reacher/mixed-v0", False)])
+def test_reward_transform_shifts_d4rl_antmaze_only(env_id, shifted):
+    rewards = np.array([0.0, 1.0], np.float32)
+    np.testing.assert_array_equal(dfm.transform_reward(env_id, rewards), rewards - 1.0 if shifted else rewards)
+
+
+def test_dataset_rewards_go_through_the_reward_transform(make_bandit_dataset):
+    """Local copies named like a D4RL AntMaze task are shifted by -1; an 'antmaze' name that the official FQL does not
+    treat as D4RL AntMaze (no diverse / play / umaze) is not."""
+    reference = dfm.load_offline_data(str(make_bandit_dataset("plain-bandit", n_episodes=50)), "").transitions["rewards"]
+    for name, shift in (("antmaze-umaze-bandit", -1.0), ("antmaze-navigate-bandit", 0.0)):
+        rewards = dfm.load_offline_data(str(make_bandit_dataset(name, n_episodes=50)), "").transitions["rewards"]
+        np.testing.assert_allclose(rewards, reference + shift)
+
+
+def test_ogbench_envs_compute_success_after_the_step(ogbench_dir, monkeypatch):
+    """Every OGBench singletask env the script builds uses success_timing='post' (ogbench 1.1.0's behaviour, pinned by
+    the official FQL): stepping into the goal region gives success 1, reward 0 and termination on that step."""
+    import ogbench
+
+    calls = []
+    original = ogbench.make_env_and_datasets
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ogbench, "make_env_and_datasets", recording)
+    data = dfm.load_offline_data(OGBENCH_TINY, str(ogbench_dir))
+    env = data.make_env()
+    assert len(calls) == 2 and all(kw.get("success_timing") == "post" for kw in calls), calls
+    assert env.unwrapped._success_timing == "post"
+    env.reset(seed=0)
+    goal = np.array(env.unwrapped.cur_goal_xy)
+    env.unwrapped.set_xy(goal + np.array([1.05, 0.0]))  # just outside the goal tolerance (1.0) ...
+    _, reward, terminated, _, info = env.step(np.array([-1.0, 0.0], np.float32))  # ... and one step into it
+    assert np.linalg.norm(env.unwrapped.get_xy() - goal) < 1.0
+    assert (info["success"], reward, terminated) == (1.0, 0.0, True)
+    env.close()
+
+
+def test_minari_id_with_the_hub_unreachable_fails_fast_in_one_line(tmp_path):
+    start = time.time()
+    result = run_script("decision_flow", "--env-id", "mujoco/hopper/medium-v0", "--no-cuda",
+                        env={"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9",
+                             "MINARI_DATASETS_PATH": str(tmp_path / "empty")})
+    wall = time.time() - start
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "'mujoco/hopper/medium-v0'" in lines[0] and "unreachable" in lines[0]
+    assert "point --env-id at a local Minari dataset folder" in lines[0]
+    assert wall < 10, wall
+
+
+def test_eval_envs_sets_the_evaluation_pool_size(bandit_dataset, in_tmp, monkeypatch):
+    envs = record_envs(dfm, monkeypatch)
+    dfm.main(tiny(env_id=str(bandit_dataset), total_steps=10, eval_freq=10, log_freq=10, eval_episodes=7, eval_envs=3))
+    assert len(envs) == 3
+    # the flow policy, then the in-run BC flow: episode i is reset with seed 10000 * seed + i in both
+    assert sorted(seed for env in envs for seed, _ in env.resets) == sorted(2 * list(range(10_000, 10_007)))
+
+
+def test_evaluation_does_not_depend_on_the_pool_size(random_start_dataset):
+    """Episode i is reset with seed + i whichever env runs it: a deterministic policy gets the same returns."""
+    data = dfm.load_offline_data(str(random_start_dataset), "")
+    policy = lambda obs: torch.tanh(obs[:, 1:2] - obs[:, 2:3])  # noqa: E731
+    results = []
+    for pool in (1, 3):
+        envs = [data.make_env() for _ in range(pool)]
+        results.append(dfm.evaluate(data, envs, policy, 7, 123, torch.device("cpu")))
+    assert results[0] == results[1]
+    assert results[0]["episodic_return_std"] > 0  # the episodes differ (random starts)
+
+
+def test_non_positive_eval_envs_exits_with_one_clear_line(in_tmp):
+    result = run_script("decision_flow", "--no-cuda", "--eval-envs", "0")  # checked before any data is loaded
+    assert last_error_line(result) == "error: --eval-envs must be >= 1; got 0"

@@ -5,13 +5,14 @@ handling, checkpoints and determinism."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import import_script, last_error_line, run_script
+from conftest import OGBENCH_TINY, RANDOM_START_STEPS, import_script, last_error_line, record_envs, run_script
 
 swfp = import_script("swfp")
 
@@ -245,3 +246,121 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_
     state = torch.load(next(in_tmp.glob("runs/*/swfp.pt")))
     assert state["phase"] == "pretrained"
     assert all(torch.isfinite(v).all() for v in state["critic"].values())
+
+
+# ---------------------------------------------------------------------------------------------- data / env plumbing
+def test_online_env_is_seeded_once_and_episodes_start_from_different_states(random_start_dataset, in_tmp, monkeypatch):
+    """The online env is reset with --seed once, then unseeded (its RNG continues): consecutive online episodes of the
+    random-start task start from different states, and no online reset reuses a seed (e.g. an evaluation seed)."""
+    envs = record_envs(swfp, monkeypatch)
+    swfp.main(tiny(env_id=str(random_start_dataset), pretrain_steps=20, critic_warmup_steps=5, eval_episodes=2,
+                   total_timesteps=4 * RANDOM_START_STEPS, eval_freq=4 * RANDOM_START_STEPS, log_freq=10, seed=3))
+    online = envs[-1]  # built after the evaluation envs
+    seeds = [seed for seed, _ in online.resets]
+    assert len(seeds) == 4 and seeds[0] == 3 and all(seed is None for seed in seeds[1:]), seeds
+    starts = [obs for _, obs in online.resets]
+    assert all(np.abs(a - b).max() > 1e-3 for i, a in enumerate(starts) for b in starts[i + 1:]), starts
+
+
+@pytest.mark.parametrize("env_id, shifted", [("D4RL/antmaze/umaze-v1", True), ("D4RL/antmaze/medium-play-v1", True),
+                                             ("D4RL/antmaze/large-diverse-v1", True), ("/data/antmaze-umaze-diverse-v2", True),
+                                             ("antmaze-large-navigate-singletask-v0", False),  # OGBench: already {-1, 0}
+                                             ("mujoco/hopper/medium-v0", False), ("flowrl/reacher/mixed-v0", False)])
+def test_reward_transform_shifts_d4rl_antmaze_only(env_id, shifted):
+    rewards = np.array([0.0, 1.0], np.float32)
+    np.testing.assert_array_equal(swfp.transform_reward(env_id, rewards), rewards - 1.0 if shifted else rewards)
+    assert swfp.transform_reward(env_id, 1.0) == (0.0 if shifted else 1.0)
+
+
+def test_antmaze_rewards_are_shifted_the_same_way_offline_and_online(make_bandit_dataset, in_tmp, monkeypatch):
+    """A dataset whose --env-id names a D4RL antmaze task: the replay buffer holds dataset and online rewards both
+    shifted by -1 (one transform), while the logged online return stays the env's own."""
+    import minari
+
+    dataset = make_bandit_dataset("antmaze-umaze-bandit", n_episodes=200)
+    envs = record_envs(swfp, monkeypatch)
+    buffers = []
+
+    class RecordingBuffer(swfp.ReplayBuffer):
+        def __init__(self, transitions, capacity, device):
+            super().__init__(transitions, capacity, device)
+            self.offline_rewards, self.added = np.array(transitions["rewards"]), []
+            buffers.append(self)
+
+        def add(self, **transition):
+            self.added.append(float(transition["rewards"]))
+            super().add(**transition)
+
+    monkeypatch.setattr(swfp, "ReplayBuffer", RecordingBuffer)
+    swfp.main(tiny(env_id=str(dataset), pretrain_steps=20, critic_warmup_steps=5, total_timesteps=20, eval_episodes=2,
+                   eval_freq=20, log_freq=10))
+    raw = swfp.load_minari(minari.MinariDataset(dataset / "data"), "bandit")  # the same data under an unshifted id
+    np.testing.assert_allclose(buffers[0].offline_rewards, raw.transitions["rewards"] - 1.0)
+    online = envs[-1]
+    assert len(online.rewards) == 20 and max(online.rewards) > 0  # the bandit pays in [0, 1.5]
+    np.testing.assert_allclose(buffers[0].added, np.array(online.rewards) - 1.0, atol=1e-6)
+
+
+def test_ogbench_envs_compute_success_after_the_step(ogbench_dir, monkeypatch):
+    """Every OGBench singletask env the script builds uses success_timing='post' (ogbench 1.1.0's behaviour, pinned by
+    the official FQL): stepping into the goal region gives success 1, reward 0 and termination on that step."""
+    import ogbench
+
+    calls = []
+    original = ogbench.make_env_and_datasets
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ogbench, "make_env_and_datasets", recording)
+    data = swfp.load_offline_data(OGBENCH_TINY, str(ogbench_dir))
+    env = data.make_env()
+    assert len(calls) == 2 and all(kw.get("success_timing") == "post" for kw in calls), calls
+    assert env.unwrapped._success_timing == "post"
+    env.reset(seed=0)
+    goal = np.array(env.unwrapped.cur_goal_xy)
+    env.unwrapped.set_xy(goal + np.array([1.05, 0.0]))  # just outside the goal tolerance (1.0) ...
+    _, reward, terminated, _, info = env.step(np.array([-1.0, 0.0], np.float32))  # ... and one step into it
+    assert np.linalg.norm(env.unwrapped.get_xy() - goal) < 1.0
+    assert (info["success"], reward, terminated) == (1.0, 0.0, True)
+    env.close()
+
+
+def test_minari_id_with_the_hub_unreachable_fails_fast_in_one_line(tmp_path):
+    start = time.time()
+    result = run_script("swfp", "--env-id", "mujoco/hopper/medium-v0", "--no-cuda",
+                        env={"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9",
+                             "MINARI_DATASETS_PATH": str(tmp_path / "empty")})
+    wall = time.time() - start
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "'mujoco/hopper/medium-v0'" in lines[0] and "unreachable" in lines[0]
+    assert "point --env-id at a local Minari dataset folder" in lines[0]
+    assert wall < 10, wall
+
+
+def test_eval_envs_sets_the_evaluation_pool_size(small_bandit, in_tmp, monkeypatch):
+    envs = record_envs(swfp, monkeypatch)
+    swfp.main(tiny(env_id=str(small_bandit), pretrain_steps=20, critic_warmup_steps=5, total_timesteps=5, eval_freq=5,
+                   eval_episodes=7, eval_envs=3))
+    assert len(envs) == 3 + 1  # 3 evaluation envs, then the online env
+    assert sorted(seed for env in envs[:3] for seed, _ in env.resets) == sorted(2 * list(range(10_000, 10_007)))
+
+
+def test_evaluation_does_not_depend_on_the_pool_size(random_start_dataset):
+    """Episode i is reset with seed + i whichever env runs it: a deterministic policy gets the same returns."""
+    data = swfp.load_offline_data(str(random_start_dataset), "")
+    policy = lambda obs: torch.tanh(obs[:, 1:2] - obs[:, 2:3])  # noqa: E731
+    results = []
+    for pool in (1, 3):
+        envs = [data.make_env() for _ in range(pool)]
+        results.append(swfp.evaluate(data, envs, policy, 7, 123, torch.device("cpu")))
+    assert results[0] == results[1]
+    assert results[0]["episodic_return_std"] > 0  # the episodes differ (random starts)
+
+
+def test_non_positive_eval_envs_exits_with_one_clear_line(in_tmp):
+    result = run_script("swfp", "--no-cuda", "--eval-envs", "0")  # checked before any data is loaded
+    assert last_error_line(result) == "error: --eval-envs must be >= 1; got 0"
