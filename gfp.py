@@ -40,11 +40,14 @@ See docs/gfp.md for the paper <-> code map, per-task hyper-parameters, logged me
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -92,6 +95,8 @@ class Args:
     """evaluate every this many gradient steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation (of the actor, and of the VaBC flow with --eval-flow)"""
+    eval_envs: int = 8
+    """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_flow: bool = True
     """also evaluate the VaBC flow policy (eval/flow_*), as the official code's eval_flow_policy"""
     log_freq: int = 5000
@@ -407,11 +412,51 @@ def check_spaces(obs_space: gym.Space, act_space: gym.Space) -> None:
 class OfflineData:
     """Transitions of an offline dataset as float32 arrays, with the means to evaluate on its env."""
 
-    def __init__(self, transitions: dict, make_env: Callable[[], gym.Env], flatten: Callable, score: Callable):
+    def __init__(self, transitions: dict, make_env: Callable[[], gym.Env], flatten: Callable, score: Callable,
+                 transform_reward: Callable = lambda reward: reward):
         self.transitions = transitions  # observations, actions, rewards, masks, next_observations
         self.make_env = make_env  # -> env with actions in [-1, 1]
         self.flatten = flatten  # env observation(s) -> float32 (batch, obs_dim)
         self.score = score  # episode returns -> normalized score x100 (or None)
+        self.transform_reward = transform_reward  # env reward -> the reward stored in the buffer (online steps)
+
+
+def transform_reward(env_id: str, reward):
+    """The reward the agent learns from, for the dataset AND every online step (before buffer.add).
+
+    D4RL antmaze: sparse {0, 1} -> {-1, 0}. The release shifts D4RL antmaze offline (envs/d4rl_utils.py:31-37) and
+    online (main.py:60, 251); it reads D4RL through the d4rl package, this file reads the Minari re-releases
+    (D4RL/antmaze/...), so every Minari-loaded dataset whose --env-id contains 'antmaze' is shifted. OGBench
+    singletask rewards are already in {-1, 0} and are never shifted (nor in the release)."""
+    return reward - 1.0 if "antmaze" in env_id else reward
+
+
+def download_minari(env_id: str):
+    """minari.load_dataset(env_id, download=True), failing fast and in one line when the hub is unreachable.
+
+    A dataset already under MINARI_DATASETS_PATH loads without the network. Otherwise the Hugging Face hub
+    (HF_ENDPOINT, default https://huggingface.co) is probed once with a 5 s timeout before Minari is called:
+    huggingface_hub retries a refused connection 5 times with back-off (~25 s and 12 log lines)."""
+    import minari
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    local = get_dataset_path(env_id)
+    if not (local / "data").exists():
+        hint = (f"point --env-id at a local Minari dataset folder, or put the dataset at {local} "
+                f"(MINARI_DATASETS_PATH sets the root)")
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise DatasetError(f"Minari dataset {env_id!r} is not local and HF_HUB_OFFLINE is set; {hint}")
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        try:
+            urllib.request.urlopen(endpoint, timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # the hub answered (any status): it is reachable
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise DatasetError(f"cannot download Minari dataset {env_id!r}: the Hugging Face hub at {endpoint} "
+                               f"is unreachable ({reason}); {hint}") from None
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter if the hub fails mid-way
+    return minari.load_dataset(env_id, download=True)
 
 
 def to_unit_box(actions: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
@@ -443,8 +488,7 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         raise DatasetError(f"dataset {env_id!r} has no episodes")
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["actions"] = to_unit_box(data["actions"], dataset.action_space)
-    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as the official code
-        data["rewards"] = data["rewards"] - 1.0
+    data["rewards"] = np.asarray(transform_reward(env_id, data["rewards"]), dtype=np.float32)
     data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
 
     def make_env():
@@ -455,7 +499,8 @@ def load_minari(dataset, env_id: str) -> OfflineData:
 
     has_ref = dataset.storage.metadata.get("ref_min_score") is not None and dataset.storage.metadata.get("ref_max_score") is not None
     score = (lambda returns: 100.0 * minari.get_normalized_score(dataset, np.asarray(returns))) if has_ref else (lambda r: None)
-    return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score)
+    return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score,
+                       lambda reward: transform_reward(env_id, reward))
 
 
 def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
@@ -463,12 +508,14 @@ def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
 
     if "singletask" not in name.split("-"):
         raise DatasetError(f"GFP needs a reward-labelled OGBench dataset (e.g. cube-single-play-singletask-task2-v0); got {name!r}")
-    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir))
+    # success_timing='post': success, termination and reward of the state AFTER the action, as ogbench < 1.2 (the
+    # release's requirements.txt); ogbench 1.2 registers its singletask envs with 'pre' (before the action)
+    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir), success_timing="post")
     check_spaces(env.observation_space, env.action_space)
     data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
     data["actions"] = to_unit_box(data["actions"], env.action_space)
     env.close()
-    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
+    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True, success_timing="post"))  # noqa: E731
     return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
 
 
@@ -491,11 +538,13 @@ def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
             tried.append(f"OGBench: {type(e).__name__}: {e}")
     else:
         try:
-            return validated(load_minari(minari.load_dataset(env_id, download=True), env_id), env_id)
-        except DatasetError:
-            raise
+            dataset = download_minari(env_id)
+        except DatasetError as e:  # not local and the hub is unreachable / offline
+            tried.append(f"Minari: {e}")
         except Exception as e:
             tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        else:
+            return validated(load_minari(dataset, env_id), env_id)
     raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with "
                        f"`minari list remote`, see datasets/ for the embedded ones, or pass an OGBench "
                        f"singletask name such as cube-single-play-singletask-task2-v0")
@@ -531,32 +580,43 @@ class ReplayBuffer:
         return {key: tensor[idx] for key, tensor in self.data.items()}
 
 
-def evaluate(data: OfflineData, envs: list, policy: Callable, episodes: int, seed: int, device: torch.device) -> dict:
-    """Run `episodes` episodes on the `envs` in parallel, one batched policy call per step."""
-    returns, successes = [], []
+def evaluate(data: OfflineData, envs: list, policy: Callable, episodes: int, seed: int, act_dim: int,
+             device: torch.device) -> dict:
+    """Run `episodes` episodes on the `envs` in parallel, one batched policy call `policy(obs, z)` per step.
+
+    Episode i starts from env.reset(seed=seed + i) and draws its policy noise z from its own generator seeded
+    with seed + i, whichever env runs it: the metrics do not depend on the pool size (--eval-envs)."""
+    returns, successes = [0.0] * episodes, [None] * episodes
     next_episode = 0
-    obs, ep_return, active = [None] * len(envs), [0.0] * len(envs), [False] * len(envs)
-    for i, env in enumerate(envs):
+    obs, episode, active = [None] * len(envs), [0] * len(envs), [False] * len(envs)
+    generators = {}
+
+    def start(i: int) -> None:
+        nonlocal next_episode
+        obs[i], _ = envs[i].reset(seed=seed + next_episode)
+        generators[next_episode] = torch.Generator().manual_seed(seed + next_episode)
+        episode[i], active[i], next_episode = next_episode, True, next_episode + 1
+
+    for i in range(len(envs)):
         if next_episode < episodes:
-            obs[i], _ = env.reset(seed=seed + next_episode)
-            active[i], next_episode = True, next_episode + 1
+            start(i)
     while any(active):
         ids = [i for i in range(len(envs)) if active[i]]
         batch = torch.as_tensor(np.stack([data.flatten(obs[i]) for i in ids]), device=device)
-        actions = policy(batch).cpu().numpy()
+        z = torch.stack([torch.randn(act_dim, generator=generators[episode[i]]) for i in ids]).to(device)
+        actions = policy(batch, z).cpu().numpy()
         for i, action in zip(ids, actions):
             obs[i], reward, terminated, truncated, info = envs[i].step(action)
-            ep_return[i] += float(reward)
+            returns[episode[i]] += float(reward)
             if terminated or truncated:
-                returns.append(ep_return[i])
                 if "success" in info:
-                    successes.append(float(info["success"]))
-                ep_return[i] = 0.0
+                    successes[episode[i]] = float(info["success"])
+                del generators[episode[i]]
                 if next_episode < episodes:
-                    obs[i], _ = envs[i].reset(seed=seed + next_episode)
-                    next_episode += 1
+                    start(i)
                 else:
                     active[i] = False
+    successes = [x for x in successes if x is not None]
     metrics = {"episodic_return": float(np.mean(returns)), "episodic_return_std": float(np.std(returns))}
     score = data.score(returns)
     if score is not None:
@@ -582,6 +642,8 @@ def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer,
 def main(args: Args) -> dict:
     if args.eta < 0 or (args.eta_online is not None and args.eta_online < 0):
         raise ArgumentError(f"--eta and --eta-online must be >= 0, got {args.eta} and {args.eta_online}")
+    if args.eval_envs < 1:
+        raise ArgumentError(f"--eval-envs must be >= 1, got {args.eval_envs}")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -644,20 +706,17 @@ def main(args: Args) -> dict:
     if args.compile:
         update = torch.compile(update)
 
-    def noise(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return torch.randn(obs.shape[0], act_dim, device=device, generator=generator)
+    @torch.no_grad()
+    def actor_policy(obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The deployed policy: a = clip(mu_theta(s, z), -1, 1), z ~ N(0, I), one network call."""
+        return actor(obs, z).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def actor_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """The deployed policy: a = clip(mu_theta(s, z), -1, 1), one network call."""
-        return actor(obs, noise(obs, generator)).clamp(-1.0, 1.0)
-
-    @torch.no_grad()
-    def flow_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def flow_policy(obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The VaBC flow: flow_steps Euler steps from z ~ N(0, I), clipped."""
-        return sample_flow(vabc, obs, noise(obs, generator), args.flow_steps)
+        return sample_flow(vabc, obs, z, args.flow_steps)
 
-    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
     total = args.total_steps + args.online_steps
     progress = Progress(total, start_step)
@@ -669,15 +728,14 @@ def main(args: Args) -> dict:
     hist_bins = np.linspace(0.0, 1.0, 41) if args.guidance_fn == "softmax" else "tensorflow"
 
     def run_evaluation(step: int) -> dict:
-        """Same env seeds and policy noise at every evaluation, independent of the training RNG.
+        """Same env seeds and policy noise at every evaluation, independent of the training RNG and of --eval-envs.
 
         eval/actor_* is the one-step actor (the deployed policy, the paper's headline numbers, also
         logged without prefix as eval/<metric>), eval/flow_* the VaBC flow."""
         policies = {"actor_": actor_policy, "flow_": flow_policy} if args.eval_flow else {"actor_": actor_policy}
         result = {}
         for prefix, policy in policies.items():
-            generator = torch.Generator(device=device).manual_seed(args.seed)
-            metrics = evaluate(data, eval_envs, lambda obs: policy(obs, generator), args.eval_episodes, 10_000 * args.seed, device)
+            metrics = evaluate(data, eval_envs, policy, args.eval_episodes, 10_000 * args.seed, act_dim, device)
             result.update({f"eval/{prefix}{k}": v for k, v in metrics.items()})
             if prefix == "actor_":
                 result.update({f"eval/{k}": v for k, v in metrics.items()})
@@ -689,13 +747,13 @@ def main(args: Args) -> dict:
 
     for step in range(start_step + 1, total + 1):
         if step > args.total_steps:  # online fine-tuning: one env step with the actor, then one update
-            if online_obs is None:
-                online_obs, _ = online_env.reset(seed=args.seed)
+            if online_obs is None:  # seeded once, at the first reset; later episodes continue the env's RNG
+                online_obs, _ = online_env.reset(seed=args.seed if episodes_done == 0 else None)
                 eta["now"] = args.eta if args.eta_online is None else args.eta_online
             obs_t = torch.as_tensor(data.flatten(online_obs)[None], device=device)
-            action = actor_policy(obs_t)[0].cpu().numpy()
+            action = actor_policy(obs_t, torch.randn(1, act_dim, device=device))[0].cpu().numpy()
             next_obs, reward, terminated, truncated, info = online_env.step(action)
-            buffer.add(observations=data.flatten(online_obs), actions=action, rewards=reward,
+            buffer.add(observations=data.flatten(online_obs), actions=action, rewards=data.transform_reward(reward),
                        masks=1.0 - float(terminated), next_observations=data.flatten(next_obs))
             episode_return, episode_length = episode_return + float(reward), episode_length + 1
             online_obs = next_obs

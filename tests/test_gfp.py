@@ -4,14 +4,19 @@ bad input, NaN handling, determinism, logging of the guidance statistics, every 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from dataclasses import replace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from conftest import OGBENCH_TINY, ROOT, import_script, last_error_line, run_script
-from toy_envs import GOOD_MODE
+from conftest import OGBENCH_TINY, ROOT, bandit_buffers, import_script, last_error_line, run_script
+from toy_envs import GOOD_MODE, bandit_reward
 
 gfp = import_script("gfp")
 
@@ -20,6 +25,42 @@ gfp = import_script("gfp")
 def small_bandit(make_bandit_dataset):
     """The two-mode bandit with 200 episodes: loads 10x faster, for runs that only check plumbing."""
     return make_bandit_dataset("gfp-small-bandit", n_episodes=200)
+
+
+@pytest.fixture(scope="module")
+def random_start_dataset(minari_root):
+    """20 random-action episodes of 5 steps on toy_envs.GfpRandomStartEnv (random start state at every reset)."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    path = minari_root / "test/gfp-random-start-v0"
+    if not path.exists():
+        spec = gym.envs.registration.EnvSpec(id="GfpRandomStart-v0", entry_point="toy_envs:GfpRandomStartEnv",
+                                             max_episode_steps=5)
+        rng, buffers = np.random.default_rng(0), []
+        for i in range(20):
+            start = rng.uniform(-1, 1, 2).astype(np.float32)
+            actions = rng.uniform(-1, 1, (5, 2)).astype(np.float32)
+            positions = start + 0.1 * np.concatenate([np.zeros((1, 2)), np.cumsum(actions, 0)]).astype(np.float32)
+            buffers.append(EpisodeBuffer(id=i, seed=i, observations=positions.astype(np.float32), actions=actions,
+                                         rewards=-np.linalg.norm(positions[1:], axis=1).astype(np.float32),
+                                         terminations=np.zeros(5, bool), truncations=np.arange(5) == 4))
+        minari.create_dataset_from_buffers(dataset_id="test/gfp-random-start-v0", buffer=buffers, env=spec, eval_env=spec,
+                                           ref_min_score=-10.0, ref_max_score=0.0, author="flowrl tests",
+                                           author_email="tests@flowrl", algorithm_name="random", code_permalink="tests")
+    return path
+
+
+def record_buffer_adds(monkeypatch) -> list:
+    """Every transition the training loop appends to the replay buffer (the online steps), as dicts of arrays."""
+    added, original = [], gfp.ReplayBuffer.add
+
+    def add(self, **transition):
+        added.append({k: np.array(v, dtype=np.float32, copy=True) for k, v in transition.items()})
+        original(self, **transition)
+
+    monkeypatch.setattr(gfp.ReplayBuffer, "add", add)
+    return added
 
 
 def tiny(**overrides) -> "gfp.Args":
@@ -336,6 +377,73 @@ def test_ogbench_file_loads_and_trains(ogbench_dir, in_tmp):
     assert "eval/actor_success" in metrics and "eval/success" in metrics and "eval/flow_success" not in metrics
 
 
+def test_ogbench_envs_judge_success_after_the_step(ogbench_dir):
+    """success_timing='post' (ogbench < 1.2, the release's pin): a step that enters the goal succeeds on that step."""
+    env = gfp.load_offline_data(OGBENCH_TINY, str(ogbench_dir)).make_env()
+    maze = env.unwrapped
+    assert maze._success_timing == "post"
+    env.reset(seed=0)
+    goal = np.array(maze.cur_goal_xy)
+    maze.set_xy(goal + np.array([0.0, maze._goal_tol + 0.1]))  # just outside the goal; one step of -1 enters it
+    _, reward, terminated, _, info = env.step(np.array([0.0, -1.0], dtype=np.float32))
+    assert np.linalg.norm(maze.get_xy() - goal) < maze._goal_tol
+    assert (reward, terminated, info["success"]) == (0.0, True, 1.0)  # 'pre' would give -1, False, 0
+    env.close()
+
+
+def test_online_episodes_start_from_different_states(random_start_dataset, in_tmp, monkeypatch):
+    added = record_buffer_adds(monkeypatch)
+    gfp.main(tiny(env_id=str(random_start_dataset), total_steps=5, online_steps=15, eval_freq=100, log_freq=10,
+                  eval_episodes=1, eval_flow=False))
+    assert len(added) == 15  # 3 episodes of 5 steps
+    starts = [added[i]["observations"] for i in (0, 5, 10)]
+    assert all(np.array_equal(added[i]["next_observations"], added[i + 1]["observations"]) for i in range(14) if i % 5 != 4)
+    assert not np.array_equal(starts[0], starts[1]) and not np.array_equal(starts[1], starts[2]), starts
+
+
+def test_antmaze_reward_shift_applies_to_the_dataset_and_to_online_steps(make_bandit_dataset, in_tmp, monkeypatch):
+    """D4RL antmaze: {0, 1} -> {-1, 0} by one function, offline and online (the buffer never mixes the two)."""
+    assert gfp.transform_reward("D4RL/antmaze/large-play-v1", 1.0) == 0.0
+    assert gfp.transform_reward("D4RL/pen/expert-v2", 1.0) == 1.0
+    path = make_bandit_dataset("gfp-antmaze-bandit", n_episodes=200)
+    data = gfp.load_offline_data(str(path), "")
+    actions = np.stack([np.clip(b.actions[0], -1, 1) for b in bandit_buffers(200, seed=0)])
+    assert np.allclose(data.transitions["rewards"], bandit_reward(actions) - 1.0, atol=1e-6)
+    added = record_buffer_adds(monkeypatch)
+    gfp.main(tiny(env_id=str(path), total_steps=5, online_steps=10, eval_freq=100, log_freq=10, eval_episodes=1,
+                  eval_flow=False))
+    assert len(added) == 10
+    for transition in added:
+        assert transition["rewards"] == pytest.approx(bandit_reward(transition["actions"]) - 1.0, abs=1e-6)
+
+
+def test_evaluation_does_not_depend_on_the_number_of_eval_envs(random_start_dataset):
+    data = gfp.load_offline_data(str(random_start_dataset), "")
+    policy = lambda obs, z: (0.5 * z - obs).clamp(-1, 1)  # noqa: E731 (depends on the noise and on the state)
+    results = [gfp.evaluate(data, [data.make_env() for _ in range(n)], policy, 7, 123, 2, torch.device("cpu"))
+               for n in (1, 3, 7)]
+    assert results[0] == results[1] == results[2]
+    assert results[0]["episodic_return_std"] > 0  # episodes differ (start state and noise)
+
+
+def test_main_builds_at_most_eval_envs_environments(small_bandit, in_tmp, monkeypatch):
+    made, original = [], gfp.load_offline_data
+
+    def counting(*args, **kwargs):
+        data = original(*args, **kwargs)
+        make_env = data.make_env
+        data.make_env = lambda: made.append(1) or make_env()
+        return data
+
+    monkeypatch.setattr(gfp, "load_offline_data", counting)
+    assert gfp.Args().eval_envs == 8
+    gfp.main(tiny(env_id=str(small_bandit), total_steps=10, eval_freq=10, log_freq=10, eval_episodes=5, eval_envs=2))
+    assert len(made) == 2
+    made.clear()
+    gfp.main(tiny(env_id=str(small_bandit), total_steps=10, eval_freq=10, log_freq=10, eval_episodes=3))
+    assert len(made) == 3
+
+
 def test_online_finetuning_appends_to_the_buffer_and_logs_returns(small_bandit, in_tmp):
     metrics = gfp.main(tiny(env_id=str(small_bandit), total_steps=40, online_steps=40, eval_freq=80, log_freq=20, eta_online=0.01))
     assert np.isfinite(metrics["eval/episodic_return"])
@@ -366,6 +474,22 @@ def test_checkpoint_reloads_and_evaluates(small_bandit, in_tmp):
 def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
     last = last_error_line(run_script("gfp", "--env-id", "nosuch/dataset-v0", "--no-cuda"))
     assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
+
+
+def test_minari_id_with_an_unreachable_hub_fails_fast_in_one_line(tmp_path):
+    empty = tmp_path / "minari"
+    empty.mkdir()
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "MINARI_DATASETS_PATH": str(empty)}
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.time()
+    result = subprocess.run([sys.executable, str(ROOT / "gfp.py"), "--env-id", "D4RL/pen/expert-v2", "--no-cuda"],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    wall = time.time() - start
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "'D4RL/pen/expert-v2'" in lines[0] and "unreachable" in lines[0] and "point --env-id at a local Minari dataset folder" in lines[0]
+    assert wall < 10, wall
 
 
 def test_negative_eta_is_rejected(small_bandit, in_tmp):
