@@ -44,11 +44,12 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
@@ -75,16 +76,16 @@ class Args:
     """dataset: a local Minari dataset dir, an embedded id (datasets/), an OGBench dataset name or a Minari id"""
     ogbench_dataset_dir: str = "~/.ogbench/data"
     """where OGBench datasets are read from (downloaded there when missing)"""
-    total_steps: int = 1_000_000
-    """offline gradient steps"""
+    total_steps: Optional[int] = None
+    """offline gradient steps (default: the paper's value for --env-id, else 1_000_000)"""
     online_steps: int = 0
     """environment steps of online fine-tuning after the offline phase (one update per step)"""
-    batch_size: int = 256
-    """the batch size of each gradient step"""
+    batch_size: Optional[int] = None
+    """the batch size of each gradient step (default: the paper's value for --env-id, else 256)"""
     learning_rate: float = 3e-4
     """the learning rate of the (single) Adam optimizer"""
-    gamma: float = 0.99
-    """the discount factor"""
+    gamma: Optional[float] = None
+    """the discount factor (default: the paper's value for --env-id, else 0.99)"""
     tau: float = 0.005
     """target critic Polyak rate"""
     hidden_dim: int = 512
@@ -109,30 +110,143 @@ class Args:
     """torch.compile the update step"""
 
     # Algorithm specific arguments
-    flow_steps: int = 10
-    """Euler steps of the VaBC flow (distillation target, evaluation)"""
-    alpha: float = 1.0
-    """weight of the distillation loss (tuned per task; see docs/gfp.md)"""
-    eta: float = 1e-3
-    """guidance temperature eta (official: eta_temperature); 0 = unweighted BC flow (FQL-like)"""
+    flow_steps: Optional[int] = None
+    """Euler steps of the VaBC flow (distillation target, evaluation) (default: the paper's value for --env-id, else 10)"""
+    alpha: Optional[float] = None
+    """weight of the distillation loss (default: the paper's value for --env-id, else 1.0)"""
+    eta: Optional[float] = None
+    """guidance temperature eta (official: eta_temperature); 0 = unweighted BC flow (FQL-like) (default: the paper's value for --env-id, else 1e-3)"""
     eta_online: Optional[float] = None
     """guidance temperature during online fine-tuning (default: --eta)"""
     guidance_fn: Literal["softmax", "advantage"] = "softmax"
     """guidance weights: sigmoid((lambda/eta) * adv) (GFP) or exp((lambda/eta) * adv) (AWR-like ablation)"""
-    q_agg: Literal["mean", "min"] = "mean"
-    """how the critic ensemble is aggregated (TD target, actor's Q loss, guidance)"""
-    target_agg: Literal["actor", "vabc", "min", "mean", "max"] = "actor"
-    """next action(s) of the TD target: the actor's, the VaBC flow's, or min/mean/max of both (same z)"""
-    guidance_agg: Literal["actor", "vabc", "min", "mean", "max"] = "actor"
-    """reference value of the guidance: Qbar at the actor's action, the VaBC flow's, or min/mean/max of both"""
-    target_use_next: bool = True
-    """sample the VaBC next action of the TD target at s' (paper); the official code's default uses s"""
+    q_agg: Optional[Literal["mean", "min"]] = None
+    """how the critic ensemble is aggregated (TD target, actor's Q loss, guidance) (default: the paper's value for --env-id, else mean)"""
+    target_agg: Optional[Literal["actor", "vabc", "min", "mean", "max"]] = None
+    """next action(s) of the TD target: the actor's, the VaBC flow's, or min/mean/max of both (same z) (default: the paper's value for --env-id, else actor)"""
+    guidance_agg: Optional[Literal["actor", "vabc", "min", "mean", "max"]] = None
+    """reference value of the guidance: Qbar at the actor's action, the VaBC flow's, or min/mean/max of both (default: the paper's value for --env-id, else actor)"""
+    target_use_next: bool = False
+    """sample the VaBC next action of the TD target at s' (the paper's y_VaBC); off: at s, as the release that made the paper's numbers"""
     normalize_q_loss: bool = True
     """multiply the actor's Q loss by lambda = 1 / mean|Q| (detached)"""
     time_emb_dim: int = 64
     """size of the sinusoidal time embedding of the VaBC field (official: encode_time_dim)"""
     num_critics: int = 2
     """size of the critic ensemble"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-task settings. Rows: hyperparams/gfp_params.csv of the GFP release (commit 49f6b17, github.com/ZhangJL16/
+# FQLbaseline; the authors' Simple-Robotics/guided-flow-policy holds only a README), all rows but the five
+# visual-* ones (image observations are not supported here). Generic values: config/main.yaml and
+# config/agent/gfp.yaml of the same commit. target_use_next is not per task (False in config/agent/gfp.yaml).
+# Matching (release hyperparams/hyperparams.py:31-40): a row matches when its benchmark is the task's (OGBench: the
+# name has 'singletask'; Minari: it has 'D4RL' or 'mujoco'; D4RL otherwise) and its name is a substring of --env-id
+# with '/' and '-' replaced by '_'; the longest matching name wins. (The release's process_env_name drops a Minari
+# id's namespace, so its own loader never matches the Minari rows; this file matches the full id.) GFP has no
+# Minari antmaze rows: the Minari re-releases of D4RL antmaze take the D4RL rows (MINARI_D4RL_ANTMAZE).
+# ---------------------------------------------------------------------------------------------
+TASK_FIELDS = ("total_steps", "batch_size", "gamma", "flow_steps", "q_agg", "target_agg", "guidance_agg", "alpha", "eta")
+GENERIC_TASK_SETTINGS = dict(total_steps=1_000_000, batch_size=256, gamma=0.99, flow_steps=10, q_agg="mean",
+                             target_agg="actor", guidance_agg="actor", alpha=1.0, eta=1e-3)
+TASK_SETTINGS = [  # benchmark, name, then TASK_FIELDS (csv: offline_steps, batch_size, discount, flow_steps, q_agg, target_agg, guidance_agg, alpha, eta_temperature)
+    ("OGBench", "antmaze_giant_navigate", 1_000_000, 1024, 0.995, 10, "min", "actor", "min", 0.1, 0.1),
+    ("OGBench", "antmaze_large_explore", 1_000_000, 1024, 0.995, 10, "min", "actor", "min", 0.01, 1e-6),
+    ("OGBench", "antmaze_large_navigate", 1_000_000, 256, 0.995, 10, "min", "actor", "min", 0.3, 1e-4),
+    ("OGBench", "antmaze_large_stitch", 1_000_000, 256, 0.995, 10, "min", "actor", "min", 0.3, 1e-6),
+    ("OGBench", "antsoccer_arena_navigate", 1_000_000, 256, 0.995, 10, "mean", "actor", "min", 0.1, 0.01),
+    ("OGBench", "antsoccer_arena_stitch", 1_000_000, 256, 0.995, 10, "mean", "actor", "min", 0.1, 0.01),
+    ("OGBench", "cube_double_noisy", 1_000_000, 256, 0.99, 10, "mean", "mean", "actor", 0.1, 1e-4),
+    ("OGBench", "cube_double_play", 1_000_000, 256, 0.99, 10, "mean", "mean", "actor", 1.0, 0.01),
+    ("OGBench", "cube_single_noisy", 1_000_000, 256, 0.99, 10, "mean", "mean", "actor", 10.0, 1e-3),
+    ("OGBench", "cube_single_play", 1_000_000, 256, 0.99, 10, "mean", "mean", "actor", 10.0, 0.1),
+    ("OGBench", "cube_triple_noisy", 1_000_000, 1024, 0.99, 10, "mean", "mean", "actor", 0.1, 1e-5),
+    ("OGBench", "cube_triple_play", 1_000_000, 1024, 0.99, 10, "mean", "mean", "actor", 1.0, 1e-5),
+    ("OGBench", "humanoidmaze_large_navigate", 1_000_000, 1024, 0.999, 30, "mean", "actor", "min", 0.3, 1e-4),
+    ("OGBench", "humanoidmaze_medium_navigate", 1_000_000, 256, 0.995, 10, "mean", "mean", "min", 0.3, 1e-3),
+    ("OGBench", "humanoidmaze_medium_stitch", 1_000_000, 256, 0.999, 10, "mean", "mean", "min", 0.3, 1e-3),
+    ("OGBench", "puzzle_3x3_play", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("OGBench", "puzzle_4x4_noisy", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("OGBench", "puzzle_4x4_play", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-5),
+    ("OGBench", "scene_noisy", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 1.0, 1e-4),
+    ("OGBench", "scene_play", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-3),
+    ("D4RL", "antmaze_large_diverse", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.03, 1e-5),
+    ("D4RL", "antmaze_large_play", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.03, 1e-5),
+    ("D4RL", "antmaze_medium_diverse", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.03, 1e-3),
+    ("D4RL", "antmaze_medium_play", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.03, 1e-3),
+    ("D4RL", "antmaze_umaze", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.1, 1e-3),
+    ("D4RL", "antmaze_umaze_diverse", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.1, 1e-3),
+    ("D4RL", "door_cloned_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 0.01),
+    ("D4RL", "door_expert_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 0.01),
+    ("D4RL", "door_human_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 0.01),
+    ("D4RL", "hammer_cloned_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-5),
+    ("D4RL", "hammer_expert_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 0.01),
+    ("D4RL", "hammer_human_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-5),
+    ("D4RL", "pen_cloned_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-5),
+    ("D4RL", "pen_expert_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 1.0, 1e-3),
+    ("D4RL", "pen_human_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-4),
+    ("D4RL", "relocate_cloned_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-4),
+    ("D4RL", "relocate_expert_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-4),
+    ("D4RL", "relocate_human_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-4),
+    ("Minari", "D4RL_door_cloned_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 0.03, 1e-6),
+    ("Minari", "D4RL_door_expert_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("Minari", "D4RL_door_human_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 0.01, 0.01),
+    ("Minari", "D4RL_hammer_cloned_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-5),
+    ("Minari", "D4RL_hammer_expert_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 1.0, 1e-5),
+    ("Minari", "D4RL_hammer_human_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 1.0, 0.01),
+    ("Minari", "D4RL_pen_cloned_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 1.0, 1e-4),
+    ("Minari", "D4RL_pen_expert_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 0.3, 1e-6),
+    ("Minari", "D4RL_pen_human_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-6),
+    ("Minari", "D4RL_relocate_cloned_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-4),
+    ("Minari", "D4RL_relocate_expert_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("Minari", "D4RL_relocate_human_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-5),
+    ("Minari", "mujoco_halfcheetah_expert_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 0.01),
+    ("Minari", "mujoco_halfcheetah_medium_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 0.1, 1e-3),
+    ("Minari", "mujoco_halfcheetah_simple_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 0.03, 1e-6),
+    ("Minari", "mujoco_hopper_expert_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 0.01),
+    ("Minari", "mujoco_hopper_medium_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("Minari", "mujoco_hopper_simple_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("Minari", "mujoco_walker2d_expert_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("Minari", "mujoco_walker2d_medium_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 0.3, 0.01),
+    ("Minari", "mujoco_walker2d_simple_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 0.1),
+]
+# Minari re-releases of the D4RL antmaze datasets (any version) -> the paper's D4RL row
+MINARI_D4RL_ANTMAZE = {"D4RL/antmaze/umaze": "antmaze_umaze", "D4RL/antmaze/umaze-diverse": "antmaze_umaze_diverse",
+                       "D4RL/antmaze/medium-play": "antmaze_medium_play", "D4RL/antmaze/medium-diverse": "antmaze_medium_diverse",
+                       "D4RL/antmaze/large-play": "antmaze_large_play", "D4RL/antmaze/large-diverse": "antmaze_large_diverse"}
+
+
+def find_task_row(env_id: str) -> Optional[tuple]:
+    """The paper's row for --env-id as (benchmark, name, {field: value}), or None (see the matching rule above)."""
+    rows = {(r[0], r[1]): dict(zip(TASK_FIELDS, r[2:])) for r in TASK_SETTINGS}
+    base = re.sub(r"-v\d+$", "", env_id.rstrip("/"))
+    for minari_name, row_name in MINARI_D4RL_ANTMAZE.items():
+        if base.endswith(minari_name):
+            return "D4RL", row_name, rows["D4RL", row_name]
+    benchmark = "OGBench" if "singletask" in env_id else "Minari" if ("D4RL" in env_id or "mujoco" in env_id) else "D4RL"
+    name = env_id.replace("/", "_").replace("-", "_")
+    matches = [key for key in rows if key[0] == benchmark and key[1] in name]
+    if not matches:
+        return None
+    key = max(matches, key=lambda k: len(k[1]))
+    return key[0], key[1], rows[key]
+
+
+def resolve_task_settings(args: Args) -> Args:
+    """A copy of args with every per-task field left None filled from the paper's row for --env-id (else the generic
+    defaults); explicit flags win. Prints the resolved values in one line."""
+    row = find_task_row(args.env_id)
+    source = row[2] if row is not None else GENERIC_TASK_SETTINGS
+    explicit = [k for k in TASK_FIELDS if getattr(args, k) is not None]
+    resolved = replace(args, **{k: source[k] for k in TASK_FIELDS if k not in explicit})
+    values = ", ".join(f"{k}={getattr(resolved, k)}" for k in TASK_FIELDS)
+    flags = f" (explicit flags: {', '.join(explicit)})" if explicit else ""
+    if row is not None:
+        print(f"task settings for {args.env_id} (paper row {row[0]} '{row[1]}'): {values}{flags}", flush=True)
+    else:
+        print(f"task settings for {args.env_id}: no GFP paper row for this task, generic defaults: {values}{flags}", flush=True)
+    return resolved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +387,9 @@ def critic_loss(critic: Critic, target_critic: Critic, actor: OneStepActor, vabc
 
     a' = clip(mu_theta(s', z)) (`target_agg=actor`, the paper's main form); the conservative variants
     combine Qbar(s', clip(mu_theta(s', z))) and Qbar(s', mu_omega(., z)) for the SAME z (min/mean/max;
-    `mean` is the paper's y_VaBC).
+    `mean` is the paper's y_VaBC). The VaBC action is mu_omega(s, z), sampled at the current state, unless
+    target_use_next (mu_omega(s', z), the paper's equation): the release's fixed target_use_next=False
+    (agents/gfp.py:60-63, config/agent/gfp.yaml) made the paper's numbers.
     """
     with torch.no_grad():
         next_obs = batch["next_observations"]
@@ -283,7 +399,7 @@ def critic_loss(critic: Critic, target_critic: Critic, actor: OneStepActor, vabc
             obs_list.append(next_obs)
             act_list.append(actor(next_obs, z).clamp(-1.0, 1.0))
         if target_agg != "actor":
-            vabc_obs = next_obs if target_use_next else batch["observations"]  # official default samples at s
+            vabc_obs = next_obs if target_use_next else batch["observations"]  # release default: at s
             obs_list.append(next_obs)
             act_list.append(sample_flow(vabc, vabc_obs, z, flow_steps))
         next_qs = aggregate(target_critic(torch.cat(obs_list), torch.cat(act_list)), q_agg).chunk(len(obs_list))
@@ -640,6 +756,7 @@ def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer,
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
+    args = resolve_task_settings(args)  # the paper's per-task values for every per-task flag left unset
     if args.eta < 0 or (args.eta_online is not None and args.eta_online < 0):
         raise ArgumentError(f"--eta and --eta-online must be >= 0, got {args.eta} and {args.eta_online}")
     if args.eval_envs < 1:

@@ -282,6 +282,71 @@ def test_critic_loss_known_answer_for_every_target_rule(target_agg, use_next, ne
     assert torch.allclose(q, torch.tensor([[0.5] * 4, [1.5] * 4]))
 
 
+def test_default_td_target_samples_the_vabc_next_action_at_s_as_the_release():
+    """The release's fixed target_use_next=False, on a paper row that mixes the VaBC flow into the TD target (cube-*)."""
+    args = gfp.resolve_task_settings(gfp.Args(env_id="cube-double-play-singletask-task2-v0"))
+    assert args.target_agg == "mean" and args.target_use_next is False
+    _, _, critic, _ = make_nets()
+    constant_critic(critic, [0.5, 1.5])
+    batch = {"observations": torch.full((4, 3), -0.3), "actions": torch.zeros(4, 2), "next_observations": torch.full((4, 3), 0.1),
+             "rewards": torch.zeros(4), "masks": torch.ones(4)}
+    vabc = ExactField(lambda obs: obs[:, :2])  # lands on the state it is sampled at: -0.3 (s) or 0.1 (s')
+    loss, _ = gfp.critic_loss(critic, SumCritic(), ConstantActor(0.4), vabc, batch, 1.0, args.q_agg, args.target_agg,
+                              args.target_use_next, args.flow_steps)
+    next_q = 0.5 * (1.5 * 0.8 + 1.5 * -0.6)  # mean of Qbar(s', actor 0.4) and Qbar(s', VaBC sampled at s = -0.3)
+    assert loss.item() == pytest.approx(((torch.tensor([0.5, 1.5]) - next_q) ** 2).mean().item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- per-task settings
+@pytest.mark.parametrize("env_id, row, expected", [
+    ("cube-single-play-singletask-task2-v0", ("OGBench", "cube_single_play"),
+     dict(total_steps=1_000_000, batch_size=256, gamma=0.99, target_agg="mean", guidance_agg="actor", alpha=10.0, eta=0.1)),
+    ("humanoidmaze-large-navigate-singletask-task1-v0", ("OGBench", "humanoidmaze_large_navigate"),
+     dict(batch_size=1024, gamma=0.999, flow_steps=30, q_agg="mean", target_agg="actor", guidance_agg="min", alpha=0.3, eta=1e-4)),
+    ("humanoidmaze-medium-navigate-singletask-task3-v0", ("OGBench", "humanoidmaze_medium_navigate"),
+     dict(gamma=0.995, target_agg="mean", guidance_agg="min", alpha=0.3, eta=1e-3)),
+    ("antmaze-giant-navigate-singletask-task5-v0", ("OGBench", "antmaze_giant_navigate"),
+     dict(batch_size=1024, gamma=0.995, q_agg="min", guidance_agg="min", alpha=0.1, eta=0.1)),
+    ("D4RL/antmaze/large-play-v1", ("D4RL", "antmaze_large_play"),  # the Minari re-release takes the D4RL row
+     dict(total_steps=500_000, gamma=0.99, q_agg="min", target_agg="actor", guidance_agg="actor", alpha=0.03, eta=1e-5)),
+    ("antmaze-umaze-diverse-v2", ("D4RL", "antmaze_umaze_diverse"), dict(total_steps=500_000, alpha=0.1, eta=1e-3)),  # longest name wins
+    ("pen-human-v1", ("D4RL", "pen_human_v1"), dict(total_steps=500_000, q_agg="mean", alpha=3.0, eta=1e-4)),
+    ("D4RL/pen/expert-v2", ("Minari", "D4RL_pen_expert_v2"), dict(total_steps=1_000_000, batch_size=256, alpha=0.3, eta=1e-6)),
+    ("mujoco/halfcheetah/simple-v0", ("Minari", "mujoco_halfcheetah_simple_v0"), dict(batch_size=1024, alpha=0.03, eta=1e-6)),
+])
+def test_paper_tasks_resolve_to_their_row(env_id, row, expected, capsys):
+    assert gfp.find_task_row(env_id)[:2] == row
+    args = gfp.resolve_task_settings(gfp.Args(env_id=env_id))
+    assert {k: getattr(args, k) for k in expected} == expected
+    assert all(getattr(args, k) is not None for k in gfp.TASK_FIELDS)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"task settings for {env_id} (paper row {row[0]} '{row[1]}')")
+
+
+def test_explicit_flags_override_the_paper_row(capsys):
+    args = gfp.resolve_task_settings(gfp.Args(env_id="cube-single-play-singletask-task2-v0", alpha=0.5, batch_size=32,
+                                              target_agg="actor"))
+    assert (args.alpha, args.batch_size, args.target_agg, args.eta) == (0.5, 32, "actor", 0.1)
+    assert "explicit flags: batch_size, target_agg, alpha" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env_id", ["flowrl/reacher/mixed-v0", "mujoco/pusher/expert-v0"])
+def test_unknown_tasks_get_the_generic_defaults_with_a_one_line_notice(env_id, capsys):
+    args = gfp.resolve_task_settings(gfp.Args(env_id=env_id))
+    assert {k: getattr(args, k) for k in gfp.TASK_FIELDS} == gfp.GENERIC_TASK_SETTINGS
+    assert gfp.GENERIC_TASK_SETTINGS == dict(total_steps=1_000_000, batch_size=256, gamma=0.99, flow_steps=10, q_agg="mean",
+                                             target_agg="actor", guidance_agg="actor", alpha=1.0, eta=1e-3)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"task settings for {env_id}: no GFP paper row") and "alpha=1.0" in out[0]
+
+
+def test_resolved_settings_are_logged_and_saved(small_bandit, in_tmp):
+    gfp.main(tiny(env_id=str(small_bandit), total_steps=10, eval_freq=10, log_freq=10, eval_episodes=1, batch_size=None,
+                  save_model=True))
+    saved = torch.load(next(in_tmp.glob("runs/*/gfp.pt")))["args"]
+    assert {k: saved[k] for k in gfp.TASK_FIELDS} == {**gfp.GENERIC_TASK_SETTINGS, "total_steps": 10}
+
+
 # ---------------------------------------------------------------------------------------------- behaviour
 def mode_fraction(actions: np.ndarray) -> float:
     """Share of actions closer to the bandit's better mode."""
