@@ -547,6 +547,32 @@ def transform_reward(env_id: str, reward):
     return reward - 1.0 if "antmaze" in env_id else reward
 
 
+# Reference returns GFP normalises its Minari scores with (release envs/minari_utils.py:29-37 @49f6b17): Minari's
+# metadata lacks them for some datasets (hopper, Minari issue 323) and had wrong ones for others (pen, issue 303).
+GFP_MINARI_REF_SCORES = {
+    "hopper": (-20.272305, 3234.3), "halfcheetah": (-280.178953, 12135.0), "walker2d": (1.629008, 4592.3),
+    "pen": (137.92955108500217, 8820.50845967583), "door": (-45.80706024169922, 2940.578369140625),
+    "hammer": (-267.074462890625, 12635.712890625), "relocate": (9.189092636108398, 4287.70458984375)}
+
+
+def reference_scores(dataset_id: str, metadata: dict) -> Optional[tuple]:
+    """(min, max, source) of the returns that map to normalized scores 0 and 100, or None.
+
+    GFP's own values when the dataset's environment (the id's middle part: mujoco/hopper/medium-v0 -> hopper) is
+    one of GFP_MINARI_REF_SCORES, whatever the metadata says (as the release); else the Minari metadata."""
+    parts = dataset_id.split("/")
+    if len(parts) >= 2 and parts[-2] in GFP_MINARI_REF_SCORES:
+        return (*GFP_MINARI_REF_SCORES[parts[-2]], "GFP")
+    if metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
+        return float(metadata["ref_min_score"]), float(metadata["ref_max_score"]), "Minari metadata"
+    return None
+
+
+def normalized_score(returns, ref_min: float, ref_max: float) -> np.ndarray:
+    """100 * (R - ref_min) / (ref_max - ref_min) per episode (the release: minari_normalized_score)."""
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
+
+
 def download_minari(env_id: str):
     """minari.load_dataset(env_id, download=True), failing fast and in one line when the hub is unreachable.
 
@@ -588,8 +614,6 @@ def unit_box_env(env: gym.Env) -> gym.Env:
 
 
 def load_minari(dataset, env_id: str) -> OfflineData:
-    import minari
-
     check_spaces(dataset.observation_space, dataset.action_space)
     obs_space = dataset.observation_space
     parts = {k: [] for k in ("observations", "actions", "rewards", "terminations", "next_observations")}
@@ -613,8 +637,13 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         except Exception as e:  # a missing env package, an env id unknown to this gymnasium
             raise DatasetError(f"cannot recreate the evaluation env of {env_id!r}: {type(e).__name__}: {e}") from e
 
-    has_ref = dataset.storage.metadata.get("ref_min_score") is not None and dataset.storage.metadata.get("ref_max_score") is not None
-    score = (lambda returns: 100.0 * minari.get_normalized_score(dataset, np.asarray(returns))) if has_ref else (lambda r: None)
+    metadata = dataset.storage.metadata
+    refs = reference_scores(str(metadata.get("dataset_id") or env_id), metadata)
+    if refs is not None and refs[2] == "GFP":
+        meta = (metadata.get("ref_min_score"), metadata.get("ref_max_score"))
+        print(f"normalized scores of {metadata.get('dataset_id')} use GFP's reference returns ({refs[0]}, {refs[1]}); "
+              f"Minari metadata: {meta if None not in meta else 'none'}", flush=True)
+    score = (lambda returns: normalized_score(returns, refs[0], refs[1])) if refs is not None else (lambda r: None)
     return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score,
                        lambda reward: transform_reward(env_id, reward))
 

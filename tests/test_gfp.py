@@ -347,6 +347,30 @@ def test_resolved_settings_are_logged_and_saved(small_bandit, in_tmp):
     assert {k: saved[k] for k in gfp.TASK_FIELDS} == {**gfp.GENERIC_TASK_SETTINGS, "total_steps": 10}
 
 
+def test_gfp_reference_scores_replace_minari_metadata():
+    assert gfp.reference_scores("D4RL/pen/expert-v2", {"ref_min_score": 0.0, "ref_max_score": 1.0}) == \
+        (137.92955108500217, 8820.50845967583, "GFP")
+    assert gfp.reference_scores("mujoco/hopper/medium-v0", {}) == (-20.272305, 3234.3, "GFP")
+    assert gfp.reference_scores("mujoco/invertedpendulum/expert-v0", {"ref_min_score": 1, "ref_max_score": 2}) == \
+        (1.0, 2.0, "Minari metadata")
+    assert gfp.reference_scores("flowrl/reacher/mixed-v0", {}) is None
+    assert gfp.normalized_score([137.92955108500217, 8820.50845967583, 4479.219005380416], 137.92955108500217,
+                                8820.50845967583) == pytest.approx([0.0, 100.0, 50.0])
+
+
+def test_a_loaded_hopper_dataset_is_scored_with_gfps_reference_returns(tmp_path, monkeypatch):
+    """A Minari dataset whose id names hopper, with (wrong) metadata reference scores 0 and 1."""
+    import minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    spec = gym.envs.registration.EnvSpec(id="TwoModeBandit-v0", entry_point="toy_envs:TwoModeBanditEnv", max_episode_steps=1)
+    minari.create_dataset_from_buffers(dataset_id="mujoco/hopper/gfp-test-v0", buffer=bandit_buffers(10, seed=0), env=spec,
+                                       eval_env=spec, ref_min_score=0.0, ref_max_score=1.0, author="t", author_email="t@t",
+                                       algorithm_name="t", code_permalink="t")
+    data = gfp.load_offline_data(str(tmp_path / "mujoco/hopper/gfp-test-v0"), "")
+    assert data.score([-20.272305, 3234.3, 1607.0138475]) == pytest.approx([0.0, 100.0, 50.0])
+
+
 # ---------------------------------------------------------------------------------------------- behaviour
 def mode_fraction(actions: np.ndarray) -> float:
     """Share of actions closer to the bandit's better mode."""
