@@ -20,21 +20,37 @@ keeps pulling the actor towards the data's poor modes. GFP makes the guidance mu
 All three are trained with one summed loss and one Adam step. The deployed policy is the actor
 (one network call per action); the VaBC flow is evaluated as well.
 
-This file implements GFP offline and offline->online as the official code: the `--q-agg`,
-`--target-agg` and `--guidance-agg` switches, `--guidance-fn advantage` (the paper's AWR-like
-ablation, exp((lambda/eta) * advantage), unclipped), `--normalize-q-loss`, the sinusoidal time
-embedding of the VaBC field, `--eta-online` for fine-tuning. Deliberate differences:
-  * `--target-use-next` defaults to True: when the TD target uses the VaBC flow (`--target-agg`
-    vabc/min/mean/max) its next action is sampled at s', as in the paper's equation; the official
-    code samples it at s (its `target_use_next=False` default) -- pass `--no-target-use-next` for that;
-  * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench;
-    Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary;
-  * no image encoders (state-based tasks only; image observations are rejected with an error).
+This file implements GFP offline and offline->online, with the release's switches (official code: the GFP
+release, commit 49f6b17, kept in the fork github.com/ZhangJL16/FQLbaseline; agents/gfp.py, main.py, config/):
+`--q-agg`, `--target-agg`, `--guidance-agg`, `--guidance-fn advantage` (the paper's AWR-like ablation,
+exp((lambda/eta) * advantage), unclipped), `--normalize-q-loss`, the sinusoidal time embedding of the VaBC
+field, `--eta-online` for fine-tuning. Settings as the release's runs:
+  * per-task settings: --env-id picks the paper's row of the release's hyperparams/gfp_params.csv (total steps,
+    batch size, gamma, flow steps, q_agg, target_agg, guidance_agg, alpha, eta; `TASK_SETTINGS`, matched as its
+    hyperparams.py does); an explicit flag wins, an unknown task gets the generic defaults (one printed line);
+  * `--target-use-next` is off: when the TD target uses the VaBC flow (`--target-agg` vabc/min/mean/max; the
+    paper's rows use `mean` on every cube-* and humanoidmaze-medium-* task) its next action is sampled at s and
+    evaluated at s', as the release (agents/gfp.py:60-63, config/agent/gfp.yaml `target_use_next: False`) that
+    made the paper's numbers; `--target-use-next` samples it at s', the paper's equation for y_VaBC;
+  * OGBench envs are made with success_timing='post' (success, termination and reward of the state after the
+    action, as ogbench < 1.2, which the release pins; ogbench 1.2 defaults its singletask envs to 'pre');
+  * Minari normalized scores of the datasets GFP evaluates (mujoco hopper/halfcheetah/walker2d, D4RL adroit)
+    use GFP's own reference returns (release envs/minari_utils.py), not Minari's metadata (missing or wrong);
+  * D4RL antmaze (read here from Minari's D4RL/antmaze re-releases, which take the paper's D4RL rows): rewards
+    {0, 1} -> {-1, 0} for the dataset and for every online step (`transform_reward`), as the release does for
+    the d4rl-package antmaze it ran (its Minari loader shifts nothing; GFP reports no Minari antmaze run).
+Deliberate differences:
+  * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench, not the d4rl
+    package; Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary;
+  * the online env is seeded once, at its first reset (the release seeds nothing); evaluation uses fixed env
+    seeds and per-episode policy noise (the release draws both afresh at every evaluation);
+  * no image encoders (state-based tasks only; image observations are rejected with an error), so the five
+    visual-* rows of the release's table are left out.
 
 Usage:
   python gfp.py --total-steps 10000 --hidden-dim 256 --num-layers 3 --alpha 0.3    # embedded Reacher, CPU, minutes
-  python gfp.py --env-id cube-double-noisy-singletask-task2-v0 --alpha 0.1 --eta 1e-4 --target-agg mean
-  python gfp.py --env-id D4RL/pen/expert-v2 --alpha 1 --eta 1e-3 --total-steps 500000
+  python gfp.py --env-id cube-double-noisy-singletask-task2-v0                       # the paper's row for that task
+  python gfp.py --env-id D4RL/pen/expert-v2                                          # Minari id, GFP's Minari row
 See docs/gfp.md for the paper <-> code map, per-task hyper-parameters, logged metrics and results.
 """
 
