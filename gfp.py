@@ -20,32 +20,52 @@ keeps pulling the actor towards the data's poor modes. GFP makes the guidance mu
 All three are trained with one summed loss and one Adam step. The deployed policy is the actor
 (one network call per action); the VaBC flow is evaluated as well.
 
-This file implements GFP offline and offline->online as the official code: the `--q-agg`,
-`--target-agg` and `--guidance-agg` switches, `--guidance-fn advantage` (the paper's AWR-like
-ablation, exp((lambda/eta) * advantage), unclipped), `--normalize-q-loss`, the sinusoidal time
-embedding of the VaBC field, `--eta-online` for fine-tuning. Deliberate differences:
-  * `--target-use-next` defaults to True: when the TD target uses the VaBC flow (`--target-agg`
-    vabc/min/mean/max) its next action is sampled at s', as in the paper's equation; the official
-    code samples it at s (its `target_use_next=False` default) -- pass `--no-target-use-next` for that;
-  * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench;
-    Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary;
-  * no image encoders (state-based tasks only; image observations are rejected with an error).
+This file implements GFP offline and offline->online, with the release's switches (official code: the GFP
+release, commit 49f6b17, kept in the fork github.com/ZhangJL16/FQLbaseline; agents/gfp.py, main.py, config/):
+`--q-agg`, `--target-agg`, `--guidance-agg`, `--guidance-fn advantage` (the paper's AWR-like ablation,
+exp((lambda/eta) * advantage), unclipped), `--normalize-q-loss`, the sinusoidal time embedding of the VaBC
+field, `--eta-online` for fine-tuning. Settings as the release's runs:
+  * per-task settings: --env-id picks the paper's row of the release's hyperparams/gfp_params.csv (total steps,
+    batch size, gamma, flow steps, q_agg, target_agg, guidance_agg, alpha, eta; `TASK_SETTINGS`, matched as its
+    hyperparams.py does); an explicit flag wins, an unknown task gets the generic defaults (one printed line);
+  * `--target-use-next` is off: when the TD target uses the VaBC flow (`--target-agg` vabc/min/mean/max; the
+    paper's rows use `mean` on every cube-* and humanoidmaze-medium-* task) its next action is sampled at s and
+    evaluated at s', as the release (agents/gfp.py:60-63, config/agent/gfp.yaml `target_use_next: False`) that
+    made the paper's numbers; `--target-use-next` samples it at s', the paper's equation for y_VaBC;
+  * OGBench envs are made with success_timing='post' (success, termination and reward of the state after the
+    action, as ogbench < 1.2, which the release pins; ogbench 1.2 defaults its singletask envs to 'pre');
+  * Minari normalized scores of the datasets GFP evaluates (mujoco hopper/halfcheetah/walker2d, D4RL adroit)
+    use GFP's own reference returns (release envs/minari_utils.py), not Minari's metadata (missing or wrong);
+  * D4RL antmaze (read here from Minari's D4RL/antmaze re-releases, which take the paper's D4RL rows): rewards
+    {0, 1} -> {-1, 0} for the dataset and for every online step (`transform_reward`), as the release does for
+    the d4rl-package antmaze it ran (its Minari loader shifts nothing; GFP reports no Minari antmaze run).
+Deliberate differences:
+  * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench, not the d4rl
+    package; Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary;
+  * the online env is seeded once, at its first reset (the release seeds nothing); evaluation uses fixed env
+    seeds and per-episode policy noise (the release draws both afresh at every evaluation);
+  * no image encoders (state-based tasks only; image observations are rejected with an error), so the five
+    visual-* rows of the release's table are left out.
 
 Usage:
   python gfp.py --total-steps 10000 --hidden-dim 256 --num-layers 3 --alpha 0.3    # embedded Reacher, CPU, minutes
-  python gfp.py --env-id cube-double-noisy-singletask-task2-v0 --alpha 0.1 --eta 1e-4 --target-agg mean
-  python gfp.py --env-id D4RL/pen/expert-v2 --alpha 1 --eta 1e-3 --total-steps 500000
+  python gfp.py --env-id cube-double-noisy-singletask-task2-v0                       # the paper's row for that task
+  python gfp.py --env-id D4RL/pen/expert-v2                                          # Minari id, GFP's Minari row
 See docs/gfp.md for the paper <-> code map, per-task hyper-parameters, logged metrics and results.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
+import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
@@ -72,16 +92,16 @@ class Args:
     """dataset: a local Minari dataset dir, an embedded id (datasets/), an OGBench dataset name or a Minari id"""
     ogbench_dataset_dir: str = "~/.ogbench/data"
     """where OGBench datasets are read from (downloaded there when missing)"""
-    total_steps: int = 1_000_000
-    """offline gradient steps"""
+    total_steps: Optional[int] = None
+    """offline gradient steps (default: the paper's value for --env-id, else 1_000_000)"""
     online_steps: int = 0
     """environment steps of online fine-tuning after the offline phase (one update per step)"""
-    batch_size: int = 256
-    """the batch size of each gradient step"""
+    batch_size: Optional[int] = None
+    """the batch size of each gradient step (default: the paper's value for --env-id, else 256)"""
     learning_rate: float = 3e-4
     """the learning rate of the (single) Adam optimizer"""
-    gamma: float = 0.99
-    """the discount factor"""
+    gamma: Optional[float] = None
+    """the discount factor (default: the paper's value for --env-id, else 0.99)"""
     tau: float = 0.005
     """target critic Polyak rate"""
     hidden_dim: int = 512
@@ -92,6 +112,8 @@ class Args:
     """evaluate every this many gradient steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation (of the actor, and of the VaBC flow with --eval-flow)"""
+    eval_envs: int = 8
+    """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_flow: bool = True
     """also evaluate the VaBC flow policy (eval/flow_*), as the official code's eval_flow_policy"""
     log_freq: int = 5000
@@ -104,30 +126,143 @@ class Args:
     """torch.compile the update step"""
 
     # Algorithm specific arguments
-    flow_steps: int = 10
-    """Euler steps of the VaBC flow (distillation target, evaluation)"""
-    alpha: float = 1.0
-    """weight of the distillation loss (tuned per task; see docs/gfp.md)"""
-    eta: float = 1e-3
-    """guidance temperature eta (official: eta_temperature); 0 = unweighted BC flow (FQL-like)"""
+    flow_steps: Optional[int] = None
+    """Euler steps of the VaBC flow (distillation target, evaluation) (default: the paper's value for --env-id, else 10)"""
+    alpha: Optional[float] = None
+    """weight of the distillation loss (default: the paper's value for --env-id, else 1.0)"""
+    eta: Optional[float] = None
+    """guidance temperature eta (official: eta_temperature); 0 = unweighted BC flow (FQL-like) (default: the paper's value for --env-id, else 1e-3)"""
     eta_online: Optional[float] = None
     """guidance temperature during online fine-tuning (default: --eta)"""
     guidance_fn: Literal["softmax", "advantage"] = "softmax"
     """guidance weights: sigmoid((lambda/eta) * adv) (GFP) or exp((lambda/eta) * adv) (AWR-like ablation)"""
-    q_agg: Literal["mean", "min"] = "mean"
-    """how the critic ensemble is aggregated (TD target, actor's Q loss, guidance)"""
-    target_agg: Literal["actor", "vabc", "min", "mean", "max"] = "actor"
-    """next action(s) of the TD target: the actor's, the VaBC flow's, or min/mean/max of both (same z)"""
-    guidance_agg: Literal["actor", "vabc", "min", "mean", "max"] = "actor"
-    """reference value of the guidance: Qbar at the actor's action, the VaBC flow's, or min/mean/max of both"""
-    target_use_next: bool = True
-    """sample the VaBC next action of the TD target at s' (paper); the official code's default uses s"""
+    q_agg: Optional[Literal["mean", "min"]] = None
+    """how the critic ensemble is aggregated (TD target, actor's Q loss, guidance) (default: the paper's value for --env-id, else mean)"""
+    target_agg: Optional[Literal["actor", "vabc", "min", "mean", "max"]] = None
+    """next action(s) of the TD target: the actor's, the VaBC flow's, or min/mean/max of both (same z) (default: the paper's value for --env-id, else actor)"""
+    guidance_agg: Optional[Literal["actor", "vabc", "min", "mean", "max"]] = None
+    """reference value of the guidance: Qbar at the actor's action, the VaBC flow's, or min/mean/max of both (default: the paper's value for --env-id, else actor)"""
+    target_use_next: bool = False
+    """sample the VaBC next action of the TD target at s' (the paper's y_VaBC); off: at s, as the release that made the paper's numbers"""
     normalize_q_loss: bool = True
     """multiply the actor's Q loss by lambda = 1 / mean|Q| (detached)"""
     time_emb_dim: int = 64
     """size of the sinusoidal time embedding of the VaBC field (official: encode_time_dim)"""
     num_critics: int = 2
     """size of the critic ensemble"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-task settings. Rows: hyperparams/gfp_params.csv of the GFP release (commit 49f6b17, github.com/ZhangJL16/
+# FQLbaseline; the authors' Simple-Robotics/guided-flow-policy holds only a README), all rows but the five
+# visual-* ones (image observations are not supported here). Generic values: config/main.yaml and
+# config/agent/gfp.yaml of the same commit. target_use_next is not per task (False in config/agent/gfp.yaml).
+# Matching (release hyperparams/hyperparams.py:31-40): a row matches when its benchmark is the task's (OGBench: the
+# name has 'singletask'; Minari: it has 'D4RL' or 'mujoco'; D4RL otherwise) and its name is a substring of --env-id
+# with '/' and '-' replaced by '_'; the longest matching name wins. (The release's process_env_name drops a Minari
+# id's namespace, so its own loader never matches the Minari rows; this file matches the full id.) GFP has no
+# Minari antmaze rows: the Minari re-releases of D4RL antmaze take the D4RL rows (MINARI_D4RL_ANTMAZE).
+# ---------------------------------------------------------------------------------------------
+TASK_FIELDS = ("total_steps", "batch_size", "gamma", "flow_steps", "q_agg", "target_agg", "guidance_agg", "alpha", "eta")
+GENERIC_TASK_SETTINGS = dict(total_steps=1_000_000, batch_size=256, gamma=0.99, flow_steps=10, q_agg="mean",
+                             target_agg="actor", guidance_agg="actor", alpha=1.0, eta=1e-3)
+TASK_SETTINGS = [  # benchmark, name, then TASK_FIELDS (csv: offline_steps, batch_size, discount, flow_steps, q_agg, target_agg, guidance_agg, alpha, eta_temperature)
+    ("OGBench", "antmaze_giant_navigate", 1_000_000, 1024, 0.995, 10, "min", "actor", "min", 0.1, 0.1),
+    ("OGBench", "antmaze_large_explore", 1_000_000, 1024, 0.995, 10, "min", "actor", "min", 0.01, 1e-6),
+    ("OGBench", "antmaze_large_navigate", 1_000_000, 256, 0.995, 10, "min", "actor", "min", 0.3, 1e-4),
+    ("OGBench", "antmaze_large_stitch", 1_000_000, 256, 0.995, 10, "min", "actor", "min", 0.3, 1e-6),
+    ("OGBench", "antsoccer_arena_navigate", 1_000_000, 256, 0.995, 10, "mean", "actor", "min", 0.1, 0.01),
+    ("OGBench", "antsoccer_arena_stitch", 1_000_000, 256, 0.995, 10, "mean", "actor", "min", 0.1, 0.01),
+    ("OGBench", "cube_double_noisy", 1_000_000, 256, 0.99, 10, "mean", "mean", "actor", 0.1, 1e-4),
+    ("OGBench", "cube_double_play", 1_000_000, 256, 0.99, 10, "mean", "mean", "actor", 1.0, 0.01),
+    ("OGBench", "cube_single_noisy", 1_000_000, 256, 0.99, 10, "mean", "mean", "actor", 10.0, 1e-3),
+    ("OGBench", "cube_single_play", 1_000_000, 256, 0.99, 10, "mean", "mean", "actor", 10.0, 0.1),
+    ("OGBench", "cube_triple_noisy", 1_000_000, 1024, 0.99, 10, "mean", "mean", "actor", 0.1, 1e-5),
+    ("OGBench", "cube_triple_play", 1_000_000, 1024, 0.99, 10, "mean", "mean", "actor", 1.0, 1e-5),
+    ("OGBench", "humanoidmaze_large_navigate", 1_000_000, 1024, 0.999, 30, "mean", "actor", "min", 0.3, 1e-4),
+    ("OGBench", "humanoidmaze_medium_navigate", 1_000_000, 256, 0.995, 10, "mean", "mean", "min", 0.3, 1e-3),
+    ("OGBench", "humanoidmaze_medium_stitch", 1_000_000, 256, 0.999, 10, "mean", "mean", "min", 0.3, 1e-3),
+    ("OGBench", "puzzle_3x3_play", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("OGBench", "puzzle_4x4_noisy", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("OGBench", "puzzle_4x4_play", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-5),
+    ("OGBench", "scene_noisy", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 1.0, 1e-4),
+    ("OGBench", "scene_play", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-3),
+    ("D4RL", "antmaze_large_diverse", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.03, 1e-5),
+    ("D4RL", "antmaze_large_play", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.03, 1e-5),
+    ("D4RL", "antmaze_medium_diverse", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.03, 1e-3),
+    ("D4RL", "antmaze_medium_play", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.03, 1e-3),
+    ("D4RL", "antmaze_umaze", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.1, 1e-3),
+    ("D4RL", "antmaze_umaze_diverse", 500_000, 256, 0.99, 10, "min", "actor", "actor", 0.1, 1e-3),
+    ("D4RL", "door_cloned_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 0.01),
+    ("D4RL", "door_expert_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 0.01),
+    ("D4RL", "door_human_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 0.01),
+    ("D4RL", "hammer_cloned_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-5),
+    ("D4RL", "hammer_expert_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 0.01),
+    ("D4RL", "hammer_human_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-5),
+    ("D4RL", "pen_cloned_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-5),
+    ("D4RL", "pen_expert_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 1.0, 1e-3),
+    ("D4RL", "pen_human_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-4),
+    ("D4RL", "relocate_cloned_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-4),
+    ("D4RL", "relocate_expert_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-4),
+    ("D4RL", "relocate_human_v1", 500_000, 256, 0.99, 10, "mean", "actor", "actor", 10.0, 1e-4),
+    ("Minari", "D4RL_door_cloned_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 0.03, 1e-6),
+    ("Minari", "D4RL_door_expert_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("Minari", "D4RL_door_human_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 0.01, 0.01),
+    ("Minari", "D4RL_hammer_cloned_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-5),
+    ("Minari", "D4RL_hammer_expert_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 1.0, 1e-5),
+    ("Minari", "D4RL_hammer_human_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 1.0, 0.01),
+    ("Minari", "D4RL_pen_cloned_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 1.0, 1e-4),
+    ("Minari", "D4RL_pen_expert_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 0.3, 1e-6),
+    ("Minari", "D4RL_pen_human_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-6),
+    ("Minari", "D4RL_relocate_cloned_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-4),
+    ("Minari", "D4RL_relocate_expert_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("Minari", "D4RL_relocate_human_v2", 1_000_000, 256, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-5),
+    ("Minari", "mujoco_halfcheetah_expert_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 0.01),
+    ("Minari", "mujoco_halfcheetah_medium_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 0.1, 1e-3),
+    ("Minari", "mujoco_halfcheetah_simple_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 0.03, 1e-6),
+    ("Minari", "mujoco_hopper_expert_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 0.01),
+    ("Minari", "mujoco_hopper_medium_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("Minari", "mujoco_hopper_simple_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("Minari", "mujoco_walker2d_expert_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 1e-3),
+    ("Minari", "mujoco_walker2d_medium_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 0.3, 0.01),
+    ("Minari", "mujoco_walker2d_simple_v0", 1_000_000, 1024, 0.99, 10, "mean", "actor", "actor", 3.0, 0.1),
+]
+# Minari re-releases of the D4RL antmaze datasets (any version) -> the paper's D4RL row
+MINARI_D4RL_ANTMAZE = {"D4RL/antmaze/umaze": "antmaze_umaze", "D4RL/antmaze/umaze-diverse": "antmaze_umaze_diverse",
+                       "D4RL/antmaze/medium-play": "antmaze_medium_play", "D4RL/antmaze/medium-diverse": "antmaze_medium_diverse",
+                       "D4RL/antmaze/large-play": "antmaze_large_play", "D4RL/antmaze/large-diverse": "antmaze_large_diverse"}
+
+
+def find_task_row(env_id: str) -> Optional[tuple]:
+    """The paper's row for --env-id as (benchmark, name, {field: value}), or None (see the matching rule above)."""
+    rows = {(r[0], r[1]): dict(zip(TASK_FIELDS, r[2:])) for r in TASK_SETTINGS}
+    base = re.sub(r"-v\d+$", "", env_id.rstrip("/"))
+    for minari_name, row_name in MINARI_D4RL_ANTMAZE.items():
+        if base.endswith(minari_name):
+            return "D4RL", row_name, rows["D4RL", row_name]
+    benchmark = "OGBench" if "singletask" in env_id else "Minari" if ("D4RL" in env_id or "mujoco" in env_id) else "D4RL"
+    name = env_id.replace("/", "_").replace("-", "_")
+    matches = [key for key in rows if key[0] == benchmark and key[1] in name]
+    if not matches:
+        return None
+    key = max(matches, key=lambda k: len(k[1]))
+    return key[0], key[1], rows[key]
+
+
+def resolve_task_settings(args: Args) -> Args:
+    """A copy of args with every per-task field left None filled from the paper's row for --env-id (else the generic
+    defaults); explicit flags win. Prints the resolved values in one line."""
+    row = find_task_row(args.env_id)
+    source = row[2] if row is not None else GENERIC_TASK_SETTINGS
+    explicit = [k for k in TASK_FIELDS if getattr(args, k) is not None]
+    resolved = replace(args, **{k: source[k] for k in TASK_FIELDS if k not in explicit})
+    values = ", ".join(f"{k}={getattr(resolved, k)}" for k in TASK_FIELDS)
+    flags = f" (explicit flags: {', '.join(explicit)})" if explicit else ""
+    if row is not None:
+        print(f"task settings for {args.env_id} (paper row {row[0]} '{row[1]}'): {values}{flags}", flush=True)
+    else:
+        print(f"task settings for {args.env_id}: no GFP paper row for this task, generic defaults: {values}{flags}", flush=True)
+    return resolved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +403,9 @@ def critic_loss(critic: Critic, target_critic: Critic, actor: OneStepActor, vabc
 
     a' = clip(mu_theta(s', z)) (`target_agg=actor`, the paper's main form); the conservative variants
     combine Qbar(s', clip(mu_theta(s', z))) and Qbar(s', mu_omega(., z)) for the SAME z (min/mean/max;
-    `mean` is the paper's y_VaBC).
+    `mean` is the paper's y_VaBC). The VaBC action is mu_omega(s, z), sampled at the current state, unless
+    target_use_next (mu_omega(s', z), the paper's equation): the release's fixed target_use_next=False
+    (agents/gfp.py:60-63, config/agent/gfp.yaml) made the paper's numbers.
     """
     with torch.no_grad():
         next_obs = batch["next_observations"]
@@ -278,7 +415,7 @@ def critic_loss(critic: Critic, target_critic: Critic, actor: OneStepActor, vabc
             obs_list.append(next_obs)
             act_list.append(actor(next_obs, z).clamp(-1.0, 1.0))
         if target_agg != "actor":
-            vabc_obs = next_obs if target_use_next else batch["observations"]  # official default samples at s
+            vabc_obs = next_obs if target_use_next else batch["observations"]  # release default: at s
             obs_list.append(next_obs)
             act_list.append(sample_flow(vabc, vabc_obs, z, flow_steps))
         next_qs = aggregate(target_critic(torch.cat(obs_list), torch.cat(act_list)), q_agg).chunk(len(obs_list))
@@ -407,11 +544,77 @@ def check_spaces(obs_space: gym.Space, act_space: gym.Space) -> None:
 class OfflineData:
     """Transitions of an offline dataset as float32 arrays, with the means to evaluate on its env."""
 
-    def __init__(self, transitions: dict, make_env: Callable[[], gym.Env], flatten: Callable, score: Callable):
+    def __init__(self, transitions: dict, make_env: Callable[[], gym.Env], flatten: Callable, score: Callable,
+                 transform_reward: Callable = lambda reward: reward):
         self.transitions = transitions  # observations, actions, rewards, masks, next_observations
         self.make_env = make_env  # -> env with actions in [-1, 1]
         self.flatten = flatten  # env observation(s) -> float32 (batch, obs_dim)
         self.score = score  # episode returns -> normalized score x100 (or None)
+        self.transform_reward = transform_reward  # env reward -> the reward stored in the buffer (online steps)
+
+
+def transform_reward(env_id: str, reward):
+    """The reward the agent learns from, for the dataset AND every online step (before buffer.add).
+
+    D4RL antmaze: sparse {0, 1} -> {-1, 0}. The release shifts D4RL antmaze offline (envs/d4rl_utils.py:31-37) and
+    online (main.py:60, 251); it reads D4RL through the d4rl package, this file reads the Minari re-releases
+    (D4RL/antmaze/...), so every Minari-loaded dataset whose --env-id contains 'antmaze' is shifted. OGBench
+    singletask rewards are already in {-1, 0} and are never shifted (nor in the release)."""
+    return reward - 1.0 if "antmaze" in env_id else reward
+
+
+# Reference returns GFP normalises its Minari scores with (release envs/minari_utils.py:29-37 @49f6b17): Minari's
+# metadata lacks them for some datasets (hopper, Minari issue 323) and had wrong ones for others (pen, issue 303).
+GFP_MINARI_REF_SCORES = {
+    "hopper": (-20.272305, 3234.3), "halfcheetah": (-280.178953, 12135.0), "walker2d": (1.629008, 4592.3),
+    "pen": (137.92955108500217, 8820.50845967583), "door": (-45.80706024169922, 2940.578369140625),
+    "hammer": (-267.074462890625, 12635.712890625), "relocate": (9.189092636108398, 4287.70458984375)}
+
+
+def reference_scores(dataset_id: str, metadata: dict) -> Optional[tuple]:
+    """(min, max, source) of the returns that map to normalized scores 0 and 100, or None.
+
+    GFP's own values when the dataset's environment (the id's middle part: mujoco/hopper/medium-v0 -> hopper) is
+    one of GFP_MINARI_REF_SCORES, whatever the metadata says (as the release); else the Minari metadata."""
+    parts = dataset_id.split("/")
+    if len(parts) >= 2 and parts[-2] in GFP_MINARI_REF_SCORES:
+        return (*GFP_MINARI_REF_SCORES[parts[-2]], "GFP")
+    if metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
+        return float(metadata["ref_min_score"]), float(metadata["ref_max_score"]), "Minari metadata"
+    return None
+
+
+def normalized_score(returns, ref_min: float, ref_max: float) -> np.ndarray:
+    """100 * (R - ref_min) / (ref_max - ref_min) per episode (the release: minari_normalized_score)."""
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
+
+
+def download_minari(env_id: str):
+    """minari.load_dataset(env_id, download=True), failing fast and in one line when the hub is unreachable.
+
+    A dataset already under MINARI_DATASETS_PATH loads without the network. Otherwise the Hugging Face hub
+    (HF_ENDPOINT, default https://huggingface.co) is probed once with a 5 s timeout before Minari is called:
+    huggingface_hub retries a refused connection 5 times with back-off (~25 s and 12 log lines)."""
+    import minari
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    local = get_dataset_path(env_id)
+    if not (local / "data").exists():
+        hint = (f"point --env-id at a local Minari dataset folder, or put the dataset at {local} "
+                f"(MINARI_DATASETS_PATH sets the root)")
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise DatasetError(f"Minari dataset {env_id!r} is not local and HF_HUB_OFFLINE is set; {hint}")
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        try:
+            urllib.request.urlopen(endpoint, timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # the hub answered (any status): it is reachable
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise DatasetError(f"cannot download Minari dataset {env_id!r}: the Hugging Face hub at {endpoint} "
+                               f"is unreachable ({reason}); {hint}") from None
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter if the hub fails mid-way
+    return minari.load_dataset(env_id, download=True)
 
 
 def to_unit_box(actions: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
@@ -427,8 +630,6 @@ def unit_box_env(env: gym.Env) -> gym.Env:
 
 
 def load_minari(dataset, env_id: str) -> OfflineData:
-    import minari
-
     check_spaces(dataset.observation_space, dataset.action_space)
     obs_space = dataset.observation_space
     parts = {k: [] for k in ("observations", "actions", "rewards", "terminations", "next_observations")}
@@ -443,8 +644,7 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         raise DatasetError(f"dataset {env_id!r} has no episodes")
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["actions"] = to_unit_box(data["actions"], dataset.action_space)
-    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as the official code
-        data["rewards"] = data["rewards"] - 1.0
+    data["rewards"] = np.asarray(transform_reward(env_id, data["rewards"]), dtype=np.float32)
     data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
 
     def make_env():
@@ -453,9 +653,15 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         except Exception as e:  # a missing env package, an env id unknown to this gymnasium
             raise DatasetError(f"cannot recreate the evaluation env of {env_id!r}: {type(e).__name__}: {e}") from e
 
-    has_ref = dataset.storage.metadata.get("ref_min_score") is not None and dataset.storage.metadata.get("ref_max_score") is not None
-    score = (lambda returns: 100.0 * minari.get_normalized_score(dataset, np.asarray(returns))) if has_ref else (lambda r: None)
-    return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score)
+    metadata = dataset.storage.metadata
+    refs = reference_scores(str(metadata.get("dataset_id") or env_id), metadata)
+    if refs is not None and refs[2] == "GFP":
+        meta = (metadata.get("ref_min_score"), metadata.get("ref_max_score"))
+        print(f"normalized scores of {metadata.get('dataset_id')} use GFP's reference returns ({refs[0]}, {refs[1]}); "
+              f"Minari metadata: {meta if None not in meta else 'none'}", flush=True)
+    score = (lambda returns: normalized_score(returns, refs[0], refs[1])) if refs is not None else (lambda r: None)
+    return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score,
+                       lambda reward: transform_reward(env_id, reward))
 
 
 def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
@@ -463,12 +669,14 @@ def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
 
     if "singletask" not in name.split("-"):
         raise DatasetError(f"GFP needs a reward-labelled OGBench dataset (e.g. cube-single-play-singletask-task2-v0); got {name!r}")
-    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir))
+    # success_timing='post': success, termination and reward of the state AFTER the action, as ogbench < 1.2 (the
+    # release's requirements.txt); ogbench 1.2 registers its singletask envs with 'pre' (before the action)
+    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir), success_timing="post")
     check_spaces(env.observation_space, env.action_space)
     data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
     data["actions"] = to_unit_box(data["actions"], env.action_space)
     env.close()
-    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
+    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True, success_timing="post"))  # noqa: E731
     return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
 
 
@@ -491,11 +699,13 @@ def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
             tried.append(f"OGBench: {type(e).__name__}: {e}")
     else:
         try:
-            return validated(load_minari(minari.load_dataset(env_id, download=True), env_id), env_id)
-        except DatasetError:
-            raise
+            dataset = download_minari(env_id)
+        except DatasetError as e:  # not local and the hub is unreachable / offline
+            tried.append(f"Minari: {e}")
         except Exception as e:
             tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        else:
+            return validated(load_minari(dataset, env_id), env_id)
     raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with "
                        f"`minari list remote`, see datasets/ for the embedded ones, or pass an OGBench "
                        f"singletask name such as cube-single-play-singletask-task2-v0")
@@ -531,32 +741,43 @@ class ReplayBuffer:
         return {key: tensor[idx] for key, tensor in self.data.items()}
 
 
-def evaluate(data: OfflineData, envs: list, policy: Callable, episodes: int, seed: int, device: torch.device) -> dict:
-    """Run `episodes` episodes on the `envs` in parallel, one batched policy call per step."""
-    returns, successes = [], []
+def evaluate(data: OfflineData, envs: list, policy: Callable, episodes: int, seed: int, act_dim: int,
+             device: torch.device) -> dict:
+    """Run `episodes` episodes on the `envs` in parallel, one batched policy call `policy(obs, z)` per step.
+
+    Episode i starts from env.reset(seed=seed + i) and draws its policy noise z from its own generator seeded
+    with seed + i, whichever env runs it: the metrics do not depend on the pool size (--eval-envs)."""
+    returns, successes = [0.0] * episodes, [None] * episodes
     next_episode = 0
-    obs, ep_return, active = [None] * len(envs), [0.0] * len(envs), [False] * len(envs)
-    for i, env in enumerate(envs):
+    obs, episode, active = [None] * len(envs), [0] * len(envs), [False] * len(envs)
+    generators = {}
+
+    def start(i: int) -> None:
+        nonlocal next_episode
+        obs[i], _ = envs[i].reset(seed=seed + next_episode)
+        generators[next_episode] = torch.Generator().manual_seed(seed + next_episode)
+        episode[i], active[i], next_episode = next_episode, True, next_episode + 1
+
+    for i in range(len(envs)):
         if next_episode < episodes:
-            obs[i], _ = env.reset(seed=seed + next_episode)
-            active[i], next_episode = True, next_episode + 1
+            start(i)
     while any(active):
         ids = [i for i in range(len(envs)) if active[i]]
         batch = torch.as_tensor(np.stack([data.flatten(obs[i]) for i in ids]), device=device)
-        actions = policy(batch).cpu().numpy()
+        z = torch.stack([torch.randn(act_dim, generator=generators[episode[i]]) for i in ids]).to(device)
+        actions = policy(batch, z).cpu().numpy()
         for i, action in zip(ids, actions):
             obs[i], reward, terminated, truncated, info = envs[i].step(action)
-            ep_return[i] += float(reward)
+            returns[episode[i]] += float(reward)
             if terminated or truncated:
-                returns.append(ep_return[i])
                 if "success" in info:
-                    successes.append(float(info["success"]))
-                ep_return[i] = 0.0
+                    successes[episode[i]] = float(info["success"])
+                del generators[episode[i]]
                 if next_episode < episodes:
-                    obs[i], _ = envs[i].reset(seed=seed + next_episode)
-                    next_episode += 1
+                    start(i)
                 else:
                     active[i] = False
+    successes = [x for x in successes if x is not None]
     metrics = {"episodic_return": float(np.mean(returns)), "episodic_return_std": float(np.std(returns))}
     score = data.score(returns)
     if score is not None:
@@ -580,8 +801,11 @@ def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer,
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
+    args = resolve_task_settings(args)  # the paper's per-task values for every per-task flag left unset
     if args.eta < 0 or (args.eta_online is not None and args.eta_online < 0):
         raise ArgumentError(f"--eta and --eta-online must be >= 0, got {args.eta} and {args.eta_online}")
+    if args.eval_envs < 1:
+        raise ArgumentError(f"--eval-envs must be >= 1, got {args.eval_envs}")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -644,20 +868,17 @@ def main(args: Args) -> dict:
     if args.compile:
         update = torch.compile(update)
 
-    def noise(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return torch.randn(obs.shape[0], act_dim, device=device, generator=generator)
+    @torch.no_grad()
+    def actor_policy(obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The deployed policy: a = clip(mu_theta(s, z), -1, 1), z ~ N(0, I), one network call."""
+        return actor(obs, z).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def actor_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """The deployed policy: a = clip(mu_theta(s, z), -1, 1), one network call."""
-        return actor(obs, noise(obs, generator)).clamp(-1.0, 1.0)
-
-    @torch.no_grad()
-    def flow_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def flow_policy(obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The VaBC flow: flow_steps Euler steps from z ~ N(0, I), clipped."""
-        return sample_flow(vabc, obs, noise(obs, generator), args.flow_steps)
+        return sample_flow(vabc, obs, z, args.flow_steps)
 
-    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
     total = args.total_steps + args.online_steps
     progress = Progress(total, start_step)
@@ -669,15 +890,14 @@ def main(args: Args) -> dict:
     hist_bins = np.linspace(0.0, 1.0, 41) if args.guidance_fn == "softmax" else "tensorflow"
 
     def run_evaluation(step: int) -> dict:
-        """Same env seeds and policy noise at every evaluation, independent of the training RNG.
+        """Same env seeds and policy noise at every evaluation, independent of the training RNG and of --eval-envs.
 
         eval/actor_* is the one-step actor (the deployed policy, the paper's headline numbers, also
         logged without prefix as eval/<metric>), eval/flow_* the VaBC flow."""
         policies = {"actor_": actor_policy, "flow_": flow_policy} if args.eval_flow else {"actor_": actor_policy}
         result = {}
         for prefix, policy in policies.items():
-            generator = torch.Generator(device=device).manual_seed(args.seed)
-            metrics = evaluate(data, eval_envs, lambda obs: policy(obs, generator), args.eval_episodes, 10_000 * args.seed, device)
+            metrics = evaluate(data, eval_envs, policy, args.eval_episodes, 10_000 * args.seed, act_dim, device)
             result.update({f"eval/{prefix}{k}": v for k, v in metrics.items()})
             if prefix == "actor_":
                 result.update({f"eval/{k}": v for k, v in metrics.items()})
@@ -689,13 +909,13 @@ def main(args: Args) -> dict:
 
     for step in range(start_step + 1, total + 1):
         if step > args.total_steps:  # online fine-tuning: one env step with the actor, then one update
-            if online_obs is None:
-                online_obs, _ = online_env.reset(seed=args.seed)
+            if online_obs is None:  # seeded once, at the first reset; later episodes continue the env's RNG
+                online_obs, _ = online_env.reset(seed=args.seed if episodes_done == 0 else None)
                 eta["now"] = args.eta if args.eta_online is None else args.eta_online
             obs_t = torch.as_tensor(data.flatten(online_obs)[None], device=device)
-            action = actor_policy(obs_t)[0].cpu().numpy()
+            action = actor_policy(obs_t, torch.randn(1, act_dim, device=device))[0].cpu().numpy()
             next_obs, reward, terminated, truncated, info = online_env.step(action)
-            buffer.add(observations=data.flatten(online_obs), actions=action, rewards=reward,
+            buffer.add(observations=data.flatten(online_obs), actions=action, rewards=data.transform_reward(reward),
                        masks=1.0 - float(terminated), next_observations=data.flatten(next_obs))
             episode_return, episode_length = episode_return + float(reward), episode_length + 1
             online_obs = next_obs

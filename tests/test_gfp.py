@@ -4,14 +4,19 @@ bad input, NaN handling, determinism, logging of the guidance statistics, every 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from dataclasses import replace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from conftest import OGBENCH_TINY, ROOT, import_script, last_error_line, run_script
-from toy_envs import GOOD_MODE
+from conftest import OGBENCH_TINY, ROOT, bandit_buffers, import_script, last_error_line, run_script
+from toy_envs import GOOD_MODE, bandit_reward
 
 gfp = import_script("gfp")
 
@@ -20,6 +25,42 @@ gfp = import_script("gfp")
 def small_bandit(make_bandit_dataset):
     """The two-mode bandit with 200 episodes: loads 10x faster, for runs that only check plumbing."""
     return make_bandit_dataset("gfp-small-bandit", n_episodes=200)
+
+
+@pytest.fixture(scope="module")
+def random_start_dataset(minari_root):
+    """20 random-action episodes of 5 steps on toy_envs.GfpRandomStartEnv (random start state at every reset)."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    path = minari_root / "test/gfp-random-start-v0"
+    if not path.exists():
+        spec = gym.envs.registration.EnvSpec(id="GfpRandomStart-v0", entry_point="toy_envs:GfpRandomStartEnv",
+                                             max_episode_steps=5)
+        rng, buffers = np.random.default_rng(0), []
+        for i in range(20):
+            start = rng.uniform(-1, 1, 2).astype(np.float32)
+            actions = rng.uniform(-1, 1, (5, 2)).astype(np.float32)
+            positions = start + 0.1 * np.concatenate([np.zeros((1, 2)), np.cumsum(actions, 0)]).astype(np.float32)
+            buffers.append(EpisodeBuffer(id=i, seed=i, observations=positions.astype(np.float32), actions=actions,
+                                         rewards=-np.linalg.norm(positions[1:], axis=1).astype(np.float32),
+                                         terminations=np.zeros(5, bool), truncations=np.arange(5) == 4))
+        minari.create_dataset_from_buffers(dataset_id="test/gfp-random-start-v0", buffer=buffers, env=spec, eval_env=spec,
+                                           ref_min_score=-10.0, ref_max_score=0.0, author="flowrl tests",
+                                           author_email="tests@flowrl", algorithm_name="random", code_permalink="tests")
+    return path
+
+
+def record_buffer_adds(monkeypatch) -> list:
+    """Every transition the training loop appends to the replay buffer (the online steps), as dicts of arrays."""
+    added, original = [], gfp.ReplayBuffer.add
+
+    def add(self, **transition):
+        added.append({k: np.array(v, dtype=np.float32, copy=True) for k, v in transition.items()})
+        original(self, **transition)
+
+    monkeypatch.setattr(gfp.ReplayBuffer, "add", add)
+    return added
 
 
 def tiny(**overrides) -> "gfp.Args":
@@ -241,6 +282,95 @@ def test_critic_loss_known_answer_for_every_target_rule(target_agg, use_next, ne
     assert torch.allclose(q, torch.tensor([[0.5] * 4, [1.5] * 4]))
 
 
+def test_default_td_target_samples_the_vabc_next_action_at_s_as_the_release():
+    """The release's fixed target_use_next=False, on a paper row that mixes the VaBC flow into the TD target (cube-*)."""
+    args = gfp.resolve_task_settings(gfp.Args(env_id="cube-double-play-singletask-task2-v0"))
+    assert args.target_agg == "mean" and args.target_use_next is False
+    _, _, critic, _ = make_nets()
+    constant_critic(critic, [0.5, 1.5])
+    batch = {"observations": torch.full((4, 3), -0.3), "actions": torch.zeros(4, 2), "next_observations": torch.full((4, 3), 0.1),
+             "rewards": torch.zeros(4), "masks": torch.ones(4)}
+    vabc = ExactField(lambda obs: obs[:, :2])  # lands on the state it is sampled at: -0.3 (s) or 0.1 (s')
+    loss, _ = gfp.critic_loss(critic, SumCritic(), ConstantActor(0.4), vabc, batch, 1.0, args.q_agg, args.target_agg,
+                              args.target_use_next, args.flow_steps)
+    next_q = 0.5 * (1.5 * 0.8 + 1.5 * -0.6)  # mean of Qbar(s', actor 0.4) and Qbar(s', VaBC sampled at s = -0.3)
+    assert loss.item() == pytest.approx(((torch.tensor([0.5, 1.5]) - next_q) ** 2).mean().item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- per-task settings
+@pytest.mark.parametrize("env_id, row, expected", [
+    ("cube-single-play-singletask-task2-v0", ("OGBench", "cube_single_play"),
+     dict(total_steps=1_000_000, batch_size=256, gamma=0.99, target_agg="mean", guidance_agg="actor", alpha=10.0, eta=0.1)),
+    ("humanoidmaze-large-navigate-singletask-task1-v0", ("OGBench", "humanoidmaze_large_navigate"),
+     dict(batch_size=1024, gamma=0.999, flow_steps=30, q_agg="mean", target_agg="actor", guidance_agg="min", alpha=0.3, eta=1e-4)),
+    ("humanoidmaze-medium-navigate-singletask-task3-v0", ("OGBench", "humanoidmaze_medium_navigate"),
+     dict(gamma=0.995, target_agg="mean", guidance_agg="min", alpha=0.3, eta=1e-3)),
+    ("antmaze-giant-navigate-singletask-task5-v0", ("OGBench", "antmaze_giant_navigate"),
+     dict(batch_size=1024, gamma=0.995, q_agg="min", guidance_agg="min", alpha=0.1, eta=0.1)),
+    ("D4RL/antmaze/large-play-v1", ("D4RL", "antmaze_large_play"),  # the Minari re-release takes the D4RL row
+     dict(total_steps=500_000, gamma=0.99, q_agg="min", target_agg="actor", guidance_agg="actor", alpha=0.03, eta=1e-5)),
+    ("antmaze-umaze-diverse-v2", ("D4RL", "antmaze_umaze_diverse"), dict(total_steps=500_000, alpha=0.1, eta=1e-3)),  # longest name wins
+    ("pen-human-v1", ("D4RL", "pen_human_v1"), dict(total_steps=500_000, q_agg="mean", alpha=3.0, eta=1e-4)),
+    ("D4RL/pen/expert-v2", ("Minari", "D4RL_pen_expert_v2"), dict(total_steps=1_000_000, batch_size=256, alpha=0.3, eta=1e-6)),
+    ("mujoco/halfcheetah/simple-v0", ("Minari", "mujoco_halfcheetah_simple_v0"), dict(batch_size=1024, alpha=0.03, eta=1e-6)),
+])
+def test_paper_tasks_resolve_to_their_row(env_id, row, expected, capsys):
+    assert gfp.find_task_row(env_id)[:2] == row
+    args = gfp.resolve_task_settings(gfp.Args(env_id=env_id))
+    assert {k: getattr(args, k) for k in expected} == expected
+    assert all(getattr(args, k) is not None for k in gfp.TASK_FIELDS)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"task settings for {env_id} (paper row {row[0]} '{row[1]}')")
+
+
+def test_explicit_flags_override_the_paper_row(capsys):
+    args = gfp.resolve_task_settings(gfp.Args(env_id="cube-single-play-singletask-task2-v0", alpha=0.5, batch_size=32,
+                                              target_agg="actor"))
+    assert (args.alpha, args.batch_size, args.target_agg, args.eta) == (0.5, 32, "actor", 0.1)
+    assert "explicit flags: batch_size, target_agg, alpha" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env_id", ["flowrl/reacher/mixed-v0", "mujoco/pusher/expert-v0"])
+def test_unknown_tasks_get_the_generic_defaults_with_a_one_line_notice(env_id, capsys):
+    args = gfp.resolve_task_settings(gfp.Args(env_id=env_id))
+    assert {k: getattr(args, k) for k in gfp.TASK_FIELDS} == gfp.GENERIC_TASK_SETTINGS
+    assert gfp.GENERIC_TASK_SETTINGS == dict(total_steps=1_000_000, batch_size=256, gamma=0.99, flow_steps=10, q_agg="mean",
+                                             target_agg="actor", guidance_agg="actor", alpha=1.0, eta=1e-3)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"task settings for {env_id}: no GFP paper row") and "alpha=1.0" in out[0]
+
+
+def test_resolved_settings_are_logged_and_saved(small_bandit, in_tmp):
+    gfp.main(tiny(env_id=str(small_bandit), total_steps=10, eval_freq=10, log_freq=10, eval_episodes=1, batch_size=None,
+                  save_model=True))
+    saved = torch.load(next(in_tmp.glob("runs/*/gfp.pt")))["args"]
+    assert {k: saved[k] for k in gfp.TASK_FIELDS} == {**gfp.GENERIC_TASK_SETTINGS, "total_steps": 10}
+
+
+def test_gfp_reference_scores_replace_minari_metadata():
+    assert gfp.reference_scores("D4RL/pen/expert-v2", {"ref_min_score": 0.0, "ref_max_score": 1.0}) == \
+        (137.92955108500217, 8820.50845967583, "GFP")
+    assert gfp.reference_scores("mujoco/hopper/medium-v0", {}) == (-20.272305, 3234.3, "GFP")
+    assert gfp.reference_scores("mujoco/invertedpendulum/expert-v0", {"ref_min_score": 1, "ref_max_score": 2}) == \
+        (1.0, 2.0, "Minari metadata")
+    assert gfp.reference_scores("flowrl/reacher/mixed-v0", {}) is None
+    assert gfp.normalized_score([137.92955108500217, 8820.50845967583, 4479.219005380416], 137.92955108500217,
+                                8820.50845967583) == pytest.approx([0.0, 100.0, 50.0])
+
+
+def test_a_loaded_hopper_dataset_is_scored_with_gfps_reference_returns(tmp_path, monkeypatch):
+    """A Minari dataset whose id names hopper, with (wrong) metadata reference scores 0 and 1."""
+    import minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    spec = gym.envs.registration.EnvSpec(id="TwoModeBandit-v0", entry_point="toy_envs:TwoModeBanditEnv", max_episode_steps=1)
+    minari.create_dataset_from_buffers(dataset_id="mujoco/hopper/gfp-test-v0", buffer=bandit_buffers(10, seed=0), env=spec,
+                                       eval_env=spec, ref_min_score=0.0, ref_max_score=1.0, author="t", author_email="t@t",
+                                       algorithm_name="t", code_permalink="t")
+    data = gfp.load_offline_data(str(tmp_path / "mujoco/hopper/gfp-test-v0"), "")
+    assert data.score([-20.272305, 3234.3, 1607.0138475]) == pytest.approx([0.0, 100.0, 50.0])
+
+
 # ---------------------------------------------------------------------------------------------- behaviour
 def mode_fraction(actions: np.ndarray) -> float:
     """Share of actions closer to the bandit's better mode."""
@@ -336,6 +466,73 @@ def test_ogbench_file_loads_and_trains(ogbench_dir, in_tmp):
     assert "eval/actor_success" in metrics and "eval/success" in metrics and "eval/flow_success" not in metrics
 
 
+def test_ogbench_envs_judge_success_after_the_step(ogbench_dir):
+    """success_timing='post' (ogbench < 1.2, the release's pin): a step that enters the goal succeeds on that step."""
+    env = gfp.load_offline_data(OGBENCH_TINY, str(ogbench_dir)).make_env()
+    maze = env.unwrapped
+    assert maze._success_timing == "post"
+    env.reset(seed=0)
+    goal = np.array(maze.cur_goal_xy)
+    maze.set_xy(goal + np.array([0.0, maze._goal_tol + 0.1]))  # just outside the goal; one step of -1 enters it
+    _, reward, terminated, _, info = env.step(np.array([0.0, -1.0], dtype=np.float32))
+    assert np.linalg.norm(maze.get_xy() - goal) < maze._goal_tol
+    assert (reward, terminated, info["success"]) == (0.0, True, 1.0)  # 'pre' would give -1, False, 0
+    env.close()
+
+
+def test_online_episodes_start_from_different_states(random_start_dataset, in_tmp, monkeypatch):
+    added = record_buffer_adds(monkeypatch)
+    gfp.main(tiny(env_id=str(random_start_dataset), total_steps=5, online_steps=15, eval_freq=100, log_freq=10,
+                  eval_episodes=1, eval_flow=False))
+    assert len(added) == 15  # 3 episodes of 5 steps
+    starts = [added[i]["observations"] for i in (0, 5, 10)]
+    assert all(np.array_equal(added[i]["next_observations"], added[i + 1]["observations"]) for i in range(14) if i % 5 != 4)
+    assert not np.array_equal(starts[0], starts[1]) and not np.array_equal(starts[1], starts[2]), starts
+
+
+def test_antmaze_reward_shift_applies_to_the_dataset_and_to_online_steps(make_bandit_dataset, in_tmp, monkeypatch):
+    """D4RL antmaze: {0, 1} -> {-1, 0} by one function, offline and online (the buffer never mixes the two)."""
+    assert gfp.transform_reward("D4RL/antmaze/large-play-v1", 1.0) == 0.0
+    assert gfp.transform_reward("D4RL/pen/expert-v2", 1.0) == 1.0
+    path = make_bandit_dataset("gfp-antmaze-bandit", n_episodes=200)
+    data = gfp.load_offline_data(str(path), "")
+    actions = np.stack([np.clip(b.actions[0], -1, 1) for b in bandit_buffers(200, seed=0)])
+    assert np.allclose(data.transitions["rewards"], bandit_reward(actions) - 1.0, atol=1e-6)
+    added = record_buffer_adds(monkeypatch)
+    gfp.main(tiny(env_id=str(path), total_steps=5, online_steps=10, eval_freq=100, log_freq=10, eval_episodes=1,
+                  eval_flow=False))
+    assert len(added) == 10
+    for transition in added:
+        assert transition["rewards"] == pytest.approx(bandit_reward(transition["actions"]) - 1.0, abs=1e-6)
+
+
+def test_evaluation_does_not_depend_on_the_number_of_eval_envs(random_start_dataset):
+    data = gfp.load_offline_data(str(random_start_dataset), "")
+    policy = lambda obs, z: (0.5 * z - obs).clamp(-1, 1)  # noqa: E731 (depends on the noise and on the state)
+    results = [gfp.evaluate(data, [data.make_env() for _ in range(n)], policy, 7, 123, 2, torch.device("cpu"))
+               for n in (1, 3, 7)]
+    assert results[0] == results[1] == results[2]
+    assert results[0]["episodic_return_std"] > 0  # episodes differ (start state and noise)
+
+
+def test_main_builds_at_most_eval_envs_environments(small_bandit, in_tmp, monkeypatch):
+    made, original = [], gfp.load_offline_data
+
+    def counting(*args, **kwargs):
+        data = original(*args, **kwargs)
+        make_env = data.make_env
+        data.make_env = lambda: made.append(1) or make_env()
+        return data
+
+    monkeypatch.setattr(gfp, "load_offline_data", counting)
+    assert gfp.Args().eval_envs == 8
+    gfp.main(tiny(env_id=str(small_bandit), total_steps=10, eval_freq=10, log_freq=10, eval_episodes=5, eval_envs=2))
+    assert len(made) == 2
+    made.clear()
+    gfp.main(tiny(env_id=str(small_bandit), total_steps=10, eval_freq=10, log_freq=10, eval_episodes=3))
+    assert len(made) == 3
+
+
 def test_online_finetuning_appends_to_the_buffer_and_logs_returns(small_bandit, in_tmp):
     metrics = gfp.main(tiny(env_id=str(small_bandit), total_steps=40, online_steps=40, eval_freq=80, log_freq=20, eta_online=0.01))
     assert np.isfinite(metrics["eval/episodic_return"])
@@ -366,6 +563,22 @@ def test_checkpoint_reloads_and_evaluates(small_bandit, in_tmp):
 def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
     last = last_error_line(run_script("gfp", "--env-id", "nosuch/dataset-v0", "--no-cuda"))
     assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
+
+
+def test_minari_id_with_an_unreachable_hub_fails_fast_in_one_line(tmp_path):
+    empty = tmp_path / "minari"
+    empty.mkdir()
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "MINARI_DATASETS_PATH": str(empty)}
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.time()
+    result = subprocess.run([sys.executable, str(ROOT / "gfp.py"), "--env-id", "D4RL/pen/expert-v2", "--no-cuda"],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    wall = time.time() - start
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "'D4RL/pen/expert-v2'" in lines[0] and "unreachable" in lines[0] and "point --env-id at a local Minari dataset folder" in lines[0]
+    assert wall < 10, wall
 
 
 def test_negative_eta_is_rejected(small_bandit, in_tmp):

@@ -42,3 +42,26 @@ class TwoModeBanditEnv(gym.Env):
         if 0 <= self.nan_reward_after < self.steps:
             reward = float("nan")
         return np.ones(2, dtype=np.float32), reward, True, False, {"success": reward > 0.75}
+
+
+# ---------------------------------------------------------------------------------------------- gfp.py tests
+# (a separate block for tests/test_gfp.py; added for the online-seeding and eval-pool tests)
+class GfpRandomStartEnv(gym.Env):
+    """A point in the plane that starts at a random position in [-1, 1]^2 (drawn from the env's RNG at reset) and
+    moves by 0.1 * action; reward -|position|. No termination: episodes end by the TimeLimit of the env's spec."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.position = np.zeros(2, dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.position = self.np_random.uniform(-1.0, 1.0, 2).astype(np.float32)
+        return self.position.copy(), {}
+
+    def step(self, action):
+        self.position = (self.position + 0.1 * np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)).astype(np.float32)
+        return self.position.copy(), -float(np.linalg.norm(self.position)), False, False, {}
