@@ -757,6 +757,7 @@ def main(args: Args) -> dict:
     progress = Progress(total, start_step)
     online_env = data.make_env() if args.online_steps > 0 else None
     online_obs, online_queue, episode_return, episode_length = None, [], 0.0, 0
+    online_seeded = False  # the online env is seeded once, at its first reset; later resets continue its RNG
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     metrics: dict = {}
     losses: dict = {}
@@ -779,7 +780,8 @@ def main(args: Args) -> dict:
         train_now = True
         if step > args.total_steps:  # online: one env step (chunks executed open-loop), then one update
             if online_obs is None:
-                online_obs, _ = online_env.reset(seed=args.seed)
+                online_obs, _ = online_env.reset(seed=None if online_seeded else args.seed)
+                online_seeded = True
             if not online_queue:
                 chunk = policy(torch.as_tensor(data.flatten(online_obs)[None], device=device))[0].cpu().numpy()
                 online_queue = list(chunk.reshape(-1, act_dim))

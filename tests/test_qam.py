@@ -420,3 +420,31 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_
     state = torch.load(next(in_tmp.glob("runs/*/qam.pt")))
     assert state["step"] == 50
     assert all(torch.isfinite(v).all() for v in state["critic"].values())
+
+
+# ---------------------------------------------------------------------------------------------- issue 17: fidelity fixes
+def record_online_transitions(monkeypatch) -> list:
+    """Every transition the online phase adds to the replay buffer, in order."""
+    added = []
+    original = qam.ReplayBuffer.add
+
+    def add(self, **transition):
+        added.append({k: np.asarray(v, dtype=np.float32).copy() for k, v in transition.items()})
+        original(self, **transition)
+
+    monkeypatch.setattr(qam.ReplayBuffer, "add", add)
+    return added
+
+
+def test_online_env_is_seeded_once_so_consecutive_episodes_start_from_different_states(qam_random_start_dataset,
+                                                                                       in_tmp, monkeypatch):
+    # the env draws each start from its own RNG (self.np_random); one-step episodes, so every transition is a start
+    added = record_online_transitions(monkeypatch)
+    qam.main(tiny(env_id=str(qam_random_start_dataset), total_steps=5, online_steps=6, start_training=100,
+                  eval_freq=10**6, eval_episodes=1, eval_bc_flow=False, inv_temp=1.0))
+    starts = np.stack([t["observations"] for t in added])
+    assert len(starts) == 6 and all(t["ends"] == 1 for t in added)
+    assert len(np.unique(starts.round(6), axis=0)) == 6, starts
+    # only the first reset is seeded (with --seed): the run is reproducible
+    env = qam.load_offline_data(str(qam_random_start_dataset), "").make_env()
+    assert np.allclose(starts[0], env.reset(seed=1)[0]) and np.allclose(starts[1], env.reset()[0])
