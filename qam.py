@@ -460,8 +460,6 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         raise DatasetError(f"dataset {env_id!r} has no episodes")
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["actions"] = to_unit_box(data["actions"], dataset.action_space)
-    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as the official FQL code
-        data["rewards"] = data["rewards"] - 1.0
     data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
 
     def make_env():
@@ -527,9 +525,22 @@ def validated(data: OfflineData, env_id: str) -> OfflineData:
     return data
 
 
-def sparse_reward(rewards):
-    """The paper's sparse transform for puzzle/scene: r -> -1 if r != 0 else 0."""
-    return -(rewards != 0).astype(np.float32) if isinstance(rewards, np.ndarray) else -float(rewards != 0)
+def is_d4rl_antmaze(env_id: str) -> bool:
+    """The names whose rewards the official loader shifts: D4RL antmaze (envs/env_utils.py:103-117, after the
+    OGBench 'singletask' branch, and d4rl_utils.py:179-185 @f93efd2), here also their Minari re-releases."""
+    return "antmaze" in env_id and "singletask" not in env_id and any(k in env_id for k in ("diverse", "play", "umaze"))
+
+
+def transform_rewards(rewards, env_id: str, sparse: bool) -> np.ndarray:
+    """The one reward transform of the dataset and of every online step (applied before `buffer.add`):
+    D4RL antmaze's {0, 1} -> {-1, 0} shift (r - 1), then the paper's sparse transform for puzzle/scene,
+    r -> -1 if r != 0 else 0 (`--sparse`; official main.py:127-132 offline, 320-322 online)."""
+    r = np.asarray(rewards, dtype=np.float32)
+    if is_d4rl_antmaze(env_id):
+        r = r - 1.0
+    if sparse:
+        r = -(r != 0).astype(np.float32)
+    return r
 
 
 class ReplayBuffer:
@@ -650,8 +661,7 @@ def main(args: Args) -> dict:
         torch.set_float32_matmul_precision("high")
 
     data = load_offline_data(args.env_id, args.ogbench_dataset_dir)
-    if args.sparse:
-        data.transitions["rewards"] = sparse_reward(data.transitions["rewards"])
+    data.transitions["rewards"] = transform_rewards(data.transitions["rewards"], args.env_id, args.sparse)
     obs_dim = data.transitions["observations"].shape[1]
     act_dim = data.transitions["actions"].shape[1]
     H = args.horizon_length
@@ -788,7 +798,7 @@ def main(args: Args) -> dict:
             action = online_queue.pop(0)
             next_obs, reward, terminated, truncated, info = online_env.step(action)
             buffer.add(observations=data.flatten(online_obs), actions=action,
-                       rewards=sparse_reward(reward) if args.sparse else reward, masks=1.0 - float(terminated),
+                       rewards=transform_rewards(reward, args.env_id, args.sparse), masks=1.0 - float(terminated),
                        next_observations=data.flatten(next_obs), ends=float(terminated or truncated))
             episode_return, episode_length = episode_return + float(reward), episode_length + 1
             online_obs = next_obs

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import OGBENCH_TINY, import_script, last_error_line, run_script
-from toy_envs import GOOD_MODE
+from toy_envs import GOOD_MODE, bandit_reward
 
 qam = import_script("qam")
 
@@ -448,3 +448,35 @@ def test_online_env_is_seeded_once_so_consecutive_episodes_start_from_different_
     # only the first reset is seeded (with --seed): the run is reproducible
     env = qam.load_offline_data(str(qam_random_start_dataset), "").make_env()
     assert np.allclose(starts[0], env.reset(seed=1)[0]) and np.allclose(starts[1], env.reset()[0])
+
+
+def test_d4rl_antmaze_reward_shift_is_one_function_for_the_dataset_and_the_online_steps(make_bandit_dataset, in_tmp,
+                                                                                        monkeypatch):
+    import minari
+
+    dataset = make_bandit_dataset("antmaze-umaze", n_episodes=100)  # a Minari dir whose name is a D4RL antmaze name
+    raw = np.concatenate([ep.rewards for ep in minari.MinariDataset(dataset / "data").iterate_episodes()])
+    offline = {}
+    original_init = qam.ReplayBuffer.__init__
+
+    def init(self, transitions, capacity, device):
+        offline["rewards"] = transitions["rewards"].copy()
+        original_init(self, transitions, capacity, device)
+
+    monkeypatch.setattr(qam.ReplayBuffer, "__init__", init)
+    added = record_online_transitions(monkeypatch)
+    qam.main(tiny(env_id=str(dataset), total_steps=5, online_steps=20, start_training=100, eval_freq=10**6,
+                  eval_episodes=1, eval_bc_flow=False, inv_temp=1.0))
+    np.testing.assert_allclose(offline["rewards"], raw - 1.0, atol=1e-6)
+    assert len(added) == 20
+    for t in added:  # the bandit's reward is a known function of the action: the online rewards are shifted too
+        assert t["rewards"] == pytest.approx(float(bandit_reward(t["actions"])) - 1.0, abs=1e-6)
+    # which names: official envs/env_utils.py:103-117 + d4rl_utils.py:179-185 (D4RL antmaze, not OGBench singletask)
+    assert qam.is_d4rl_antmaze("D4RL/antmaze/large-play-v1") and qam.is_d4rl_antmaze("D4RL/antmaze/umaze-v1")
+    assert qam.is_d4rl_antmaze("antmaze-medium-diverse-v2")
+    assert not qam.is_d4rl_antmaze("antmaze-large-navigate-singletask-task1-v0")  # OGBench: no shift
+    assert not qam.is_d4rl_antmaze("mujoco/hopper/medium-v0") and not qam.is_d4rl_antmaze("flowrl/pointmaze/wander-v0")
+    np.testing.assert_array_equal(qam.transform_rewards(np.array([0.0, 1.0]), "D4RL/antmaze/umaze-v1", False), [-1.0, 0.0])
+    np.testing.assert_array_equal(qam.transform_rewards(np.array([0.0, 1.0]), "D4RL/antmaze/umaze-v1", True), [-1.0, 0.0])
+    np.testing.assert_array_equal(qam.transform_rewards(np.array([0.0, -1.0, 2.0]), "scene-play-singletask-v0", True),
+                                  [0.0, -1.0, -1.0])
