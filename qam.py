@@ -484,7 +484,9 @@ def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
     data["ends"] = np.asarray(train["terminals"], dtype=np.float32)  # OGBench: 1 on each trajectory's last transition
     data["actions"] = to_unit_box(data["actions"], env.action_space)
     env.close()
-    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
+    # success_timing='post': reward, success and termination of the state AFTER the action, as ogbench < 1.2 (see the
+    # module docstring: the paper's runs predate ogbench 1.2.0, which made singletask envs score the state before it)
+    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True, success_timing="post"))  # noqa: E731
     return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
 
 

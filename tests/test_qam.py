@@ -480,3 +480,21 @@ def test_d4rl_antmaze_reward_shift_is_one_function_for_the_dataset_and_the_onlin
     np.testing.assert_array_equal(qam.transform_rewards(np.array([0.0, 1.0]), "D4RL/antmaze/umaze-v1", True), [-1.0, 0.0])
     np.testing.assert_array_equal(qam.transform_rewards(np.array([0.0, -1.0, 2.0]), "scene-play-singletask-v0", True),
                                   [0.0, -1.0, -1.0])
+
+
+def test_ogbench_envs_score_the_state_after_the_action(ogbench_dir):
+    # ogbench >= 1.2 scores singletask envs before the action by default; the paper's runs used the older 'post'
+    env = qam.load_offline_data(OGBENCH_TINY, str(ogbench_dir)).make_env()
+    u = env.unwrapped
+    assert u._success_timing == "post"
+    env.reset(seed=0)
+    goal = np.array(u.cur_goal_xy)
+    u.set_xy(goal + np.array([u._goal_tol + 0.02, 0.0]))  # just outside the goal, stepping into it
+    assert not u.compute_success()
+    _, reward, terminated, _, info = env.step(np.array([-1.0, 0.0], np.float32))
+    assert u.compute_success() and info["success"] == 1.0 and reward == 0.0 and terminated
+    env.reset(seed=0)
+    u.set_xy(goal + np.array([u._goal_tol - 0.02, 0.0]))  # just inside the goal, stepping out of it
+    assert u.compute_success()
+    _, reward, terminated, _, info = env.step(np.array([1.0, 0.0], np.float32))
+    assert not u.compute_success() and info["success"] == 0.0 and reward == -1.0 and not terminated
