@@ -98,6 +98,8 @@ class Args:
     """evaluate every this many steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation"""
+    eval_envs: int = 8
+    """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_bc_flow: bool = True
     """also evaluate the BC flow (actor_slow; the in-run behaviour-cloning baseline)"""
     log_freq: int = 5000
@@ -620,38 +622,58 @@ class ReplayBuffer:
         }
 
 
+def draw_noise(rows: int, shape: tuple, generators: Optional[list], device: torch.device) -> torch.Tensor:
+    """Standard normal noise (rows, *shape): from the global RNG, or row r from its own generators[r] (CPU)."""
+    if generators is None:
+        return torch.randn(rows, *shape, device=device)
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
 def evaluate(data: OfflineData, envs: list, policy: Callable, action_dim: int, episodes: int, seed: int,
              device: torch.device) -> dict:
     """Run `episodes` episodes on the `envs` in parallel; each env executes its action chunk open-loop and
-    asks the policy (one batched call for all envs that need one) for a new chunk when it is used up."""
+    asks the policy (one batched call for all envs that need one) for a new chunk when it is used up.
+
+    Episode k resets its env with seed + k and draws its policy noise from its own generator seeded with seed + k,
+    and the global NumPy RNG (OGBench's mazes draw their start noise from it) is seeded with `seed` for the
+    evaluation and restored afterwards: the metrics do not depend on the number of envs, nor on the training RNG.
+    `policy(obs, generators)` gets one generator per row of obs."""
     returns, successes = [], []
     next_episode = 0
     obs, ep_return, active = [None] * len(envs), [0.0] * len(envs), [False] * len(envs)
-    queues = [[] for _ in envs]
-    for i, env in enumerate(envs):
-        if next_episode < episodes:
-            obs[i], _ = env.reset(seed=seed + next_episode)
-            active[i], next_episode = True, next_episode + 1
-    while any(active):
-        ids = [i for i in range(len(envs)) if active[i] and not queues[i]]
-        if ids:
-            batch = torch.as_tensor(np.stack([data.flatten(obs[i]) for i in ids]), device=device)
-            chunks = policy(batch).cpu().numpy().reshape(len(ids), -1, action_dim)
-            for i, chunk in zip(ids, chunks):
-                queues[i] = list(chunk)
-        for i in [i for i in range(len(envs)) if active[i]]:
-            obs[i], reward, terminated, truncated, info = envs[i].step(queues[i].pop(0))
-            ep_return[i] += float(reward)
-            if terminated or truncated:
-                returns.append(ep_return[i])
-                if "success" in info:
-                    successes.append(float(info["success"]))
-                ep_return[i], queues[i] = 0.0, []
-                if next_episode < episodes:
-                    obs[i], _ = envs[i].reset(seed=seed + next_episode)
-                    next_episode += 1
-                else:
-                    active[i] = False
+    queues, generators = [[] for _ in envs], [None] * len(envs)
+    np_state = np.random.get_state()
+    np.random.seed(seed)
+
+    def start(i: int) -> None:
+        nonlocal next_episode
+        obs[i], _ = envs[i].reset(seed=seed + next_episode)
+        generators[i] = torch.Generator().manual_seed(seed + next_episode)
+        active[i], next_episode = True, next_episode + 1
+
+    try:
+        for i in range(len(envs)):
+            if next_episode < episodes:
+                start(i)
+        while any(active):
+            ids = [i for i in range(len(envs)) if active[i] and not queues[i]]
+            if ids:
+                batch = torch.as_tensor(np.stack([data.flatten(obs[i]) for i in ids]), device=device)
+                chunks = policy(batch, [generators[i] for i in ids]).cpu().numpy().reshape(len(ids), -1, action_dim)
+                for i, chunk in zip(ids, chunks):
+                    queues[i] = list(chunk)
+            for i in [i for i in range(len(envs)) if active[i]]:
+                obs[i], reward, terminated, truncated, info = envs[i].step(queues[i].pop(0))
+                ep_return[i] += float(reward)
+                if terminated or truncated:
+                    returns.append(ep_return[i])
+                    if "success" in info:
+                        successes.append(float(info["success"]))
+                    ep_return[i], queues[i], active[i] = 0.0, [], False
+                    if next_episode < episodes:
+                        start(i)
+    finally:
+        np.random.set_state(np_state)
     metrics = {"episodic_return": float(np.mean(returns)), "episodic_return_std": float(np.std(returns))}
     score = data.score(returns)
     if score is not None:
@@ -685,8 +707,8 @@ class LogParam(nn.Module):
 def main(args: Args) -> dict:
     if args.fql_alpha > 0 and args.edit_scale > 0:
         raise DatasetError("only one of --fql-alpha and --edit-scale can be > 0")
-    if args.horizon_length < 1 or args.flow_steps < 1 or args.best_of_n < 1:
-        raise DatasetError("--horizon-length, --flow-steps and --best-of-n must be >= 1")
+    if args.horizon_length < 1 or args.flow_steps < 1 or args.best_of_n < 1 or args.eval_envs < 1:
+        raise DatasetError("--horizon-length, --flow-steps, --best-of-n and --eval-envs must be >= 1")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -743,28 +765,28 @@ def main(args: Args) -> dict:
               [p for m in (target_critic, target_actor_slow) for p in m.parameters()])
     target_entropy = -args.edit_target_entropy_multiplier * chunk_dim
 
-    def policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def policy(obs: torch.Tensor, generators: Optional[list] = None) -> torch.Tensor:
         """The deployed policy (chunk of H actions, or one): ODE of the fine field (of the BC flow if inv_temp = 0),
-        or QAM-FQL's one-step policy, plus QAM-EDIT's edit; best-of-n by the mean critic value."""
+        or QAM-FQL's one-step policy, plus QAM-EDIT's edit; best-of-n by the mean critic value. Noise from the
+        global RNG, or from one generator per row (evaluation)."""
         with torch.no_grad():
             n = args.best_of_n
             obs_n = obs.repeat_interleave(n, 0) if n > 1 else obs
-            z = torch.randn(obs_n.shape[0], chunk_dim, device=device, generator=generator)
+            z = draw_noise(obs.shape[0], (n, chunk_dim), generators, device).view(-1, chunk_dim)
             if args.fql_alpha > 0:
                 actions = modules["one_step_actor"](obs_n, z).clamp(-1.0, 1.0)
             else:
                 actions = sample_flow(actor_fast if args.inv_temp != 0 else actor_slow, obs_n, z, args.flow_steps)
                 if args.edit_scale > 0:
-                    noise = torch.randn(actions.shape, device=device, generator=generator)
+                    noise = draw_noise(obs.shape[0], (n, chunk_dim), generators, device).view(-1, chunk_dim)
                     actions = (actions + args.edit_scale * modules["edit_actor"](obs_n, actions, noise)[0]).clamp(-1.0, 1.0)
             if n > 1:
                 best = critic(obs_n, actions).mean(0).view(-1, n).argmax(1)
                 actions = actions.view(-1, n, chunk_dim)[torch.arange(obs.shape[0], device=device), best]
             return actions
 
-    def bc_flow_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        z = torch.randn(obs.shape[0], chunk_dim, device=device, generator=generator)
-        return sample_flow(actor_slow, obs, z, args.flow_steps)
+    def bc_flow_policy(obs: torch.Tensor, generators: Optional[list] = None) -> torch.Tensor:
+        return sample_flow(actor_slow, obs, draw_noise(obs.shape[0], (chunk_dim,), generators, device), args.flow_steps)
 
     def update(batch: dict) -> dict:
         obs = batch["observations"]
@@ -796,7 +818,7 @@ def main(args: Args) -> dict:
         out.update(q_mean=q.mean(), total_loss=loss)
         return {k: v.detach() for k, v in out.items()}
 
-    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
     total = args.total_steps + args.online_steps
     progress = Progress(total, start_step)
@@ -809,12 +831,11 @@ def main(args: Args) -> dict:
     t0, last_log_step = time.time(), start_step
 
     def run_evaluation(step: int) -> dict:
-        """Same env seeds and policy noise at every evaluation, independent of the training RNG."""
+        """Same env seeds and policy noise at every evaluation (evaluate: per episode), independent of the training RNG."""
         policies = {"": policy, "bc_flow_": bc_flow_policy} if args.eval_bc_flow else {"": policy}
         result = {}
         for prefix, pol in policies.items():
-            generator = torch.Generator(device=device).manual_seed(args.seed)
-            m = evaluate(data, eval_envs, lambda obs: pol(obs, generator), act_dim, args.eval_episodes, 10_000 * args.seed, device)
+            m = evaluate(data, eval_envs, pol, act_dim, args.eval_episodes, 10_000 * args.seed, device)
             result.update({f"eval/{prefix}{k}": v for k, v in m.items()})
         for k, v in result.items():
             writer.add_scalar(k, v, step)

@@ -513,3 +513,49 @@ def test_minari_id_with_the_hub_unreachable_fails_fast_in_one_line(tmp_path):
     assert "'D4RL/nosuch/medium-v0'" in lines[0] and "unreachable" in lines[0]
     assert "point --env-id at a local Minari dataset folder" in lines[0]
     assert wall < 10, wall
+
+
+def test_eval_env_pool_is_eval_envs_and_its_size_does_not_change_the_metrics(in_tmp, monkeypatch):
+    # multi-step episodes (embedded Reacher, 50 steps): with 3 envs the policy calls of the episodes interleave
+    made = []
+    original = qam.load_offline_data
+
+    def counting(env_id, ogbench_dataset_dir):
+        data = original(env_id, ogbench_dataset_dir)
+        make_env = data.make_env
+        data.make_env = lambda: made.append(1) or make_env()
+        return data
+
+    monkeypatch.setattr(qam, "load_offline_data", counting)
+    results = []
+    for pool in (1, 3):
+        made.clear()
+        results.append(qam.main(tiny(env_id="flowrl/reacher/mixed-v0", total_steps=5, eval_freq=5, eval_episodes=5,
+                                     eval_envs=pool, inv_temp=1.0)))
+        assert len(made) == pool
+    assert results[0].keys() == results[1].keys()
+    for key, value in results[0].items():  # equal up to float rounding (batched matmuls of 1 or 3 rows)
+        assert results[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert results[0]["eval/episodic_return_std"] > 0
+
+
+def test_evaluation_starts_of_ogbench_mazes_repeat_and_do_not_depend_on_the_pool(ogbench_dir):
+    # OGBench's mazes draw the start noise from the GLOBAL NumPy RNG (locomaze/maze.py add_noise), not the env's
+    data = qam.load_offline_data(OGBENCH_TINY, str(ogbench_dir))
+
+    def starts_of(pool: int) -> list:
+        seen = []
+
+        def policy(obs, *generators):  # zero actions; records the observation of each episode's first call
+            seen.append(obs.numpy().copy())
+            return torch.zeros(obs.shape[0], 2)
+
+        envs = [data.make_env() for _ in range(pool)]
+        np.random.uniform(size=7)  # the training phase moves the global RNG between evaluations
+        qam.evaluate(data, envs, policy, 2, episodes=2, seed=123, device=torch.device("cpu"))
+        return [seen[0][0], seen[0][1] if pool == 2 else seen[1000][0]]  # episodes 0 and 1
+
+    first, again, pooled = starts_of(1), starts_of(1), starts_of(2)
+    assert not np.allclose(first[0], first[1])
+    np.testing.assert_allclose(again, first)
+    np.testing.assert_allclose(pooled, first)
