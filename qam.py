@@ -47,9 +47,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -86,8 +86,8 @@ class Args:
     """the learning rate of the (single) Adam optimizer"""
     max_grad_norm: float = 1.0
     """global gradient-norm clip over all networks (<= 0 disables it)"""
-    gamma: float = 0.99
-    """the discount factor (the paper uses 0.995 on the giant/humanoid mazes)"""
+    gamma: Optional[float] = None
+    """the discount factor (None: the paper's value for the task, else 0.99; see TASK_SETTINGS)"""
     tau: float = 0.005
     """Polyak rate of the target critic and of the EMA base field"""
     hidden_dim: int = 512
@@ -110,28 +110,90 @@ class Args:
     """load the networks (and optimizer) from this checkpoint before training"""
 
     # Algorithm specific arguments
-    inv_temp: float = 0.3
-    """inverse temperature: the target policy is pi_beta * exp(inv_temp * Q) (per-task values: docs/qam.md)"""
+    variant: Optional[Literal["qam", "qam-fql", "qam-edit"]] = None
+    """which of the paper's rows sets inv_temp / fql_alpha / edit_scale (None: qam-fql if --fql-alpha > 0,
+    qam-edit if --edit-scale > 0, else qam)"""
+    inv_temp: Optional[float] = None
+    """inverse temperature: the target policy is pi_beta * exp(inv_temp * Q) (None: the paper's value for the task, else 0.3)"""
     flow_steps: int = 10
     """steps of the memoryless SDE (adjoint matching) and of the Euler ODE sampler"""
     num_critics: int = 10
     """size of the critic ensemble"""
-    rho: float = 0.5
-    """pessimism of the TD target: mean - rho * std over the target ensemble"""
-    horizon_length: int = 5
-    """action-chunk / n-step length H (the paper: 5 on manipulation, 1 on locomotion)"""
+    rho: Optional[float] = None
+    """pessimism of the TD target: mean - rho * std over the target ensemble (None: the paper's value for the task, else 0.5)"""
+    horizon_length: Optional[int] = None
+    """action-chunk / n-step length H (None: the paper's value for the task, 5 on manipulation, 1 on the mazes; else 5)"""
     action_chunking: bool = True
     """critic and policy act on the whole chunk of H actions (executed open-loop); otherwise n-step returns only"""
-    sparse: bool = False
-    """sparse-reward transform r -> -1[r != 0] (the paper's puzzle and scene domains)"""
+    sparse: Optional[bool] = None
+    """sparse-reward transform r -> -1[r != 0] (None: the paper's value for the task, True on puzzle and scene; else False)"""
     best_of_n: int = 1
     """sample this many actions and keep the one with the highest mean critic value"""
-    fql_alpha: float = 0.0
-    """QAM-FQL: if > 0, act with a one-step policy distilled from the fine field (distillation weight)"""
-    edit_scale: float = 0.0
-    """QAM-EDIT: if > 0, add edit_scale x a tanh-Gaussian edit policy's output to the fine field's action"""
+    fql_alpha: Optional[float] = None
+    """QAM-FQL: if > 0, act with a one-step policy distilled from the fine field (distillation weight; None: the
+    qam-fql row's value for the task with --variant qam-fql, else 0)"""
+    edit_scale: Optional[float] = None
+    """QAM-EDIT: if > 0, add edit_scale x a tanh-Gaussian edit policy's output to the fine field's action (None: the
+    qam-edit row's value for the task with --variant qam-edit, else 0)"""
     edit_target_entropy_multiplier: float = 0.5
     """QAM-EDIT: target entropy = -multiplier x action dimension"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-task settings of the paper's runs, applied by --env-id to every Args field left at None. Every row is
+# from ColinQiyangLi/qam experiments/reproduce.py @f93efd2: inv_temp / fql_alpha / edit_scale from
+# agent_params["QAM"] (lines 128-140), ["QAM_FQL"] (154-166) and ["QAM_EDIT"] (141-153); sparse, H, gamma and
+# rho from base_kwargs (280-298): sparse on the "-sparse" domains, H = 1 if "ant" or "humanoid" is in the
+# domain else 5, gamma = 0.995 if "giant" or "humanoid" is in the name else 0.99, rho = 0 if "humanoid" else
+# 0.5. Common to all rows and built into Args' defaults: 10 critics, batch 256, 512x4 MLPs, action chunking,
+# utd 1, 1M offline + 500k online steps. The same run goes offline then online: there are no separate
+# offline->online values. cube-quadruple and puzzle-4x4 were run on the 100M-transition datasets (not loaded here).
+# Matching: reproduce.py names each task f"{domain}-singletask-task{k}-v0"; a row applies to a task name equal
+# to its pattern or starting with pattern + "-"; the longest matching pattern wins. The paper has no D4RL /
+# Minari task, so Minari ids (e.g. D4RL/antmaze/large-play-v1) get the generic defaults.
+# ---------------------------------------------------------------------------------------------
+# pattern: (sparse, horizon_length, gamma, rho, QAM inv_temp, QAM-FQL (inv_temp, fql_alpha), QAM-EDIT (inv_temp, edit_scale))
+TASK_SETTINGS = {
+    "puzzle-3x3-play": (True, 5, 0.99, 0.5, 3.0, (3.0, 0.0), (1.0, 0.1)),
+    "scene-play": (True, 5, 0.99, 0.5, 1.0, (1.0, 300.0), (1.0, 0.0)),
+    "cube-double-play": (False, 5, 0.99, 0.5, 1.0, (1.0, 0.0), (1.0, 0.0)),
+    "cube-triple-play": (False, 5, 0.99, 0.5, 3.0, (10.0, 300.0), (3.0, 0.1)),
+    "cube-quadruple-play": (False, 5, 0.99, 0.5, 1.0, (0.3, 30.0), (3.0, 0.1)),
+    "puzzle-4x4-play": (True, 5, 0.99, 0.5, 30.0, (3.0, 3.0), (0.1, 0.9)),
+    "antmaze-large-navigate": (False, 1, 0.99, 0.5, 10.0, (3.0, 30.0), (1.0, 0.1)),
+    "antmaze-giant-navigate": (False, 1, 0.995, 0.5, 3.0, (3.0, 30.0), (10.0, 0.1)),
+    "humanoidmaze-medium-navigate": (False, 1, 0.995, 0.0, 3.0, (1.0, 30.0), (3.0, 0.1)),
+    "humanoidmaze-large-navigate": (False, 1, 0.995, 0.0, 3.0, (0.3, 30.0), (3.0, 0.1)),
+}
+# generic defaults for any other task: agents/qam.py get_config() (inv_temp 0.3, rho 0.5, discount 0.99,
+# fql_alpha 0, edit_scale 0) and main.py's flags (horizon_length 5, sparse False) @f93efd2
+GENERIC_SETTINGS = dict(inv_temp=0.3, fql_alpha=0.0, edit_scale=0.0, sparse=False, horizon_length=5, gamma=0.99, rho=0.5)
+
+
+def paper_row(env_id: str) -> Optional[str]:
+    """The TASK_SETTINGS pattern that applies to `env_id` (the longest match), or None."""
+    matches = [p for p in TASK_SETTINGS if env_id == p or env_id.startswith(p + "-")]
+    return max(matches, key=len) if matches else None
+
+
+def resolve_task_settings(args: Args) -> Args:
+    """A copy of `args` with every per-task field left at None filled from the paper's row for --env-id (or the
+    generic default); explicit values always win. Prints the resolved values once, in one line."""
+    variant = args.variant or ("qam-fql" if (args.fql_alpha or 0) > 0 else "qam-edit" if (args.edit_scale or 0) > 0 else "qam")
+    row = paper_row(args.env_id)
+    values = dict(GENERIC_SETTINGS)
+    if row is not None:
+        sparse, horizon, gamma, rho, qam_temp, (fql_temp, fql_alpha), (edit_temp, edit_scale) = TASK_SETTINGS[row]
+        inv_temp = {"qam": qam_temp, "qam-fql": fql_temp, "qam-edit": edit_temp}[variant]
+        values.update(sparse=sparse, horizon_length=horizon, gamma=gamma, rho=rho, inv_temp=inv_temp,
+                      fql_alpha=fql_alpha if variant == "qam-fql" else 0.0,
+                      edit_scale=edit_scale if variant == "qam-edit" else 0.0)
+    explicit = {k for k in values if getattr(args, k) is not None}
+    resolved = replace(args, variant=variant, **{k: getattr(args, k) if k in explicit else v for k, v in values.items()})
+    shown = " ".join(f"{k}={getattr(resolved, k)}" + ("(flag)" if k in explicit else "") for k in values)
+    where = f"paper row {row!r}, {variant}" if row is not None else "not a paper task: generic defaults"
+    print(f"task settings for {args.env_id} ({where}): {shown}", flush=True)
+    return resolved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -705,6 +767,7 @@ class LogParam(nn.Module):
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
+    args = resolve_task_settings(args)  # fills the per-task fields left at None (TASK_SETTINGS)
     if args.fql_alpha > 0 and args.edit_scale > 0:
         raise DatasetError("only one of --fql-alpha and --edit-scale can be > 0")
     if args.horizon_length < 1 or args.flow_steps < 1 or args.best_of_n < 1 or args.eval_envs < 1:

@@ -559,3 +559,56 @@ def test_evaluation_starts_of_ogbench_mazes_repeat_and_do_not_depend_on_the_pool
     assert not np.allclose(first[0], first[1])
     np.testing.assert_allclose(again, first)
     np.testing.assert_allclose(pooled, first)
+
+
+# ---------------------------------------------------------------------------------------------- per-task settings
+def test_task_settings_resolve_to_the_paper_rows(capsys):
+    r = qam.resolve_task_settings(qam.Args(env_id="puzzle-3x3-play-singletask-task4-v0"))
+    assert (r.sparse, r.horizon_length, r.gamma, r.rho, r.inv_temp, r.fql_alpha, r.edit_scale, r.variant) == \
+        (True, 5, 0.99, 0.5, 3.0, 0.0, 0.0, "qam")
+    assert "task settings for puzzle-3x3-play-singletask-task4-v0 (paper row 'puzzle-3x3-play', qam)" in capsys.readouterr().out
+    r = qam.resolve_task_settings(qam.Args(env_id="humanoidmaze-medium-navigate-singletask-task3-v0"))
+    assert (r.sparse, r.horizon_length, r.gamma, r.rho, r.inv_temp) == (False, 1, 0.995, 0.0, 3.0)
+    r = qam.resolve_task_settings(qam.Args(env_id="antmaze-giant-navigate-singletask-v0"))
+    assert (r.horizon_length, r.gamma, r.rho, r.inv_temp) == (1, 0.995, 0.5, 3.0)
+    r = qam.resolve_task_settings(qam.Args(env_id="antmaze-large-navigate-singletask-task1-v0"))
+    assert (r.horizon_length, r.gamma, r.rho, r.inv_temp) == (1, 0.99, 0.5, 10.0)
+    r = qam.resolve_task_settings(qam.Args(env_id="puzzle-4x4-play-singletask-task1-v0"))
+    assert (r.sparse, r.inv_temp) == (True, 30.0)
+    r = qam.resolve_task_settings(qam.Args(env_id="cube-double-play-singletask-task2-v0"))
+    assert (r.sparse, r.horizon_length, r.inv_temp) == (False, 5, 1.0)
+    # the variants' rows (README: cube-triple task2, QAM-FQL inv_temp 10 fql_alpha 300, QAM-EDIT inv_temp 3 edit_scale 0.1)
+    task = "cube-triple-play-singletask-task2-v0"
+    assert qam.resolve_task_settings(qam.Args(env_id=task)).inv_temp == 3.0
+    r = qam.resolve_task_settings(qam.Args(env_id=task, variant="qam-fql"))
+    assert (r.inv_temp, r.fql_alpha, r.edit_scale) == (10.0, 300.0, 0.0)
+    r = qam.resolve_task_settings(qam.Args(env_id=task, variant="qam-edit"))
+    assert (r.inv_temp, r.fql_alpha, r.edit_scale) == (3.0, 0.0, 0.1)
+    r = qam.resolve_task_settings(qam.Args(env_id="puzzle-4x4-play-singletask-task3-v0", edit_scale=0.5))  # inferred
+    assert (r.variant, r.inv_temp, r.edit_scale) == ("qam-edit", 0.1, 0.5)
+    assert qam.paper_row("visual-cube-double-play-singletask-task1-v0") is None  # a prefix, not a substring
+
+
+def test_explicit_flags_override_the_task_row():
+    r = qam.resolve_task_settings(qam.Args(env_id="puzzle-3x3-play-singletask-task1-v0", inv_temp=0.7, sparse=False,
+                                           horizon_length=2))
+    assert (r.inv_temp, r.sparse, r.horizon_length, r.gamma, r.rho) == (0.7, False, 2, 0.99, 0.5)
+    r = qam.resolve_task_settings(qam.Args(env_id="cube-triple-play-singletask-task2-v0", variant="qam-fql", fql_alpha=3.0))
+    assert (r.inv_temp, r.fql_alpha) == (10.0, 3.0)
+
+
+@pytest.mark.parametrize("env_id", ["flowrl/reacher/mixed-v0", "D4RL/antmaze/large-play-v1", "mujoco/hopper/medium-v0"])
+def test_unknown_tasks_get_the_generic_defaults_with_a_notice(env_id, capsys):
+    r = qam.resolve_task_settings(qam.Args(env_id=env_id))
+    assert (r.inv_temp, r.fql_alpha, r.edit_scale, r.sparse, r.horizon_length, r.gamma, r.rho) == \
+        (0.3, 0.0, 0.0, False, 5, 0.99, 0.5)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"task settings for {env_id} (not a paper task: generic defaults)")
+
+
+def test_resolved_settings_are_saved_with_the_checkpoint(bandit_dataset, in_tmp):
+    qam.main(tiny(env_id=str(bandit_dataset), total_steps=10, eval_freq=10, eval_episodes=1, save_model=True,
+                  eval_bc_flow=False))
+    saved = torch.load(next(in_tmp.glob("runs/*/qam.pt")))["args"]
+    assert (saved["inv_temp"], saved["sparse"], saved["gamma"], saved["rho"], saved["variant"]) == (0.3, False, 0.99, 0.5, "qam")
+    assert saved["horizon_length"] == 1  # tiny() sets it
