@@ -1,7 +1,8 @@
 """Q-learning with Adjoint Matching (QAM).
 
-Paper: "Q-learning with Adjoint Matching", Qiyang Li, Sergey Levine, arXiv:2601.14234 (ICLR 2026).
-Official code (JAX): https://github.com/ColinQiyangLi/qam
+Paper: "Q-learning with Adjoint Matching", Qiyang Li, Sergey Levine, arXiv:2601.14234 (an ICLR 2026
+submission, OpenReview vd4eNAdtO6, 18 Sep 2025). Official code (JAX): https://github.com/ColinQiyangLi/qam,
+read at f93efd2 (agents/qam.py, main.py, evaluation.py, envs/, utils/datasets.py, experiments/reproduce.py).
 
 Idea. A flow policy is expressive, but steering it with the critic's action gradient means
 backpropagating through the whole sampling chain, which is unstable. QAM instead treats policy
@@ -15,26 +16,51 @@ adjoint"); and f is regressed at every step so that (2/sigma)(f - b) matches -si
 gradient ever flows through the chain. A critic ensemble (mean - rho * std target) is trained by TD
 with action chunking / n-step returns, as in Q-chunking.
 
-This file implements QAM offline and offline->online as the official code: 10 LayerNorm critics with
-a pessimistic (mean - rho * std) target, a BC flow (actor_slow) with an EMA copy used as the base
-field, a separately initialised fine field (actor_fast) trained by adjoint matching, action chunks of
-`--horizon-length` actions with n-step returns (`--action-chunking`: the critic and the policy see the
-whole chunk, which is executed open-loop), the sparse-reward transform (`--sparse`), one Adam over all
-networks with a global gradient-norm clip, and the two variants QAM-FQL (`--fql-alpha`: a one-step
-policy distilled from f while maximising Q) and QAM-EDIT (`--edit-scale`: a tanh-Gaussian edit policy
-added to f's action, trained SAC-style). Differences from the official code, all deliberate:
+This file implements QAM offline and offline->online after the official agents/qam.py and main.py: 10
+LayerNorm critics with a pessimistic (mean - rho * std) target, a BC flow (actor_slow) with an EMA copy
+used as the base field, a separately initialised fine field (actor_fast) trained by adjoint matching,
+action chunks of `--horizon-length` actions with n-step returns (`--action-chunking`: the critic and the
+policy see the whole chunk, which is executed open-loop in evaluation and online), the
+sparse-reward transform (`--sparse`), one Adam over all networks with a global gradient-norm clip, and the
+two variants QAM-FQL (`--fql-alpha`: a one-step policy distilled from f while maximising Q) and QAM-EDIT
+(`--edit-scale`: a tanh-Gaussian edit policy added to f's action, trained SAC-style).
+
+Per-task settings. `--env-id` applies the paper's values (TASK_SETTINGS, from experiments/reproduce.py) to
+every per-task flag left unset: inv_temp, sparse, horizon_length, gamma, rho, and with `--variant
+qam-fql` / `qam-edit` the variant's inv_temp and fql_alpha / edit_scale; an explicit flag always wins;
+other tasks get the generic defaults of the official config. The resolved values are printed in one line
+and saved with the hyper-parameters and the checkpoint.
+
+Differences from the official code, all deliberate:
   * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench;
-    Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary;
+    Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary; a Minari id
+    that is not local fails in one line when the Hugging Face hub is unreachable (`download_minari`);
+  * OGBench envs (evaluation and online) are made with `success_timing='post'`: reward, success and
+    termination of the state after the action, as ogbench < 1.2. The official requirements.txt does not pin
+    ogbench (a fresh install today gets >= 1.2, which scores the state before the action), but the paper was
+    submitted on 2025-09-18, before ogbench 1.2.0 (2025-10-20), so its runs used 'post' (inferred from the dates);
+  * D4RL antmaze's reward shift r - 1 is one function (`transform_rewards`) applied to the dataset AND to
+    every online reward; the official code shifts only the dataset (envs/d4rl_utils.py:185; main.py:309-332
+    stores the raw online reward), which would mix {-1, 0} and {0, 1} rewards in the buffer (the paper has
+    no D4RL task, so its runs are unaffected);
+  * seeding: the online env is seeded once (`--seed`) at its first reset, and later resets continue its
+    RNG (the official main.py seeds no reset); evaluation episode k resets with a fixed seed + k and draws
+    its policy noise from its own generator, with the global NumPy RNG (OGBench mazes' start noise) seeded
+    for the evaluation and restored after it (official: unseeded resets, a fresh key per evaluation), so
+    the metrics do not depend on `--eval-envs` (envs run in parallel, batched policy calls; the official
+    evaluation runs one env);
   * the BC flow (actor_slow) is evaluated too (`eval/bc_flow_*`), as the in-run behaviour-cloning baseline;
   * the ablation switches of the official config (residual field, no target actor, no clipping of the
     action inside Q's gradient, online critic's gradient) are not exposed; their default values are built in;
-  * no image encoders (state-based tasks only); no 100M-dataset file rotation.
+  * no image encoders (state-based tasks only); no 100M-dataset file rotation (the paper's cube-quadruple and
+    puzzle-4x4 runs used the 100M-transition datasets; their rows are applied to whatever dataset is loaded).
 
 Usage:
-  python qam.py --total-steps 20000 --hidden-dim 256 --num-layers 3 --horizon-length 1       # embedded Reacher, CPU
-  python qam.py --env-id cube-double-play-singletask-task2-v0 --inv-temp 1.0                  # OGBench, paper setting
-  python qam.py --env-id puzzle-3x3-play-singletask-task1-v0 --sparse --inv-temp 3.0 --online-steps 500000
-See docs/qam.md for the paper <-> code map, the per-task temperatures, logged metrics and results.
+  python qam.py --total-steps 20000 --hidden-dim 256 --num-layers 3 --horizon-length 1 --inv-temp 1  # embedded Reacher, CPU
+  python qam.py --env-id cube-double-play-singletask-task2-v0                  # OGBench, the paper's settings for the task
+  python qam.py --env-id puzzle-3x3-play-singletask-task1-v0 --online-steps 500000      # offline -> online (sparse, H=5)
+  python qam.py --env-id cube-triple-play-singletask-task2-v0 --variant qam-edit         # QAM-EDIT, inv_temp 3, edit 0.1
+See docs/qam.md for the paper <-> code map, the per-task settings, logged metrics and results.
 """
 
 from __future__ import annotations
@@ -326,7 +352,7 @@ def memoryless_rollout(fine_field: Callable, base_field: Callable, obs: torch.Te
                        flow_steps: int) -> tuple:
     """Euler-Maruyama of the memoryless SDE dX = (2 f(X, t) - X / t) dt + sigma_t dB with the FINE field.
 
-    The last step is a deterministic ODE step with the BASE field (as the official code, following the
+    The last step is a deterministic ODE step with the BASE field (as the official agents/qam.py:72-73, following the
     adjoint-matching paper). Returns the visited states xs = (x_0..x_{T-1}) as (T, B, D), their times
     ts (T, B, 1) and the final action x_T (B, D). Nothing here carries a gradient.
     """
@@ -360,7 +386,7 @@ def lean_adjoint(base_field: Callable, obs: torch.Tensor, xs: torch.Tensor, adj_
                  flow_steps: int) -> torch.Tensor:
     """Lean adjoint ODE d a_t / dt = -a_t^T d/dx [2 b(x, t) - x / t], integrated backwards from t = 1.
 
-    Discretised as the official code: a_i = a_{i+1} + h * J_i^T a_{i+1}, with J_i the Jacobian of
+    Discretised as the official agents/qam.py:92-99: a_i = a_{i+1} + h * J_i^T a_{i+1}, with J_i the Jacobian of
     2 b(s, x, t_i + h) - x / (t_i + h) at x = x_i: one batched vector-Jacobian product of the BASE field per
     step (autograd.grad w.r.t. the input only, create_graph=False: no graph is kept, no parameter gradient is
     formed). Returns (T, B, D), entry i paired with (x_i, t_i).
@@ -463,7 +489,7 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
 
 
-ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) as in the official code
+ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) as the official envs/env_utils.py:139-141
 
 
 def flatten_obs(space: gym.Space, obs) -> np.ndarray:
@@ -815,7 +841,7 @@ def main(args: Args) -> dict:
         modules["edit_alpha"] = LogParam().to(device)
     trained = [m for name, m in modules.items() if not name.startswith("target_")]
     params = [p for m in trained for p in m.parameters()]
-    # one Adam over all networks after one global gradient-norm clip, as the official optax chain
+    # one Adam over all networks after one global gradient-norm clip, as the official optax chain (agents/qam.py:387-389)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     start_step = 0
     if args.checkpoint:
