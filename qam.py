@@ -1,7 +1,8 @@
 """Q-learning with Adjoint Matching (QAM).
 
-Paper: "Q-learning with Adjoint Matching", Qiyang Li, Sergey Levine, arXiv:2601.14234 (ICLR 2026).
-Official code (JAX): https://github.com/ColinQiyangLi/qam
+Paper: "Q-learning with Adjoint Matching", Qiyang Li, Sergey Levine, arXiv:2601.14234 (an ICLR 2026
+submission, OpenReview vd4eNAdtO6, 18 Sep 2025). Official code (JAX): https://github.com/ColinQiyangLi/qam,
+read at f93efd2 (agents/qam.py, main.py, evaluation.py, envs/, utils/datasets.py, experiments/reproduce.py).
 
 Idea. A flow policy is expressive, but steering it with the critic's action gradient means
 backpropagating through the whole sampling chain, which is unstable. QAM instead treats policy
@@ -15,38 +16,66 @@ adjoint"); and f is regressed at every step so that (2/sigma)(f - b) matches -si
 gradient ever flows through the chain. A critic ensemble (mean - rho * std target) is trained by TD
 with action chunking / n-step returns, as in Q-chunking.
 
-This file implements QAM offline and offline->online as the official code: 10 LayerNorm critics with
-a pessimistic (mean - rho * std) target, a BC flow (actor_slow) with an EMA copy used as the base
-field, a separately initialised fine field (actor_fast) trained by adjoint matching, action chunks of
-`--horizon-length` actions with n-step returns (`--action-chunking`: the critic and the policy see the
-whole chunk, which is executed open-loop), the sparse-reward transform (`--sparse`), one Adam over all
-networks with a global gradient-norm clip, and the two variants QAM-FQL (`--fql-alpha`: a one-step
-policy distilled from f while maximising Q) and QAM-EDIT (`--edit-scale`: a tanh-Gaussian edit policy
-added to f's action, trained SAC-style). Differences from the official code, all deliberate:
+This file implements QAM offline and offline->online after the official agents/qam.py and main.py: 10
+LayerNorm critics with a pessimistic (mean - rho * std) target, a BC flow (actor_slow) with an EMA copy
+used as the base field, a separately initialised fine field (actor_fast) trained by adjoint matching,
+action chunks of `--horizon-length` actions with n-step returns (`--action-chunking`: the critic and the
+policy see the whole chunk, which is executed open-loop in evaluation and online), the
+sparse-reward transform (`--sparse`), one Adam over all networks with a global gradient-norm clip, and the
+two variants QAM-FQL (`--fql-alpha`: a one-step policy distilled from f while maximising Q) and QAM-EDIT
+(`--edit-scale`: a tanh-Gaussian edit policy added to f's action, trained SAC-style).
+
+Per-task settings. `--env-id` applies the paper's values (TASK_SETTINGS, from experiments/reproduce.py) to
+every per-task flag left unset: inv_temp, sparse, horizon_length, gamma, rho, and with `--variant
+qam-fql` / `qam-edit` the variant's inv_temp and fql_alpha / edit_scale; an explicit flag always wins;
+other tasks get the generic defaults of the official config. The resolved values are printed in one line
+and saved with the hyper-parameters and the checkpoint.
+
+Differences from the official code, all deliberate:
   * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench;
-    Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary;
+    Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary; a Minari id
+    that is not local fails in one line when the Hugging Face hub is unreachable (`download_minari`);
+  * OGBench envs (evaluation and online) are made with `success_timing='post'`: reward, success and
+    termination of the state after the action, as ogbench < 1.2. The official requirements.txt does not pin
+    ogbench (a fresh install today gets >= 1.2, which scores the state before the action), but the paper was
+    submitted on 2025-09-18, before ogbench 1.2.0 (2025-10-20), so its runs used 'post' (inferred from the dates);
+  * D4RL antmaze's reward shift r - 1 is one function (`transform_rewards`) applied to the dataset AND to
+    every online reward; the official code shifts only the dataset (envs/d4rl_utils.py:185; main.py:309-332
+    stores the raw online reward), which would mix {-1, 0} and {0, 1} rewards in the buffer (the paper has
+    no D4RL task, so its runs are unaffected);
+  * seeding: the online env is seeded once (`--seed`) at its first reset, and later resets continue its
+    RNG (the official main.py seeds no reset); evaluation episode k resets with a fixed seed + k and draws
+    its policy noise from its own generator, with the global NumPy RNG (OGBench mazes' start noise) seeded
+    for the evaluation and restored after it (official: unseeded resets, a fresh key per evaluation), so
+    the metrics do not depend on `--eval-envs` (envs run in parallel, batched policy calls; the official
+    evaluation runs one env);
   * the BC flow (actor_slow) is evaluated too (`eval/bc_flow_*`), as the in-run behaviour-cloning baseline;
   * the ablation switches of the official config (residual field, no target actor, no clipping of the
     action inside Q's gradient, online critic's gradient) are not exposed; their default values are built in;
-  * no image encoders (state-based tasks only); no 100M-dataset file rotation.
+  * no image encoders (state-based tasks only); no 100M-dataset file rotation (the paper's cube-quadruple and
+    puzzle-4x4 runs used the 100M-transition datasets; their rows are applied to whatever dataset is loaded).
 
 Usage:
-  python qam.py --total-steps 20000 --hidden-dim 256 --num-layers 3 --horizon-length 1       # embedded Reacher, CPU
-  python qam.py --env-id cube-double-play-singletask-task2-v0 --inv-temp 1.0                  # OGBench, paper setting
-  python qam.py --env-id puzzle-3x3-play-singletask-task1-v0 --sparse --inv-temp 3.0 --online-steps 500000
-See docs/qam.md for the paper <-> code map, the per-task temperatures, logged metrics and results.
+  python qam.py --total-steps 20000 --hidden-dim 256 --num-layers 3 --horizon-length 1 --inv-temp 1  # embedded Reacher, CPU
+  python qam.py --env-id cube-double-play-singletask-task2-v0                  # OGBench, the paper's settings for the task
+  python qam.py --env-id puzzle-3x3-play-singletask-task1-v0 --online-steps 500000      # offline -> online (sparse, H=5)
+  python qam.py --env-id cube-triple-play-singletask-task2-v0 --variant qam-edit         # QAM-EDIT, inv_temp 3, edit 0.1
+See docs/qam.md for the paper <-> code map, the per-task settings, logged metrics and results.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -83,8 +112,8 @@ class Args:
     """the learning rate of the (single) Adam optimizer"""
     max_grad_norm: float = 1.0
     """global gradient-norm clip over all networks (<= 0 disables it)"""
-    gamma: float = 0.99
-    """the discount factor (the paper uses 0.995 on the giant/humanoid mazes)"""
+    gamma: Optional[float] = None
+    """the discount factor (None: the paper's value for the task, else 0.99; see TASK_SETTINGS)"""
     tau: float = 0.005
     """Polyak rate of the target critic and of the EMA base field"""
     hidden_dim: int = 512
@@ -95,6 +124,8 @@ class Args:
     """evaluate every this many steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation"""
+    eval_envs: int = 8
+    """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_bc_flow: bool = True
     """also evaluate the BC flow (actor_slow; the in-run behaviour-cloning baseline)"""
     log_freq: int = 5000
@@ -105,28 +136,90 @@ class Args:
     """load the networks (and optimizer) from this checkpoint before training"""
 
     # Algorithm specific arguments
-    inv_temp: float = 0.3
-    """inverse temperature: the target policy is pi_beta * exp(inv_temp * Q) (per-task values: docs/qam.md)"""
+    variant: Optional[Literal["qam", "qam-fql", "qam-edit"]] = None
+    """which of the paper's rows sets inv_temp / fql_alpha / edit_scale (None: qam-fql if --fql-alpha > 0,
+    qam-edit if --edit-scale > 0, else qam)"""
+    inv_temp: Optional[float] = None
+    """inverse temperature: the target policy is pi_beta * exp(inv_temp * Q) (None: the paper's value for the task, else 0.3)"""
     flow_steps: int = 10
     """steps of the memoryless SDE (adjoint matching) and of the Euler ODE sampler"""
     num_critics: int = 10
     """size of the critic ensemble"""
-    rho: float = 0.5
-    """pessimism of the TD target: mean - rho * std over the target ensemble"""
-    horizon_length: int = 5
-    """action-chunk / n-step length H (the paper: 5 on manipulation, 1 on locomotion)"""
+    rho: Optional[float] = None
+    """pessimism of the TD target: mean - rho * std over the target ensemble (None: the paper's value for the task, else 0.5)"""
+    horizon_length: Optional[int] = None
+    """action-chunk / n-step length H (None: the paper's value for the task, 5 on manipulation, 1 on the mazes; else 5)"""
     action_chunking: bool = True
     """critic and policy act on the whole chunk of H actions (executed open-loop); otherwise n-step returns only"""
-    sparse: bool = False
-    """sparse-reward transform r -> -1[r != 0] (the paper's puzzle and scene domains)"""
+    sparse: Optional[bool] = None
+    """sparse-reward transform r -> -1[r != 0] (None: the paper's value for the task, True on puzzle and scene; else False)"""
     best_of_n: int = 1
     """sample this many actions and keep the one with the highest mean critic value"""
-    fql_alpha: float = 0.0
-    """QAM-FQL: if > 0, act with a one-step policy distilled from the fine field (distillation weight)"""
-    edit_scale: float = 0.0
-    """QAM-EDIT: if > 0, add edit_scale x a tanh-Gaussian edit policy's output to the fine field's action"""
+    fql_alpha: Optional[float] = None
+    """QAM-FQL: if > 0, act with a one-step policy distilled from the fine field (distillation weight; None: the
+    qam-fql row's value for the task with --variant qam-fql, else 0)"""
+    edit_scale: Optional[float] = None
+    """QAM-EDIT: if > 0, add edit_scale x a tanh-Gaussian edit policy's output to the fine field's action (None: the
+    qam-edit row's value for the task with --variant qam-edit, else 0)"""
     edit_target_entropy_multiplier: float = 0.5
     """QAM-EDIT: target entropy = -multiplier x action dimension"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-task settings of the paper's runs, applied by --env-id to every Args field left at None. Every row is
+# from ColinQiyangLi/qam experiments/reproduce.py @f93efd2: inv_temp / fql_alpha / edit_scale from
+# agent_params["QAM"] (lines 128-140), ["QAM_FQL"] (154-166) and ["QAM_EDIT"] (141-153); sparse, H, gamma and
+# rho from base_kwargs (280-298): sparse on the "-sparse" domains, H = 1 if "ant" or "humanoid" is in the
+# domain else 5, gamma = 0.995 if "giant" or "humanoid" is in the name else 0.99, rho = 0 if "humanoid" else
+# 0.5. Common to all rows and built into Args' defaults: 10 critics, batch 256, 512x4 MLPs, action chunking,
+# utd 1, 1M offline + 500k online steps. The same run goes offline then online: there are no separate
+# offline->online values. cube-quadruple and puzzle-4x4 were run on the 100M-transition datasets (not loaded here).
+# Matching: reproduce.py names each task f"{domain}-singletask-task{k}-v0"; a row applies to a task name equal
+# to its pattern or starting with pattern + "-"; the longest matching pattern wins. The paper has no D4RL /
+# Minari task, so Minari ids (e.g. D4RL/antmaze/large-play-v1) get the generic defaults.
+# ---------------------------------------------------------------------------------------------
+# pattern: (sparse, horizon_length, gamma, rho, QAM inv_temp, QAM-FQL (inv_temp, fql_alpha), QAM-EDIT (inv_temp, edit_scale))
+TASK_SETTINGS = {
+    "puzzle-3x3-play": (True, 5, 0.99, 0.5, 3.0, (3.0, 0.0), (1.0, 0.1)),
+    "scene-play": (True, 5, 0.99, 0.5, 1.0, (1.0, 300.0), (1.0, 0.0)),
+    "cube-double-play": (False, 5, 0.99, 0.5, 1.0, (1.0, 0.0), (1.0, 0.0)),
+    "cube-triple-play": (False, 5, 0.99, 0.5, 3.0, (10.0, 300.0), (3.0, 0.1)),
+    "cube-quadruple-play": (False, 5, 0.99, 0.5, 1.0, (0.3, 30.0), (3.0, 0.1)),
+    "puzzle-4x4-play": (True, 5, 0.99, 0.5, 30.0, (3.0, 3.0), (0.1, 0.9)),
+    "antmaze-large-navigate": (False, 1, 0.99, 0.5, 10.0, (3.0, 30.0), (1.0, 0.1)),
+    "antmaze-giant-navigate": (False, 1, 0.995, 0.5, 3.0, (3.0, 30.0), (10.0, 0.1)),
+    "humanoidmaze-medium-navigate": (False, 1, 0.995, 0.0, 3.0, (1.0, 30.0), (3.0, 0.1)),
+    "humanoidmaze-large-navigate": (False, 1, 0.995, 0.0, 3.0, (0.3, 30.0), (3.0, 0.1)),
+}
+# generic defaults for any other task: agents/qam.py get_config() (inv_temp 0.3, rho 0.5, discount 0.99,
+# fql_alpha 0, edit_scale 0) and main.py's flags (horizon_length 5, sparse False) @f93efd2
+GENERIC_SETTINGS = dict(inv_temp=0.3, fql_alpha=0.0, edit_scale=0.0, sparse=False, horizon_length=5, gamma=0.99, rho=0.5)
+
+
+def paper_row(env_id: str) -> Optional[str]:
+    """The TASK_SETTINGS pattern that applies to `env_id` (the longest match), or None."""
+    matches = [p for p in TASK_SETTINGS if env_id == p or env_id.startswith(p + "-")]
+    return max(matches, key=len) if matches else None
+
+
+def resolve_task_settings(args: Args) -> Args:
+    """A copy of `args` with every per-task field left at None filled from the paper's row for --env-id (or the
+    generic default); explicit values always win. Prints the resolved values once, in one line."""
+    variant = args.variant or ("qam-fql" if (args.fql_alpha or 0) > 0 else "qam-edit" if (args.edit_scale or 0) > 0 else "qam")
+    row = paper_row(args.env_id)
+    values = dict(GENERIC_SETTINGS)
+    if row is not None:
+        sparse, horizon, gamma, rho, qam_temp, (fql_temp, fql_alpha), (edit_temp, edit_scale) = TASK_SETTINGS[row]
+        inv_temp = {"qam": qam_temp, "qam-fql": fql_temp, "qam-edit": edit_temp}[variant]
+        values.update(sparse=sparse, horizon_length=horizon, gamma=gamma, rho=rho, inv_temp=inv_temp,
+                      fql_alpha=fql_alpha if variant == "qam-fql" else 0.0,
+                      edit_scale=edit_scale if variant == "qam-edit" else 0.0)
+    explicit = {k for k in values if getattr(args, k) is not None}
+    resolved = replace(args, variant=variant, **{k: getattr(args, k) if k in explicit else v for k, v in values.items()})
+    shown = " ".join(f"{k}={getattr(resolved, k)}" + ("(flag)" if k in explicit else "") for k in values)
+    where = f"paper row {row!r}, {variant}" if row is not None else "not a paper task: generic defaults"
+    print(f"task settings for {args.env_id} ({where}): {shown}", flush=True)
+    return resolved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +352,7 @@ def memoryless_rollout(fine_field: Callable, base_field: Callable, obs: torch.Te
                        flow_steps: int) -> tuple:
     """Euler-Maruyama of the memoryless SDE dX = (2 f(X, t) - X / t) dt + sigma_t dB with the FINE field.
 
-    The last step is a deterministic ODE step with the BASE field (as the official code, following the
+    The last step is a deterministic ODE step with the BASE field (as the official agents/qam.py:72-73, following the
     adjoint-matching paper). Returns the visited states xs = (x_0..x_{T-1}) as (T, B, D), their times
     ts (T, B, 1) and the final action x_T (B, D). Nothing here carries a gradient.
     """
@@ -293,7 +386,7 @@ def lean_adjoint(base_field: Callable, obs: torch.Tensor, xs: torch.Tensor, adj_
                  flow_steps: int) -> torch.Tensor:
     """Lean adjoint ODE d a_t / dt = -a_t^T d/dx [2 b(x, t) - x / t], integrated backwards from t = 1.
 
-    Discretised as the official code: a_i = a_{i+1} + h * J_i^T a_{i+1}, with J_i the Jacobian of
+    Discretised as the official agents/qam.py:92-99: a_i = a_{i+1} + h * J_i^T a_{i+1}, with J_i the Jacobian of
     2 b(s, x, t_i + h) - x / (t_i + h) at x = x_i: one batched vector-Jacobian product of the BASE field per
     step (autograd.grad w.r.t. the input only, create_graph=False: no graph is kept, no parameter gradient is
     formed). Returns (T, B, D), entry i paired with (x_i, t_i).
@@ -396,7 +489,7 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
 
 
-ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) as in the official code
+ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) as the official envs/env_utils.py:139-141
 
 
 def flatten_obs(space: gym.Space, obs) -> np.ndarray:
@@ -460,8 +553,6 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         raise DatasetError(f"dataset {env_id!r} has no episodes")
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["actions"] = to_unit_box(data["actions"], dataset.action_space)
-    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as the official FQL code
-        data["rewards"] = data["rewards"] - 1.0
     data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
 
     def make_env():
@@ -486,7 +577,9 @@ def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
     data["ends"] = np.asarray(train["terminals"], dtype=np.float32)  # OGBench: 1 on each trajectory's last transition
     data["actions"] = to_unit_box(data["actions"], env.action_space)
     env.close()
-    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
+    # success_timing='post': reward, success and termination of the state AFTER the action, as ogbench < 1.2 (see the
+    # module docstring: the paper's runs predate ogbench 1.2.0, which made singletask envs score the state before it)
+    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True, success_timing="post"))  # noqa: E731
     return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
 
 
@@ -509,14 +602,44 @@ def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
             tried.append(f"OGBench: {type(e).__name__}: {e}")
     else:
         try:
-            return validated(load_minari(minari.load_dataset(env_id, download=True), env_id), env_id)
-        except DatasetError:
-            raise
+            dataset = download_minari(env_id)
+        except DatasetError as e:
+            tried.append(f"Minari: {e}")
         except Exception as e:
             tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        else:
+            return validated(load_minari(dataset, env_id), env_id)
     raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with "
                        f"`minari list remote`, see datasets/ for the embedded ones, or pass an OGBench "
                        f"singletask name such as cube-double-play-singletask-task2-v0")
+
+
+def download_minari(env_id: str):
+    """minari.load_dataset(env_id, download=True), failing fast and in one line when the hub is unreachable.
+
+    A dataset already under MINARI_DATASETS_PATH loads without the network. Otherwise the Hugging Face hub
+    (HF_ENDPOINT, default https://huggingface.co) is probed once with a 5 s timeout before Minari is called:
+    huggingface_hub retries a refused connection 5 times with back-off (~25 s and 12 log lines)."""
+    import minari
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    local = get_dataset_path(env_id)
+    if not (local / "data").exists():
+        hint = (f"point --env-id at a local Minari dataset folder, or put the dataset at {local} "
+                f"(MINARI_DATASETS_PATH sets the root)")
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise DatasetError(f"Minari dataset {env_id!r} is not local and HF_HUB_OFFLINE is set; {hint}")
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        try:
+            urllib.request.urlopen(endpoint, timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # the hub answered (any status): it is reachable
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise DatasetError(f"cannot download Minari dataset {env_id!r}: the Hugging Face hub at {endpoint} "
+                               f"is unreachable ({reason}); {hint}") from None
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter if the hub fails mid-way
+    return minari.load_dataset(env_id, download=True)
 
 
 def validated(data: OfflineData, env_id: str) -> OfflineData:
@@ -527,9 +650,22 @@ def validated(data: OfflineData, env_id: str) -> OfflineData:
     return data
 
 
-def sparse_reward(rewards):
-    """The paper's sparse transform for puzzle/scene: r -> -1 if r != 0 else 0."""
-    return -(rewards != 0).astype(np.float32) if isinstance(rewards, np.ndarray) else -float(rewards != 0)
+def is_d4rl_antmaze(env_id: str) -> bool:
+    """The names whose rewards the official loader shifts: D4RL antmaze (envs/env_utils.py:103-117, after the
+    OGBench 'singletask' branch, and d4rl_utils.py:179-185 @f93efd2), here also their Minari re-releases."""
+    return "antmaze" in env_id and "singletask" not in env_id and any(k in env_id for k in ("diverse", "play", "umaze"))
+
+
+def transform_rewards(rewards, env_id: str, sparse: bool) -> np.ndarray:
+    """The one reward transform of the dataset and of every online step (applied before `buffer.add`):
+    D4RL antmaze's {0, 1} -> {-1, 0} shift (r - 1), then the paper's sparse transform for puzzle/scene,
+    r -> -1 if r != 0 else 0 (`--sparse`; official main.py:127-132 offline, 320-322 online)."""
+    r = np.asarray(rewards, dtype=np.float32)
+    if is_d4rl_antmaze(env_id):
+        r = r - 1.0
+    if sparse:
+        r = -(r != 0).astype(np.float32)
+    return r
 
 
 class ReplayBuffer:
@@ -574,38 +710,58 @@ class ReplayBuffer:
         }
 
 
+def draw_noise(rows: int, shape: tuple, generators: Optional[list], device: torch.device) -> torch.Tensor:
+    """Standard normal noise (rows, *shape): from the global RNG, or row r from its own generators[r] (CPU)."""
+    if generators is None:
+        return torch.randn(rows, *shape, device=device)
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
 def evaluate(data: OfflineData, envs: list, policy: Callable, action_dim: int, episodes: int, seed: int,
              device: torch.device) -> dict:
     """Run `episodes` episodes on the `envs` in parallel; each env executes its action chunk open-loop and
-    asks the policy (one batched call for all envs that need one) for a new chunk when it is used up."""
+    asks the policy (one batched call for all envs that need one) for a new chunk when it is used up.
+
+    Episode k resets its env with seed + k and draws its policy noise from its own generator seeded with seed + k,
+    and the global NumPy RNG (OGBench's mazes draw their start noise from it) is seeded with `seed` for the
+    evaluation and restored afterwards: the metrics do not depend on the number of envs, nor on the training RNG.
+    `policy(obs, generators)` gets one generator per row of obs."""
     returns, successes = [], []
     next_episode = 0
     obs, ep_return, active = [None] * len(envs), [0.0] * len(envs), [False] * len(envs)
-    queues = [[] for _ in envs]
-    for i, env in enumerate(envs):
-        if next_episode < episodes:
-            obs[i], _ = env.reset(seed=seed + next_episode)
-            active[i], next_episode = True, next_episode + 1
-    while any(active):
-        ids = [i for i in range(len(envs)) if active[i] and not queues[i]]
-        if ids:
-            batch = torch.as_tensor(np.stack([data.flatten(obs[i]) for i in ids]), device=device)
-            chunks = policy(batch).cpu().numpy().reshape(len(ids), -1, action_dim)
-            for i, chunk in zip(ids, chunks):
-                queues[i] = list(chunk)
-        for i in [i for i in range(len(envs)) if active[i]]:
-            obs[i], reward, terminated, truncated, info = envs[i].step(queues[i].pop(0))
-            ep_return[i] += float(reward)
-            if terminated or truncated:
-                returns.append(ep_return[i])
-                if "success" in info:
-                    successes.append(float(info["success"]))
-                ep_return[i], queues[i] = 0.0, []
-                if next_episode < episodes:
-                    obs[i], _ = envs[i].reset(seed=seed + next_episode)
-                    next_episode += 1
-                else:
-                    active[i] = False
+    queues, generators = [[] for _ in envs], [None] * len(envs)
+    np_state = np.random.get_state()
+    np.random.seed(seed)
+
+    def start(i: int) -> None:
+        nonlocal next_episode
+        obs[i], _ = envs[i].reset(seed=seed + next_episode)
+        generators[i] = torch.Generator().manual_seed(seed + next_episode)
+        active[i], next_episode = True, next_episode + 1
+
+    try:
+        for i in range(len(envs)):
+            if next_episode < episodes:
+                start(i)
+        while any(active):
+            ids = [i for i in range(len(envs)) if active[i] and not queues[i]]
+            if ids:
+                batch = torch.as_tensor(np.stack([data.flatten(obs[i]) for i in ids]), device=device)
+                chunks = policy(batch, [generators[i] for i in ids]).cpu().numpy().reshape(len(ids), -1, action_dim)
+                for i, chunk in zip(ids, chunks):
+                    queues[i] = list(chunk)
+            for i in [i for i in range(len(envs)) if active[i]]:
+                obs[i], reward, terminated, truncated, info = envs[i].step(queues[i].pop(0))
+                ep_return[i] += float(reward)
+                if terminated or truncated:
+                    returns.append(ep_return[i])
+                    if "success" in info:
+                        successes.append(float(info["success"]))
+                    ep_return[i], queues[i], active[i] = 0.0, [], False
+                    if next_episode < episodes:
+                        start(i)
+    finally:
+        np.random.set_state(np_state)
     metrics = {"episodic_return": float(np.mean(returns)), "episodic_return_std": float(np.std(returns))}
     score = data.score(returns)
     if score is not None:
@@ -637,10 +793,11 @@ class LogParam(nn.Module):
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
+    args = resolve_task_settings(args)  # fills the per-task fields left at None (TASK_SETTINGS)
     if args.fql_alpha > 0 and args.edit_scale > 0:
         raise DatasetError("only one of --fql-alpha and --edit-scale can be > 0")
-    if args.horizon_length < 1 or args.flow_steps < 1 or args.best_of_n < 1:
-        raise DatasetError("--horizon-length, --flow-steps and --best-of-n must be >= 1")
+    if args.horizon_length < 1 or args.flow_steps < 1 or args.best_of_n < 1 or args.eval_envs < 1:
+        raise DatasetError("--horizon-length, --flow-steps, --best-of-n and --eval-envs must be >= 1")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -650,8 +807,7 @@ def main(args: Args) -> dict:
         torch.set_float32_matmul_precision("high")
 
     data = load_offline_data(args.env_id, args.ogbench_dataset_dir)
-    if args.sparse:
-        data.transitions["rewards"] = sparse_reward(data.transitions["rewards"])
+    data.transitions["rewards"] = transform_rewards(data.transitions["rewards"], args.env_id, args.sparse)
     obs_dim = data.transitions["observations"].shape[1]
     act_dim = data.transitions["actions"].shape[1]
     H = args.horizon_length
@@ -685,7 +841,7 @@ def main(args: Args) -> dict:
         modules["edit_alpha"] = LogParam().to(device)
     trained = [m for name, m in modules.items() if not name.startswith("target_")]
     params = [p for m in trained for p in m.parameters()]
-    # one Adam over all networks after one global gradient-norm clip, as the official optax chain
+    # one Adam over all networks after one global gradient-norm clip, as the official optax chain (agents/qam.py:387-389)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     start_step = 0
     if args.checkpoint:
@@ -698,28 +854,28 @@ def main(args: Args) -> dict:
               [p for m in (target_critic, target_actor_slow) for p in m.parameters()])
     target_entropy = -args.edit_target_entropy_multiplier * chunk_dim
 
-    def policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def policy(obs: torch.Tensor, generators: Optional[list] = None) -> torch.Tensor:
         """The deployed policy (chunk of H actions, or one): ODE of the fine field (of the BC flow if inv_temp = 0),
-        or QAM-FQL's one-step policy, plus QAM-EDIT's edit; best-of-n by the mean critic value."""
+        or QAM-FQL's one-step policy, plus QAM-EDIT's edit; best-of-n by the mean critic value. Noise from the
+        global RNG, or from one generator per row (evaluation)."""
         with torch.no_grad():
             n = args.best_of_n
             obs_n = obs.repeat_interleave(n, 0) if n > 1 else obs
-            z = torch.randn(obs_n.shape[0], chunk_dim, device=device, generator=generator)
+            z = draw_noise(obs.shape[0], (n, chunk_dim), generators, device).view(-1, chunk_dim)
             if args.fql_alpha > 0:
                 actions = modules["one_step_actor"](obs_n, z).clamp(-1.0, 1.0)
             else:
                 actions = sample_flow(actor_fast if args.inv_temp != 0 else actor_slow, obs_n, z, args.flow_steps)
                 if args.edit_scale > 0:
-                    noise = torch.randn(actions.shape, device=device, generator=generator)
+                    noise = draw_noise(obs.shape[0], (n, chunk_dim), generators, device).view(-1, chunk_dim)
                     actions = (actions + args.edit_scale * modules["edit_actor"](obs_n, actions, noise)[0]).clamp(-1.0, 1.0)
             if n > 1:
                 best = critic(obs_n, actions).mean(0).view(-1, n).argmax(1)
                 actions = actions.view(-1, n, chunk_dim)[torch.arange(obs.shape[0], device=device), best]
             return actions
 
-    def bc_flow_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        z = torch.randn(obs.shape[0], chunk_dim, device=device, generator=generator)
-        return sample_flow(actor_slow, obs, z, args.flow_steps)
+    def bc_flow_policy(obs: torch.Tensor, generators: Optional[list] = None) -> torch.Tensor:
+        return sample_flow(actor_slow, obs, draw_noise(obs.shape[0], (chunk_dim,), generators, device), args.flow_steps)
 
     def update(batch: dict) -> dict:
         obs = batch["observations"]
@@ -751,24 +907,24 @@ def main(args: Args) -> dict:
         out.update(q_mean=q.mean(), total_loss=loss)
         return {k: v.detach() for k, v in out.items()}
 
-    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
     total = args.total_steps + args.online_steps
     progress = Progress(total, start_step)
     online_env = data.make_env() if args.online_steps > 0 else None
     online_obs, online_queue, episode_return, episode_length = None, [], 0.0, 0
+    online_seeded = False  # the online env is seeded once, at its first reset; later resets continue its RNG
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     metrics: dict = {}
     losses: dict = {}
     t0, last_log_step = time.time(), start_step
 
     def run_evaluation(step: int) -> dict:
-        """Same env seeds and policy noise at every evaluation, independent of the training RNG."""
+        """Same env seeds and policy noise at every evaluation (evaluate: per episode), independent of the training RNG."""
         policies = {"": policy, "bc_flow_": bc_flow_policy} if args.eval_bc_flow else {"": policy}
         result = {}
         for prefix, pol in policies.items():
-            generator = torch.Generator(device=device).manual_seed(args.seed)
-            m = evaluate(data, eval_envs, lambda obs: pol(obs, generator), act_dim, args.eval_episodes, 10_000 * args.seed, device)
+            m = evaluate(data, eval_envs, pol, act_dim, args.eval_episodes, 10_000 * args.seed, device)
             result.update({f"eval/{prefix}{k}": v for k, v in m.items()})
         for k, v in result.items():
             writer.add_scalar(k, v, step)
@@ -779,14 +935,15 @@ def main(args: Args) -> dict:
         train_now = True
         if step > args.total_steps:  # online: one env step (chunks executed open-loop), then one update
             if online_obs is None:
-                online_obs, _ = online_env.reset(seed=args.seed)
+                online_obs, _ = online_env.reset(seed=None if online_seeded else args.seed)
+                online_seeded = True
             if not online_queue:
                 chunk = policy(torch.as_tensor(data.flatten(online_obs)[None], device=device))[0].cpu().numpy()
                 online_queue = list(chunk.reshape(-1, act_dim))
             action = online_queue.pop(0)
             next_obs, reward, terminated, truncated, info = online_env.step(action)
             buffer.add(observations=data.flatten(online_obs), actions=action,
-                       rewards=sparse_reward(reward) if args.sparse else reward, masks=1.0 - float(terminated),
+                       rewards=transform_rewards(reward, args.env_id, args.sparse), masks=1.0 - float(terminated),
                        next_observations=data.flatten(next_obs), ends=float(terminated or truncated))
             episode_return, episode_length = episode_return + float(reward), episode_length + 1
             online_obs = next_obs

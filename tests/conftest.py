@@ -213,3 +213,21 @@ def record_envs(module, monkeypatch) -> list:
 
     monkeypatch.setattr(module, "load_offline_data", load)
     return created
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# qam.py additions (issue 17, item A)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def qam_random_start_dataset(minari_root) -> Path:
+    """The bandit's episodes as a Minari dataset whose env (toy_envs.QamRandomStartEnv) draws a random start."""
+    import minari
+
+    spec = gym.envs.registration.EnvSpec(id="QamRandomStart-v0", entry_point="toy_envs:QamRandomStartEnv",
+                                         max_episode_steps=1)
+    dataset_id = "test/qam-random-start-v0"
+    minari.create_dataset_from_buffers(
+        dataset_id=dataset_id, buffer=bandit_buffers(200, seed=0), env=spec, eval_env=spec, ref_min_score=0.0,
+        ref_max_score=1.0, author="flowrl tests", author_email="tests@flowrl", algorithm_name="two-mode behaviour",
+        code_permalink="tests/conftest.py")
+    return minari_root / dataset_id

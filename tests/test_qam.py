@@ -6,6 +6,7 @@ handling, determinism and the data paths."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from conftest import OGBENCH_TINY, import_script, last_error_line, run_script
-from toy_envs import GOOD_MODE
+from toy_envs import GOOD_MODE, bandit_reward
 
 qam = import_script("qam")
 
@@ -420,3 +421,194 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_
     state = torch.load(next(in_tmp.glob("runs/*/qam.pt")))
     assert state["step"] == 50
     assert all(torch.isfinite(v).all() for v in state["critic"].values())
+
+
+# ---------------------------------------------------------------------------------------------- issue 17: fidelity fixes
+def record_online_transitions(monkeypatch) -> list:
+    """Every transition the online phase adds to the replay buffer, in order."""
+    added = []
+    original = qam.ReplayBuffer.add
+
+    def add(self, **transition):
+        added.append({k: np.asarray(v, dtype=np.float32).copy() for k, v in transition.items()})
+        original(self, **transition)
+
+    monkeypatch.setattr(qam.ReplayBuffer, "add", add)
+    return added
+
+
+def test_online_env_is_seeded_once_so_consecutive_episodes_start_from_different_states(qam_random_start_dataset,
+                                                                                       in_tmp, monkeypatch):
+    # the env draws each start from its own RNG (self.np_random); one-step episodes, so every transition is a start
+    added = record_online_transitions(monkeypatch)
+    qam.main(tiny(env_id=str(qam_random_start_dataset), total_steps=5, online_steps=6, start_training=100,
+                  eval_freq=10**6, eval_episodes=1, eval_bc_flow=False, inv_temp=1.0))
+    starts = np.stack([t["observations"] for t in added])
+    assert len(starts) == 6 and all(t["ends"] == 1 for t in added)
+    assert len(np.unique(starts.round(6), axis=0)) == 6, starts
+    # only the first reset is seeded (with --seed): the run is reproducible
+    env = qam.load_offline_data(str(qam_random_start_dataset), "").make_env()
+    assert np.allclose(starts[0], env.reset(seed=1)[0]) and np.allclose(starts[1], env.reset()[0])
+
+
+def test_d4rl_antmaze_reward_shift_is_one_function_for_the_dataset_and_the_online_steps(make_bandit_dataset, in_tmp,
+                                                                                        monkeypatch):
+    import minari
+
+    dataset = make_bandit_dataset("antmaze-umaze", n_episodes=100)  # a Minari dir whose name is a D4RL antmaze name
+    raw = np.concatenate([ep.rewards for ep in minari.MinariDataset(dataset / "data").iterate_episodes()])
+    offline = {}
+    original_init = qam.ReplayBuffer.__init__
+
+    def init(self, transitions, capacity, device):
+        offline["rewards"] = transitions["rewards"].copy()
+        original_init(self, transitions, capacity, device)
+
+    monkeypatch.setattr(qam.ReplayBuffer, "__init__", init)
+    added = record_online_transitions(monkeypatch)
+    qam.main(tiny(env_id=str(dataset), total_steps=5, online_steps=20, start_training=100, eval_freq=10**6,
+                  eval_episodes=1, eval_bc_flow=False, inv_temp=1.0))
+    np.testing.assert_allclose(offline["rewards"], raw - 1.0, atol=1e-6)
+    assert len(added) == 20
+    for t in added:  # the bandit's reward is a known function of the action: the online rewards are shifted too
+        assert t["rewards"] == pytest.approx(float(bandit_reward(t["actions"])) - 1.0, abs=1e-6)
+    # which names: official envs/env_utils.py:103-117 + d4rl_utils.py:179-185 (D4RL antmaze, not OGBench singletask)
+    assert qam.is_d4rl_antmaze("D4RL/antmaze/large-play-v1") and qam.is_d4rl_antmaze("D4RL/antmaze/umaze-v1")
+    assert qam.is_d4rl_antmaze("antmaze-medium-diverse-v2")
+    assert not qam.is_d4rl_antmaze("antmaze-large-navigate-singletask-task1-v0")  # OGBench: no shift
+    assert not qam.is_d4rl_antmaze("mujoco/hopper/medium-v0") and not qam.is_d4rl_antmaze("flowrl/pointmaze/wander-v0")
+    np.testing.assert_array_equal(qam.transform_rewards(np.array([0.0, 1.0]), "D4RL/antmaze/umaze-v1", False), [-1.0, 0.0])
+    np.testing.assert_array_equal(qam.transform_rewards(np.array([0.0, 1.0]), "D4RL/antmaze/umaze-v1", True), [-1.0, 0.0])
+    np.testing.assert_array_equal(qam.transform_rewards(np.array([0.0, -1.0, 2.0]), "scene-play-singletask-v0", True),
+                                  [0.0, -1.0, -1.0])
+
+
+def test_ogbench_envs_score_the_state_after_the_action(ogbench_dir):
+    # ogbench >= 1.2 scores singletask envs before the action by default; the paper's runs used the older 'post'
+    env = qam.load_offline_data(OGBENCH_TINY, str(ogbench_dir)).make_env()
+    u = env.unwrapped
+    assert u._success_timing == "post"
+    env.reset(seed=0)
+    goal = np.array(u.cur_goal_xy)
+    u.set_xy(goal + np.array([u._goal_tol + 0.02, 0.0]))  # just outside the goal, stepping into it
+    assert not u.compute_success()
+    _, reward, terminated, _, info = env.step(np.array([-1.0, 0.0], np.float32))
+    assert u.compute_success() and info["success"] == 1.0 and reward == 0.0 and terminated
+    env.reset(seed=0)
+    u.set_xy(goal + np.array([u._goal_tol - 0.02, 0.0]))  # just inside the goal, stepping out of it
+    assert u.compute_success()
+    _, reward, terminated, _, info = env.step(np.array([1.0, 0.0], np.float32))
+    assert not u.compute_success() and info["success"] == 0.0 and reward == -1.0 and not terminated
+
+
+def test_minari_id_with_the_hub_unreachable_fails_fast_in_one_line(tmp_path):
+    start = time.time()
+    result = run_script("qam", "--env-id", "D4RL/nosuch/medium-v0", "--no-cuda",
+                        env={"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9",
+                             "MINARI_DATASETS_PATH": str(tmp_path / "empty")})
+    wall = time.time() - start
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "'D4RL/nosuch/medium-v0'" in lines[0] and "unreachable" in lines[0]
+    assert "point --env-id at a local Minari dataset folder" in lines[0]
+    assert wall < 10, wall
+
+
+def test_eval_env_pool_is_eval_envs_and_its_size_does_not_change_the_metrics(in_tmp, monkeypatch):
+    # multi-step episodes (embedded Reacher, 50 steps): with 3 envs the policy calls of the episodes interleave
+    made = []
+    original = qam.load_offline_data
+
+    def counting(env_id, ogbench_dataset_dir):
+        data = original(env_id, ogbench_dataset_dir)
+        make_env = data.make_env
+        data.make_env = lambda: made.append(1) or make_env()
+        return data
+
+    monkeypatch.setattr(qam, "load_offline_data", counting)
+    results = []
+    for pool in (1, 3):
+        made.clear()
+        results.append(qam.main(tiny(env_id="flowrl/reacher/mixed-v0", total_steps=5, eval_freq=5, eval_episodes=5,
+                                     eval_envs=pool, inv_temp=1.0)))
+        assert len(made) == pool
+    assert results[0].keys() == results[1].keys()
+    for key, value in results[0].items():  # equal up to float rounding (batched matmuls of 1 or 3 rows)
+        assert results[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert results[0]["eval/episodic_return_std"] > 0
+
+
+def test_evaluation_starts_of_ogbench_mazes_repeat_and_do_not_depend_on_the_pool(ogbench_dir):
+    # OGBench's mazes draw the start noise from the GLOBAL NumPy RNG (locomaze/maze.py add_noise), not the env's
+    data = qam.load_offline_data(OGBENCH_TINY, str(ogbench_dir))
+
+    def starts_of(pool: int) -> list:
+        seen = []
+
+        def policy(obs, *generators):  # zero actions; records the observation of each episode's first call
+            seen.append(obs.numpy().copy())
+            return torch.zeros(obs.shape[0], 2)
+
+        envs = [data.make_env() for _ in range(pool)]
+        np.random.uniform(size=7)  # the training phase moves the global RNG between evaluations
+        qam.evaluate(data, envs, policy, 2, episodes=2, seed=123, device=torch.device("cpu"))
+        return [seen[0][0], seen[0][1] if pool == 2 else seen[1000][0]]  # episodes 0 and 1
+
+    first, again, pooled = starts_of(1), starts_of(1), starts_of(2)
+    assert not np.allclose(first[0], first[1])
+    np.testing.assert_allclose(again, first)
+    np.testing.assert_allclose(pooled, first)
+
+
+# ---------------------------------------------------------------------------------------------- per-task settings
+def test_task_settings_resolve_to_the_paper_rows(capsys):
+    r = qam.resolve_task_settings(qam.Args(env_id="puzzle-3x3-play-singletask-task4-v0"))
+    assert (r.sparse, r.horizon_length, r.gamma, r.rho, r.inv_temp, r.fql_alpha, r.edit_scale, r.variant) == \
+        (True, 5, 0.99, 0.5, 3.0, 0.0, 0.0, "qam")
+    assert "task settings for puzzle-3x3-play-singletask-task4-v0 (paper row 'puzzle-3x3-play', qam)" in capsys.readouterr().out
+    r = qam.resolve_task_settings(qam.Args(env_id="humanoidmaze-medium-navigate-singletask-task3-v0"))
+    assert (r.sparse, r.horizon_length, r.gamma, r.rho, r.inv_temp) == (False, 1, 0.995, 0.0, 3.0)
+    r = qam.resolve_task_settings(qam.Args(env_id="antmaze-giant-navigate-singletask-v0"))
+    assert (r.horizon_length, r.gamma, r.rho, r.inv_temp) == (1, 0.995, 0.5, 3.0)
+    r = qam.resolve_task_settings(qam.Args(env_id="antmaze-large-navigate-singletask-task1-v0"))
+    assert (r.horizon_length, r.gamma, r.rho, r.inv_temp) == (1, 0.99, 0.5, 10.0)
+    r = qam.resolve_task_settings(qam.Args(env_id="puzzle-4x4-play-singletask-task1-v0"))
+    assert (r.sparse, r.inv_temp) == (True, 30.0)
+    r = qam.resolve_task_settings(qam.Args(env_id="cube-double-play-singletask-task2-v0"))
+    assert (r.sparse, r.horizon_length, r.inv_temp) == (False, 5, 1.0)
+    # the variants' rows (README: cube-triple task2, QAM-FQL inv_temp 10 fql_alpha 300, QAM-EDIT inv_temp 3 edit_scale 0.1)
+    task = "cube-triple-play-singletask-task2-v0"
+    assert qam.resolve_task_settings(qam.Args(env_id=task)).inv_temp == 3.0
+    r = qam.resolve_task_settings(qam.Args(env_id=task, variant="qam-fql"))
+    assert (r.inv_temp, r.fql_alpha, r.edit_scale) == (10.0, 300.0, 0.0)
+    r = qam.resolve_task_settings(qam.Args(env_id=task, variant="qam-edit"))
+    assert (r.inv_temp, r.fql_alpha, r.edit_scale) == (3.0, 0.0, 0.1)
+    r = qam.resolve_task_settings(qam.Args(env_id="puzzle-4x4-play-singletask-task3-v0", edit_scale=0.5))  # inferred
+    assert (r.variant, r.inv_temp, r.edit_scale) == ("qam-edit", 0.1, 0.5)
+    assert qam.paper_row("visual-cube-double-play-singletask-task1-v0") is None  # a prefix, not a substring
+
+
+def test_explicit_flags_override_the_task_row():
+    r = qam.resolve_task_settings(qam.Args(env_id="puzzle-3x3-play-singletask-task1-v0", inv_temp=0.7, sparse=False,
+                                           horizon_length=2))
+    assert (r.inv_temp, r.sparse, r.horizon_length, r.gamma, r.rho) == (0.7, False, 2, 0.99, 0.5)
+    r = qam.resolve_task_settings(qam.Args(env_id="cube-triple-play-singletask-task2-v0", variant="qam-fql", fql_alpha=3.0))
+    assert (r.inv_temp, r.fql_alpha) == (10.0, 3.0)
+
+
+@pytest.mark.parametrize("env_id", ["flowrl/reacher/mixed-v0", "D4RL/antmaze/large-play-v1", "mujoco/hopper/medium-v0"])
+def test_unknown_tasks_get_the_generic_defaults_with_a_notice(env_id, capsys):
+    r = qam.resolve_task_settings(qam.Args(env_id=env_id))
+    assert (r.inv_temp, r.fql_alpha, r.edit_scale, r.sparse, r.horizon_length, r.gamma, r.rho) == \
+        (0.3, 0.0, 0.0, False, 5, 0.99, 0.5)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"task settings for {env_id} (not a paper task: generic defaults)")
+
+
+def test_resolved_settings_are_saved_with_the_checkpoint(bandit_dataset, in_tmp):
+    qam.main(tiny(env_id=str(bandit_dataset), total_steps=10, eval_freq=10, eval_episodes=1, save_model=True,
+                  eval_bc_flow=False))
+    saved = torch.load(next(in_tmp.glob("runs/*/qam.pt")))["args"]
+    assert (saved["inv_temp"], saved["sparse"], saved["gamma"], saved["rho"], saved["variant"]) == (0.3, False, 0.99, 0.5, "qam")
+    assert saved["horizon_length"] == 1  # tiny() sets it

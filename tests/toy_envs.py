@@ -65,3 +65,27 @@ class GfpRandomStartEnv(gym.Env):
     def step(self, action):
         self.position = (self.position + 0.1 * np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)).astype(np.float32)
         return self.position.copy(), -float(np.linalg.norm(self.position)), False, False, {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# qam.py additions (issue 17, item A: online episodes must not all start from the same state)
+# ---------------------------------------------------------------------------------------------------------------
+class QamRandomStartEnv(gym.Env):
+    """One-step bandit whose reset draws the observation uniformly in [-1, 1]^2 from the env's own RNG
+    (`self.np_random`): a reset with a seed always gives the same start, a reset without one continues the RNG."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.obs = np.zeros(2, dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.obs = self.np_random.uniform(-1.0, 1.0, 2).astype(np.float32)
+        return self.obs.copy(), {}
+
+    def step(self, action):
+        reward = float(bandit_reward(np.asarray(action, dtype=np.float32)))
+        return self.obs.copy(), reward, True, False, {"success": reward > 0.75}
