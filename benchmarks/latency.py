@@ -109,7 +109,7 @@ def fql_policies(device: torch.device, g: torch.Generator) -> list:
 
 def qam_policies(device: torch.device, g: torch.Generator) -> list:
     qam = importlib.import_module("qam")
-    A, (obs_dim, act_dim) = qam.Args, REACHER
+    A, (obs_dim, act_dim) = qam.resolve_task_settings(qam.Args()), REACHER  # the generic defaults (per-task fields are None)
     H = A.horizon_length
     chunk_dim = act_dim * H if A.action_chunking else act_dim
     if A.fql_alpha > 0 or A.edit_scale > 0:
@@ -134,7 +134,7 @@ def qam_policies(device: torch.device, g: torch.Generator) -> list:
 
 def gfp_policies(device: torch.device, g: torch.Generator) -> list:
     gfp = importlib.import_module("gfp")
-    A, (obs_dim, act_dim) = gfp.Args, REACHER
+    A, (obs_dim, act_dim) = gfp.resolve_task_settings(gfp.Args()), REACHER  # the generic defaults (per-task fields are None)
     actor = gfp.OneStepActor(obs_dim, act_dim, A.hidden_dim, A.num_layers).to(device)
     vabc = gfp.VaBCField(obs_dim, act_dim, A.hidden_dim, A.num_layers, A.time_emb_dim).to(device)
     return onestep_and_flow(A, obs_dim, act_dim, device, g, actor, "one-step actor (deployed)",
