@@ -159,7 +159,7 @@ TABLES["flow_opt"] = [
      "--init-w-fp, --init-w-dist and --init-w-viol cannot all be 0 with --init-steps > 0"),
     # scenario geometry that cannot be built (ScenarioError)
     (["--num-obstacles", "500"], "500 obstacles do not fit a 10 m workspace"),
-    (["--obstacle-radius", "8", "8"], "could not place 4 obstacles of radius 8-8 m clear of the starts and goals of 4 robots"),
+    (["--obstacle-radius", "20", "20"], "could not place 4 obstacles of radius 20-20 m clear of the starts and goals of 4 robots"),
 ]
 
 

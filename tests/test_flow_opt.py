@@ -430,7 +430,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(in_tmp, monk
 # (every flag range is in tests/test_bad_input.py; here: scenario geometry, the data cache, checkpoints)
 @pytest.mark.parametrize("overrides, message", [
     (dict(eval_robots=(200,)), "200 robots do not fit a 10 m workspace"),
-    (dict(train_robots=(6,), obstacle_radius=(8.0, 8.0)), "could not place 2 obstacles of radius 8-8 m clear of the starts and goals of 4 robots"),
+    (dict(train_robots=(6,), obstacle_radius=(20.0, 20.0)), "could not place 2 obstacles of radius 20-20 m clear of the starts and goals of 4 robots"),
     (dict(num_obstacles=200), "200 obstacles do not fit a 10 m workspace (at most 81 grid cells)"),
 ])
 def test_impossible_scenario_geometry_raises_a_scenario_error_before_any_work(overrides, message, in_tmp):
