@@ -60,6 +60,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -88,7 +89,8 @@ class Args:
     save_model: bool = True
     """save the networks to runs/<run>/<exp_name>.pt (atomically, at every log step and at the end)"""
     checkpoint: Optional[str] = None
-    """load the networks from this checkpoint before training (with --evaluate: evaluate it only)"""
+    """load the networks from this checkpoint before training (with --evaluate: evaluate it only); it must have been made
+    with the same --order, --hidden-dim, --depth, --heads and --flow-residual (a mismatch is refused, listing them)"""
     evaluate: bool = False
     """only evaluate --checkpoint (no data, no training): the table over --eval-robots"""
     log_freq: int = 250
@@ -167,7 +169,8 @@ class Args:
     """sideways bends [m] of the detour starts (+: every robot swerves right, -: left) that the data generator and the
     certificate try on the scenarios a random start did not solve (empty: none)"""
     data_path: Optional[str] = None
-    """reuse/extend this data cache (.pt) instead of runs/<run>/data.pt"""
+    """reuse/extend this data cache (.pt) instead of runs/<run>/data.pt: a new path is created; an existing file must be
+    flow_opt's data cache made with the same data parameters (DATA_ARGS; not the seed), else it is refused, untouched"""
 
     # Flow model (DiT)
     total_steps: int = 4000
@@ -220,12 +223,128 @@ class Args:
     """iteration cap of the certificate"""
 
 
+class ArgumentError(ValueError):
+    """A flag value outside the range the method needs (one line, exit 1)."""
+
+
 class ScenarioError(ValueError):
-    """Impossible settings (scenarios, robot counts, checkpoint); reported as one line and a non-zero exit."""
+    """Scenario geometry that cannot be built (robots or obstacles that do not fit the workspace); one line, exit 1."""
+
+
+class CheckpointError(ValueError):
+    """A --checkpoint that is missing, unreadable, not flow_opt's, or made for other networks; one line, exit 1."""
+
+
+class DatasetError(ValueError):
+    """A --data-path that is not flow_opt's data cache, or a cache made with other data parameters; one line, exit 1.
+    The file is left as it is."""
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+USER_ERRORS = (ArgumentError, ScenarioError, CheckpointError, DatasetError, NonFiniteLossError)
+
+
+def check_args(args: Args) -> None:
+    """Every flag checked once, before any work: the first flag value outside its range raises ArgumentError (one
+    line, `--flag must be <rule> (got <value>)`); then the scenario geometry of every robot count (ScenarioError)."""
+
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise ArgumentError(f"--{flag.replace('_', '-')} must be {rule} (got {getattr(args, flag)!r})")
+
+    def finite(*values: float) -> bool:
+        return all(math.isfinite(v) for v in values)
+
+    # generic (torch_deterministic, cuda, save_model, evaluate, flow_residual: booleans, any value is fine)
+    need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
+         "a non-empty file name without '/'")
+    need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
+    need(args.threads >= 0, "threads", ">= 0 (0: torch's default)")
+    need(args.log_freq >= 1, "log_freq", ">= 1")
+    if args.evaluate and not args.checkpoint:
+        raise ArgumentError("--evaluate needs --checkpoint (the networks to evaluate)")
+    if args.evaluate and args.data_path:
+        raise ArgumentError("--evaluate and --data-path cannot both be given (--evaluate reads no data)")
+    if args.evaluate and not args.eval_robots:
+        raise ArgumentError("--evaluate and an empty --eval-robots cannot both be given (nothing to evaluate)")
+    # checkpoint and data_path: paths, read (and checked) by load_checkpoint and open_data_cache
+    need(args.checkpoint != "", "checkpoint", "a path")
+    need(args.data_path != "", "data_path", "a path")
+    # scenarios and trajectories
+    need(bool(args.train_robots) or args.evaluate, "train_robots", "at least one robot count (or pass --evaluate)")
+    need(all(n >= 2 for n in args.train_robots), "train_robots", "robot counts >= 2")
+    need(args.num_obstacles >= 0, "num_obstacles", ">= 0")
+    need(bool(args.layouts) and all(lay in LAYOUTS for lay in args.layouts), "layouts",
+         f"one or more of {', '.join(LAYOUTS)}")
+    need(finite(args.workspace) and args.workspace > 0, "workspace", "finite and > 0")
+    need(finite(args.robot_radius) and args.robot_radius > 0, "robot_radius", "finite and > 0")
+    lo, hi = args.obstacle_radius
+    need(finite(lo, hi) and 0 < lo <= hi, "obstacle_radius", "finite, with 0 < low <= high")
+    need(finite(args.horizon) and args.horizon > 0, "horizon", "finite and > 0")
+    need(args.num_times >= 2, "num_times", ">= 2")
+    need(args.order >= 6, "order", ">= 6 (the boundary conditions fix 6 coefficients per axis)")
+    need(finite(args.v_max) and args.v_max > 0, "v_max", "finite and > 0")
+    need(finite(args.a_max) and args.a_max > 0, "a_max", "finite and > 0")
+    need(finite(args.tol) and args.tol >= 0, "tol", "finite and >= 0")
+    # solver (a constraint is enforced only through its rho: 0 would drop it from the solve, not from success)
+    for flag in ("rho_agent", "rho_obs", "rho_ws", "rho_vel", "rho_acc"):
+        need(finite(getattr(args, flag)) and getattr(args, flag) > 0, flag, "finite and > 0")
+    need(args.sf_iters >= 1, "sf_iters", ">= 1")
+    need(args.sf_max_iters >= 1, "sf_max_iters", ">= 1")
+    need(args.check_every >= 1, "check_every", ">= 1")
+    need(args.kick_every >= 0, "kick_every", ">= 0 (0: no kick)")
+    need(finite(args.kick_progress) and 0 < args.kick_progress <= 1, "kick_progress", "in (0, 1]")
+    need(args.kick_patience >= 1, "kick_patience", ">= 1")
+    need(finite(args.kick_bend) and args.kick_bend > 0, "kick_bend", "finite and > 0 (--kick-every 0 turns the kick off)")
+    need(finite(args.kick_robots) and 0 <= args.kick_robots <= 1, "kick_robots", "in [0, 1]")
+    # data generation
+    need(args.num_scenarios >= 1, "num_scenarios", ">= 1")
+    need(args.opt_max_iters >= 1, "opt_max_iters", ">= 1")
+    need(finite(args.opt_smoothness) and args.opt_smoothness >= 0, "opt_smoothness", "finite and >= 0")
+    need(args.data_iters >= 1, "data_iters", ">= 1")
+    need(finite(args.perturb_std) and args.perturb_std >= 0, "perturb_std", "finite and >= 0")
+    need(finite(*args.detour_scales), "detour_scales", "finite")  # any sign (+: right, -: left), empty: none
+    # flow model
+    need(args.total_steps >= 0, "total_steps", ">= 0")
+    need(args.batch_size >= 1, "batch_size", ">= 1")
+    need(finite(args.learning_rate) and args.learning_rate > 0, "learning_rate", "finite and > 0")
+    need(args.hidden_dim >= 2 and args.hidden_dim % 2 == 0, "hidden_dim",
+         "even and >= 2 (the time embedding is sin/cos pairs)")
+    need(args.depth >= 1, "depth", ">= 1")
+    need(args.heads >= 1, "heads", ">= 1")
+    if args.hidden_dim % args.heads:
+        raise ArgumentError(f"--hidden-dim {args.hidden_dim} and --heads {args.heads} cannot be used together "
+                            "(--hidden-dim must be a multiple of --heads)")
+    need(args.flow_steps >= 1, "flow_steps", ">= 1")
+    # init network
+    need(args.init_steps >= 0, "init_steps", ">= 0")
+    need(args.init_batch_size >= 1, "init_batch_size", ">= 1")
+    need(finite(args.init_learning_rate) and args.init_learning_rate > 0, "init_learning_rate", "finite and > 0")
+    for flag in ("init_w_fp", "init_w_dist", "init_w_viol"):
+        need(finite(getattr(args, flag)) and getattr(args, flag) >= 0, flag, "finite and >= 0")
+    if args.init_steps > 0 and args.init_w_fp == args.init_w_dist == args.init_w_viol == 0:
+        raise ArgumentError("--init-w-fp, --init-w-dist and --init-w-viol cannot all be 0 with --init-steps > 0 "
+                            "(the init loss would be 0)")
+    # evaluation
+    need(all(n >= 2 for n in args.eval_robots), "eval_robots", "robot counts >= 2")  # empty: no evaluation
+    need(args.eval_scenarios >= 1, "eval_scenarios", ">= 1")
+    need(args.num_samples >= 1, "num_samples", ">= 1")
+    need(args.filter_samples >= 0, "filter_samples", ">= 0 (0: all samples)")
+    if args.filter_samples > args.num_samples:
+        raise ArgumentError(f"--filter-samples {args.filter_samples} and --num-samples {args.num_samples} cannot be "
+                            "used together (the SF cannot filter more samples than are drawn)")
+    need(args.eval_repeats >= 1, "eval_repeats", ">= 1")
+    need(args.certify_restarts >= 0, "certify_restarts", ">= 0 (0: no certificate)")
+    need(args.certify_iters >= 1, "certify_iters", ">= 1")
+    # scenario geometry, now that every size is in range: each robot count fits, and its obstacles can be placed
+    world = World.from_args(args)
+    for n in sorted(set(args.train_robots) | set(args.eval_robots)):
+        check_scenario_args(n, args.num_obstacles, world, args.layouts)
+        sample_scenarios(1, n, args.num_obstacles, world, args.layouts, torch.Generator().manual_seed(0),
+                         torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +417,9 @@ def check_scenario_args(n: int, num_obstacles: int, world: World, layouts: tuple
     if n > cells // 2:
         raise ScenarioError(f"{n} robots do not fit a {2 * world.workspace:g} m workspace with radius "
                             f"{world.robot_radius:g} m (at most {cells // 2}); enlarge --workspace")
+    if num_obstacles > cells:
+        raise ScenarioError(f"{num_obstacles} obstacles do not fit a {2 * world.workspace:g} m workspace (at most "
+                            f"{cells} grid cells); lower --num-obstacles or enlarge --workspace")
     smallest = antipodal_radius(world) - 0.5  # circle radius in [R - 0.5, R], angular jitter +-10% of the spacing
     if "antipodal" in layouts and (smallest <= 0 or 2 * smallest * math.sin(0.8 * math.pi / n) < 2 * world.robot_radius + 0.05):
         raise ScenarioError(f"{n} robots do not fit on the antipodal circle of radius {antipodal_radius(world):g} m; "
@@ -305,6 +427,7 @@ def check_scenario_args(n: int, num_obstacles: int, world: World, layouts: tuple
 
 
 LAYOUTS = ("random", "antipodal", "swap")
+PLACEMENT_TRIES = 100  # draws in a row (each >= 10 candidate scenarios) without one valid scenario: give up
 
 
 def grid_spacing(world: World) -> float:
@@ -328,13 +451,18 @@ def sample_scenarios(num: int, n: int, num_obstacles: int, world: World, layouts
 
     Robots occupy distinct cells of a grid (spacing >= 2 r + 0.6) with a jitter that keeps them >= 2 r + 0.1
     apart; antipodal robots sit on a circle; obstacles take grid cells at least r + r_obs + 0.1 from every start
-    and goal (scenarios without enough such cells are redrawn)."""
+    and goal (scenarios without enough such cells are redrawn; ScenarioError after PLACEMENT_TRIES draws in a row
+    without one)."""
     check_scenario_args(n, num_obstacles, world, layouts)
     cells = grid_cells(world, device)
     g, r = grid_spacing(world), world.robot_radius
     jitter = (g - 2 * r - 0.1) / (2 * math.sqrt(2))
-    kept, have = [], 0
+    kept, have, barren = [], 0, 0
     while have < num:
+        if barren == PLACEMENT_TRIES:
+            raise ScenarioError(f"could not place {num_obstacles} obstacles of radius {world.obstacle_radius[0]:g}-"
+                                f"{world.obstacle_radius[1]:g} m clear of the starts and goals of {n} robots in "
+                                f"{PLACEMENT_TRIES} draws; lower --num-obstacles or --obstacle-radius")
         m = 2 * (num - have) + 8
         rand = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
         starts = cells[rand(m, cells.shape[0]).argsort(1)[:, :n]] + (2 * rand(m, n, 2) - 1) * jitter
@@ -371,6 +499,7 @@ def sample_scenarios(num: int, n: int, num_obstacles: int, world: World, layouts
         idx = ok.nonzero().squeeze(1)[: num - have]
         kept.append((starts[idx], goals[idx], obstacles[idx]))
         have += idx.numel()
+        barren = 0 if idx.numel() else barren + 1
     starts, goals, obstacles = (torch.cat(x) for x in zip(*kept))
     return {"starts": starts, "goals": goals, "obstacles": obstacles}
 
@@ -1043,87 +1172,202 @@ def markdown_table(rows: list) -> str:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Atomic save: write a fresh temporary file next to `path` (a name nobody else holds), then rename it over
+    `path`. Callers write only to paths flow_opt made: its run directory or a checked data cache."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+NETWORK_ARGS = ("order", "hidden_dim", "depth", "heads", "flow_residual")  # the args that shape the networks
+# every arg that shapes the training data (generate_data and what it calls); not the seed, which picks other
+# scenarios from the same distribution (reusing one cache across seeds is the point of --data-path)
+DATA_ARGS = ("num_scenarios", "num_obstacles", "layouts", "workspace", "robot_radius", "obstacle_radius", "horizon",
+             "num_times", "order", "v_max", "a_max", "tol", "rho_agent", "rho_obs", "rho_ws", "rho_vel", "rho_acc",
+             "opt_smoothness", "data_iters", "perturb_std", "detour_scales", "kick_every", "kick_progress",
+             "kick_patience", "kick_bend", "kick_robots")
+DATA_CACHE = "flow_opt data cache"  # the `content` entry that marks a file as flow_opt's data cache
+
+
+def value_text(value) -> str:
+    """A flag value as it is written on the command line: `64`, `0.25 0.45`, `()` for an empty tuple."""
+    if isinstance(value, (tuple, list)):
+        return " ".join(str(v) for v in value) if value else "()"
+    return str(value)
+
+
+def tuple_of(value):
+    return tuple(value) if isinstance(value, (tuple, list)) else value
+
+
+def read_torch_file(path: Path, flag: str, error: type, device: torch.device):
+    """torch.load of a user's file; every failure (a directory, an empty or unreadable file) is one `error` line."""
+    if path.is_dir():
+        raise error(f"{flag} {path} is a directory, not a file")
+    if not path.is_file():
+        raise error(f"{flag} {path} does not exist")
+    if path.stat().st_size == 0:
+        raise error(f"{flag} {path} is empty")
+    try:
+        return torch.load(path, map_location=device)
+    except Exception as e:  # garbage: UnpicklingError, KeyError (text), RuntimeError (truncated zip), EOFError, ...
+        raise error(f"{flag} {path} is not a readable torch file ({type(e).__name__})") from e
+
+
+def describe(state) -> str:
+    """What a torch file that is not the expected one holds, in a few words."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}"
+    if state.get("content") == DATA_CACHE:
+        return "it is a flow_opt data cache (--data-path)"
+    if state.get("script") not in (None, "flow_opt"):
+        return f"it was saved by {state['script']}.py"
+    if "model" in state and "init_net" in state:
+        return "it is a flow_opt checkpoint"
+    if state and all(isinstance(k, int) and isinstance(v, dict) and "coefs" in v for k, v in state.items()):
+        return "it is an old-format flow_opt data cache, which records no parameters to check"
+    return "it is an unrelated torch file"
+
+
+def load_checkpoint(path: str, args: Args, device: torch.device) -> dict:
+    """The state of a flow_opt checkpoint for networks of the current --order/--hidden-dim/--depth/--heads/
+    --flow-residual. Every failure is one CheckpointError line: a missing, empty or unreadable file, a file of another
+    script (or flow_opt's data cache), other network settings (each listed against the checkpoint's), entries that
+    do not load. (--checkpoint is a warm start: training then runs its full budget, so no step is compared.)"""
+    state = read_torch_file(Path(path), "--checkpoint", CheckpointError, device)
+    if not isinstance(state, dict) or state.get("script", "flow_opt") != "flow_opt" or state.get("content") == DATA_CACHE:
+        raise CheckpointError(f"--checkpoint {path} is not a flow_opt checkpoint: {describe(state)}")
+    missing = [k for k in ("model", "init_net", "norm", "args") if k not in state]
+    if missing:
+        raise CheckpointError(f"--checkpoint {path} is not a flow_opt checkpoint: it has no {', '.join(missing)} "
+                              f"({describe(state)})")
+    saved = dict(state["args"])
+    saved.setdefault("flow_residual", False)  # checkpoints from before --flow-residual were made without it
+    differ = [f"--{k.replace('_', '-')} {value_text(getattr(args, k))} (checkpoint: {value_text(saved[k])})"
+              for k in NETWORK_ARGS if k in saved and saved[k] != getattr(args, k)]
+    if differ:
+        raise CheckpointError(f"--checkpoint {path} holds other networks: {', '.join(differ)}; "
+                              "pass the checkpoint's values")
+    norm = state["norm"]
+    if not (isinstance(norm, dict) and all(isinstance(norm.get(k), float) and math.isfinite(norm[k]) and norm[k] > 0
+                                           for k in ("coef_scale", "lam_scale"))):
+        raise CheckpointError(f"--checkpoint {path} has no valid normalisation (norm: {norm!r})")
+    with torch.random.fork_rng(devices=[]):  # a trial load into throw-away networks; the random stream is unchanged
+        model, init_net = build_networks(args, torch.device("cpu"))
+    try:
+        model.load_state_dict(state["model"])
+        init_net.load_state_dict(state["init_net"])
+    except Exception as e:  # missing/unexpected entries, shapes
+        raise CheckpointError(f"--checkpoint {path}: its networks do not load ({str(e).splitlines()[0].strip()})") from e
+    return state
+
+
+def open_data_cache(path: Path, args: Args, device: torch.device) -> dict:
+    """The data {robot count: ...} of the cache at `path`, {} for a fresh path. A file that is not flow_opt's data
+    cache (a checkpoint, any other torch file, text, ...) and a cache made with other data parameters (DATA_ARGS,
+    each listed) are refused with one DatasetError line, and the file is left as it is."""
+    if not path.exists():
+        return {}
+    state = read_torch_file(path, "--data-path", DatasetError, device)
+    if not (isinstance(state, dict) and state.get("script") == "flow_opt" and state.get("content") == DATA_CACHE
+            and isinstance(state.get("data"), dict) and isinstance(state.get("args"), dict)):
+        raise DatasetError(f"--data-path {path} is not a flow_opt data cache ({describe(state)}); it was left as it is: "
+                           "give a new path")
+    saved = state["args"]
+    differ = [f"--{k.replace('_', '-')} {value_text(getattr(args, k))} (cache: {value_text(saved.get(k, 'none'))})"
+              for k in DATA_ARGS if k not in saved or tuple_of(saved[k]) != tuple_of(getattr(args, k))]
+    if differ:
+        raise DatasetError(f"--data-path {path} was made with other data parameters: {', '.join(differ)}; give a new "
+                           "--data-path or the cache's values")
+    return state["data"]
+
+
+def save_data_cache(path: Path, args: Args, data: dict) -> None:
+    """Write flow_opt's data cache (atomically) with the data parameters it was made with."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"script": "flow_opt", "content": DATA_CACHE, "seed": args.seed, "data": data,
+                           "args": {k: getattr(args, k) for k in DATA_ARGS}})
+
+
+def build_networks(args: Args, device: torch.device) -> tuple:
+    nv = args.order + 1
+    return (FlowDiT(nv, args.hidden_dim, args.depth, args.heads, args.workspace, args.flow_residual).to(device),
+            InitNet(nv, args.hidden_dim, args.heads, args.workspace).to(device))
+
+
+def fresh_run_dir(run_name: str) -> Path:
+    """runs/<run_name>, or runs/<run_name>_<k> when a run of the same name (same second) already has it."""
+    run_dir, k = Path("runs") / run_name, 0
+    while True:
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            k += 1
+            run_dir = Path("runs") / f"{run_name}_{k}"
 
 
 # ---------------------------------------------------------------------------------------------
 # main: data -> flow model -> init network -> evaluation table
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
+    # every input checked before any work: flags, scenario geometry, the checkpoint, the data cache
+    check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    state = load_checkpoint(args.checkpoint, args, device) if args.checkpoint else None
+    cache = Path(args.data_path) if args.data_path else None  # None: runs/<run>/data.pt, a fresh file
+    data = open_data_cache(cache, args, device) if cache is not None and not args.evaluate else {}
+
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     world = World.from_args(args)
-    for n in set(args.train_robots) | set(args.eval_robots):
-        check_scenario_args(n, args.num_obstacles, world, args.layouts)
-    if args.eval_repeats < 1:
-        raise ScenarioError(f"--eval-repeats must be >= 1, got {args.eval_repeats}")
-    if args.kick_every < 0:
-        raise ScenarioError(f"--kick-every must be >= 0 (0: no kick), got {args.kick_every}")
-    if args.kick_progress <= 0 or args.kick_patience < 1:
-        raise ScenarioError(f"--kick-progress must be > 0 and --kick-patience >= 1, got {args.kick_progress}, "
-                            f"{args.kick_patience}")
-    if args.certify_restarts < 0:
-        raise ScenarioError(f"--certify-restarts must be >= 0, got {args.certify_restarts}")
-    if args.num_samples < 1 or args.filter_samples < 0:
-        raise ScenarioError(f"--num-samples must be >= 1 and --filter-samples >= 0, got {args.num_samples}, {args.filter_samples}")
-    if args.evaluate and not args.checkpoint:
-        raise ScenarioError("--evaluate needs --checkpoint")
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise ScenarioError(f"--checkpoint {args.checkpoint!r} is not a file")
 
     run_name = f"multirobot__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
+    run_dir = fresh_run_dir(run_name)
     writer = SummaryWriter(str(run_dir))
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    nv = args.order + 1
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
     stage_time, stage_cpu = {}, {}  # wall-clock and process CPU time (the latter is robust to a shared machine)
 
-    state = torch.load(args.checkpoint, map_location=device) if args.checkpoint else None
-    data = {}
     if not args.evaluate:
         # 1) data: the centralized optimizer run to convergence from perturbed straight lines
         t0, c0_cpu = time.perf_counter(), time.process_time()
-        cache = Path(args.data_path) if args.data_path else run_dir / "data.pt"
-        if cache.exists():
-            data = torch.load(cache, map_location=device)
-        for n in args.train_robots:
-            if n not in data or data[n]["coefs"].shape[0] == 0:
-                data[n] = generate_data(n, args, world, generator, device)
-                print(f"data: N={n}: {data[n]['coefs'].shape[0]} solved trajectories "
-                      f"({data[n]['solved_fraction'].item():.1%} of scenarios)", flush=True)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(data, cache)
+        cache = cache or run_dir / "data.pt"
+        missing = [n for n in dict.fromkeys(args.train_robots) if n not in data or data[n]["coefs"].shape[0] == 0]
+        for n in missing:
+            data[n] = generate_data(n, args, world, generator, device)
+            print(f"data: N={n}: {data[n]['coefs'].shape[0]} solved trajectories "
+                  f"({data[n]['solved_fraction'].item():.1%} of scenarios)", flush=True)
+        if missing:  # the file is a fresh path or flow_opt's cache made with these data parameters (checked above)
+            save_data_cache(cache, args, data)
         stage_time["data"], stage_cpu["data"] = time.perf_counter() - t0, time.process_time() - c0_cpu
         for n in args.train_robots:
             if data[n]["coefs"].shape[0] == 0:
-                raise ScenarioError(f"the optimizer solved none of the N={n} training scenarios; raise --opt-max-iters")
+                raise ScenarioError(f"the optimizer solved none of the N={n} training scenarios; raise --data-iters")
 
     if state is not None:
         norm = state["norm"]
     else:  # residual scale of the data; multiplier scale from the solver's rho (one number each)
         res = torch.cat([to_tokens(data[n]["coefs"], data[n], args.order, 1.0).flatten() for n in args.train_robots])
         norm = {"coef_scale": res.std().clamp(min=1e-3).item(), "lam_scale": 1.0}
-    if state is not None:  # the networks' shapes come from the checkpoint
-        args = replace(args, **{k: state["args"].get(k, False if k == "flow_residual" else getattr(args, k))
-                                for k in ("hidden_dim", "depth", "heads", "flow_residual")})
-    model = FlowDiT(nv, args.hidden_dim, args.depth, args.heads, args.workspace, args.flow_residual).to(device)
-    init_net = InitNet(nv, args.hidden_dim, args.heads, args.workspace).to(device)
-    if state is not None:
+    model, init_net = build_networks(args, device)
+    if state is not None:  # its network settings equal these (load_checkpoint)
         model.load_state_dict(state["model"])
         init_net.load_state_dict(state["init_net"])
 
     def checkpoint_state() -> dict:
-        return {"model": model.state_dict(), "init_net": init_net.state_dict(), "norm": norm, "args": asdict(args)}
+        return {"script": "flow_opt", "model": model.state_dict(), "init_net": init_net.state_dict(), "norm": norm,
+                "args": asdict(args)}
 
     metrics: dict = {}
     if not args.evaluate:
@@ -1260,6 +1504,6 @@ class Progress:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (ScenarioError, NonFiniteLossError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -6,11 +6,12 @@ zero init on held-out scenarios, the trained flow model vs the untrained one, ba
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import import_script, last_error_line, run_script
+from conftest import import_script, run_script
 
 fo = import_script("flow_opt")
 CPU = torch.device("cpu")
@@ -302,7 +303,7 @@ def trained(tmp_path_factory):
     finally:
         os.chdir(cwd)
     ckpt = next(path.glob("runs/*/flow_opt.pt"))
-    return args, metrics, ckpt, torch.load(next(path.glob("runs/*/data.pt")))
+    return args, metrics, ckpt, torch.load(next(path.glob("runs/*/data.pt")))["data"]
 
 
 def load_networks(args, ckpt):
@@ -425,24 +426,183 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(in_tmp, monk
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_bad_input_exits_with_one_clear_line(in_tmp):
-    result = run_script("flow_opt", "--train-robots", "1", "--no-cuda")
-    assert last_error_line(result) == "error: need at least 2 robots per scenario, got 1", result.stderr
-
-
+# ---------------------------------------------------------------------------------------------- bad input
+# (every flag range is in tests/test_bad_input.py; here: scenario geometry, the data cache, checkpoints)
 @pytest.mark.parametrize("overrides, message", [
-    (dict(eval_robots=(200,)), "200 robots do not fit"),
-    (dict(layouts=("spiral",)), r"unknown layout\(s\) \['spiral'\]"),
-    (dict(num_obstacles=-1), "--num-obstacles must be >= 0"),
-    (dict(evaluate=True), "--evaluate needs --checkpoint"),
-    (dict(filter_samples=-1), "--num-samples must be >= 1 and --filter-samples >= 0"),
-    (dict(certify_restarts=-1), "--certify-restarts must be >= 0"),
-    (dict(eval_repeats=0), "--eval-repeats must be >= 1"),
-    (dict(kick_every=-5), "--kick-every must be >= 0"),
-    (dict(kick_progress=0.0), "--kick-progress must be > 0 and --kick-patience >= 1"),
-    (dict(kick_patience=0), "--kick-progress must be > 0 and --kick-patience >= 1"),
-    (dict(evaluate=True, checkpoint="no/such.pt"), "--checkpoint 'no/such.pt' is not a file"),
+    (dict(eval_robots=(200,)), "200 robots do not fit a 10 m workspace"),
+    (dict(train_robots=(6,), obstacle_radius=(20.0, 20.0)), "could not place 2 obstacles of radius 20-20 m clear of the starts and goals of 4 robots"),
+    (dict(num_obstacles=200), "200 obstacles do not fit a 10 m workspace (at most 81 grid cells)"),
 ])
-def test_impossible_settings_raise_a_scenario_error_before_any_work(overrides, message, in_tmp):
-    with pytest.raises(fo.ScenarioError, match=message):
+def test_impossible_scenario_geometry_raises_a_scenario_error_before_any_work(overrides, message, in_tmp):
+    with pytest.raises(fo.ScenarioError) as caught:
         fo.main(tiny(**overrides))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not (in_tmp / "runs").exists()  # refused before the run directory was made
+
+
+def test_check_args_has_a_rule_for_every_field():
+    """Every Args field is named in check_args (a rule, or a comment saying why any value is fine)."""
+    import dataclasses
+    import inspect
+
+    source = inspect.getsource(fo.check_args)
+    assert [f.name for f in dataclasses.fields(fo.Args) if f.name not in source] == []
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A training-free run (data for N = 4, untrained networks): a real data cache and a real checkpoint."""
+    import os
+
+    cwd, path = os.getcwd(), tmp_path_factory.mktemp("flow_opt_small")
+    os.chdir(path)
+    try:
+        args = tiny(num_scenarios=16, data_iters=60, total_steps=0, init_steps=0, eval_robots=(),
+                    data_path=str(path / "fresh" / "dir" / "data.pt"))  # a fresh path in folders that do not exist
+        fo.main(args)
+    finally:
+        os.chdir(cwd)
+    return args, Path(args.data_path), next(path.glob("runs/*/flow_opt.pt"))
+
+
+def digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def foreign_file(kind: str, path: Path, checkpoint: Path, cache: Path) -> Path:
+    """A file that is not what flow_opt expects, written at `path`."""
+    if kind == "checkpoint":
+        path.write_bytes(checkpoint.read_bytes())
+    elif kind == "data cache":
+        path.write_bytes(cache.read_bytes())
+    elif kind == "unrelated torch file":
+        torch.save({"weights": torch.ones(3)}, path)
+    elif kind == "other script":
+        torch.save({"script": "fql", "actor": {"w": torch.ones(2)}, "args": {}}, path)
+    elif kind == "old-format cache":  # what flow_opt wrote before its cache recorded its parameters
+        torch.save({4: {k: v for k, v in torch.load(cache)["data"][4].items()}}, path)
+    elif kind == "text":
+        path.write_text("my notes\n")
+    elif kind == "garbage":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("checkpoint", "is not a flow_opt data cache (it is a flow_opt checkpoint)"),
+    ("unrelated torch file", "is not a flow_opt data cache (it is an unrelated torch file)"),
+    ("other script", "is not a flow_opt data cache (it was saved by fql.py)"),
+    ("old-format cache", "is not a flow_opt data cache (it is an old-format flow_opt data cache"),
+    ("text", "is not a readable torch file"),
+    ("garbage", "is not a readable torch file"),
+    ("empty", "is empty"),
+])
+def test_data_path_that_is_not_a_data_cache_is_refused_and_left_byte_identical(kind, message, small_run, in_tmp):
+    """The data-loss bug: --data-path pointing at a model checkpoint rewrote that checkpoint with a data entry."""
+    args, cache, checkpoint = small_run
+    target = foreign_file(kind, in_tmp / "mine.pt", checkpoint, cache)
+    before = digest(target)
+    with pytest.raises(fo.DatasetError) as caught:
+        fo.main(replace(args, data_path=str(target)))
+    assert message in str(caught.value) and "\n" not in str(caught.value), caught.value
+    assert digest(target) == before
+    assert not (in_tmp / "runs").exists()  # refused before any work
+
+
+def test_data_path_pointing_at_a_checkpoint_through_the_command_line(small_run, in_tmp):
+    _, _, checkpoint = small_run
+    target = foreign_file("checkpoint", in_tmp / "model.pt", checkpoint, checkpoint)
+    before = digest(target)
+    result = run_script("flow_opt", "--no-cuda", "--data-path", str(target))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: --data-path {target} is not a flow_opt data cache")
+    assert digest(target) == before
+
+
+def test_data_cache_made_with_other_parameters_is_refused_naming_each_of_them(small_run, in_tmp):
+    args, cache, _ = small_run
+    mine = in_tmp / "data.pt"
+    mine.write_bytes(cache.read_bytes())
+    before = digest(mine)
+    with pytest.raises(fo.DatasetError) as caught:
+        fo.main(replace(args, data_path=str(mine), num_obstacles=3, order=8, layouts=("swap",)))
+    message = str(caught.value)
+    assert "\n" not in message and "was made with other data parameters" in message
+    for part in ("--num-obstacles 3 (cache: 2)", "--order 8 (cache: 10)", "--layouts swap (cache: random antipodal swap)"):
+        assert part in message, message
+    assert "--seed" not in message and "--hidden-dim" not in message  # only what shapes the data is compared
+    assert digest(mine) == before and not (in_tmp / "runs").exists()
+
+
+def test_data_cache_is_reused_and_extended_only_with_the_same_parameters(small_run, in_tmp, monkeypatch):
+    args, cache, _ = small_run
+    mine = in_tmp / "data.pt"
+    mine.write_bytes(cache.read_bytes())
+    before = digest(mine)
+    made, original = [], fo.generate_data
+    monkeypatch.setattr(fo, "generate_data", lambda n, *a, **k: made.append(n) or original(n, *a, **k))
+    fo.main(replace(args, data_path=str(mine), seed=2))  # another seed: the same data distribution, reused
+    assert made == [] and digest(mine) == before  # nothing generated, the file not rewritten
+    fo.main(replace(args, data_path=str(mine), train_robots=(4, 5)))
+    assert made == [5]  # only the robot count it lacked
+    saved = torch.load(mine)
+    assert saved["script"] == "flow_opt" and sorted(saved["data"]) == [4, 5]
+    assert torch.equal(saved["data"][4]["coefs"], torch.load(cache)["data"][4]["coefs"])
+    assert [p.name for p in in_tmp.iterdir() if p.name.endswith(".tmp")] == []  # no temporary file left
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "does not exist"),
+    ("directory", "is a directory, not a file"),
+    ("empty", "is empty"),
+    ("garbage", "is not a readable torch file (UnpicklingError)"),
+    ("text", "is not a readable torch file"),
+    ("other script", "is not a flow_opt checkpoint: it was saved by fql.py"),
+    ("unrelated torch file", "is not a flow_opt checkpoint: it has no model, init_net, norm, args"),
+    ("data cache", "is not a flow_opt checkpoint: it is a flow_opt data cache (--data-path)"),
+    ("other sizes", "holds other networks: --hidden-dim 64 (checkpoint: 32), --depth 3 (checkpoint: 2); pass the checkpoint's values"),
+    ("other order", "holds other networks: --order 8 (checkpoint: 10)"),
+    ("broken entries", "its networks do not load (Error(s) in loading state_dict for FlowDiT:"),
+])
+def test_bad_checkpoint_gives_one_line(kind, message, small_run, in_tmp):
+    args, cache, checkpoint = small_run
+    path = in_tmp / "ckpt.pt"
+    overrides = {}
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "other sizes":
+        path.write_bytes(checkpoint.read_bytes())
+        overrides = dict(hidden_dim=64, depth=3)
+    elif kind == "other order":
+        path.write_bytes(checkpoint.read_bytes())
+        overrides = dict(order=8)
+    elif kind == "broken entries":
+        state = torch.load(checkpoint)
+        state["model"].pop("x_in.weight")
+        torch.save(state, path)
+    elif kind != "missing":
+        foreign_file(kind, path, checkpoint, cache)
+    with pytest.raises(fo.CheckpointError) as caught:
+        fo.main(replace(args, evaluate=True, checkpoint=str(path), data_path=None, eval_robots=(4,), **overrides))
+    assert message in str(caught.value) and "\n" not in str(caught.value), caught.value
+    assert not (in_tmp / "runs").exists()
+
+
+def test_checkpoint_records_its_script_and_warm_starts_training(small_run, in_tmp):
+    args, _, checkpoint = small_run
+    assert torch.load(checkpoint)["script"] == "flow_opt"
+    fo.main(replace(args, checkpoint=str(checkpoint), data_path=None, num_scenarios=8, total_steps=2, log_freq=1))
+    assert next(in_tmp.glob("runs/*/flow_opt.pt")).exists()
+
+
+def test_a_run_never_reuses_another_runs_directory(in_tmp):
+    first = fo.fresh_run_dir("same_name")
+    (first / "flow_opt.pt").write_text("the first run's checkpoint")
+    second = fo.fresh_run_dir("same_name")
+    assert second != first and second.parent == first.parent
+    assert (first / "flow_opt.pt").read_text() == "the first run's checkpoint"
