@@ -136,7 +136,7 @@ class Args:
     action_horizon: int = 8
     """actions executed before re-observing (receding horizon)"""
     sigma0: float = 0.1
-    """std of the initial Gaussian around xi(0) (and around the last action at inference)"""
+    """std of the initial Gaussian around xi(0) (and, action-space variant only, around the last action at inference)"""
     sigma1: float = 0.5
     """stochastic variant: std of a(1) around xi(1) (needs sigma0 e^-k <= sigma1)"""
     k: float = 1.0
@@ -154,7 +154,8 @@ class Args:
     velocity in PointMaze's flattened observation achieved_goal, desired_goal, (x, y, vx, vy); other datasets need
     their own dims, or --action-space env)"""
     sample_start: bool = True
-    """SFP inference starts at a(0) ~ N(last action, sigma0^2) as in the paper (off: exactly at the last action, as the official Push-T code)"""
+    """action-space variant: inference starts at a(0) ~ N(last action, sigma0^2) as in the paper (off: exactly at the last
+    action, as the official Push-T code). The latent variant always starts exactly at the last action (paper, official code)"""
     toy_samples: int = 200
     """toy mode: trajectories sampled for the figure and the metrics"""
 
@@ -288,18 +289,21 @@ def chunk_fm_loss(net: nn.Module, obs_cond: torch.Tensor, chunk: torch.Tensor) -
 def stream_sfp(net: nn.Module, obs_cond: torch.Tensor, a_start: torch.Tensor, num_actions: int, pred_horizon: int,
                steps_per_action: int = 1, variant: str = "deterministic", sigma0: float = 0.0,
                generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
-    """Integrate da/dt = v_theta(a, t | h) with Euler from a(0) = a_start (+ sigma0 noise) and yield a(i / (H - 1)),
-    i = 1..num_actions, each as soon as its `steps_per_action` integration steps are done.
+    """Integrate da/dt = v_theta(a, t | h) with Euler from a(0) and yield a(i / (H - 1)), i = 1..num_actions, each as
+    soon as its `steps_per_action` integration steps are done.
 
     Flow time t = i / (pred_horizon - 1) is the time of the chunk's i-th action (its knot 0 is the start).
-    The stochastic variant integrates the state (a, z) from z(0) ~ N(0, I) and yields a.
+    deterministic (action-space SFP): a(0) ~ N(a_start, sigma0^2), the narrow Gaussian around the last executed action
+      (sigma0 = 0: exactly a_start, as the official Push-T code).
+    stochastic (latent SFP): a(0) = a_start exactly, whatever sigma0 (the noise enters through z(0) ~ N(0, I), as on
+      the paper's site and in the official sfps.py and latent notebooks); integrates (a, z) and yields a.
     """
     act_dim = a_start.shape[-1]
     a = a_start
-    if sigma0 > 0:
-        a = a + sigma0 * torch.randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)
     if variant == "stochastic":
         a = torch.cat([a, torch.randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)], dim=-1)
+    elif sigma0 > 0:
+        a = a + sigma0 * torch.randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)
     n_steps = (pred_horizon - 1) * steps_per_action
     t = torch.zeros(a.shape[0], device=a.device, dtype=a.dtype)
     for i in range(num_actions):
@@ -672,7 +676,8 @@ def evaluate(task: Task, envs: list, make_stream: Callable, episodes: int, seed:
 def toy_trajectories(task: Task, demos: Demos, make_stream: Callable, n: int) -> np.ndarray:
     """Sample n trajectories over the whole t in [0, 1] (the toy's chunk is the whole demo): (n, K) incl. a(0).
 
-    Every sample starts at the demos' common start xi(0) = 0; SFP adds its sigma0 noise itself.
+    Every sample starts at the demos' common start xi(0) = 0; the action-space SFP adds its sigma0 noise itself, the
+    latent SFP starts exactly there and draws z(0).
     """
     device = demos.obs.device
     start = torch.as_tensor(np.repeat(task.toy[:1, 0], n, 0), device=device)

@@ -108,6 +108,20 @@ def test_latent_conditional_flow_matches_its_closed_form():
     assert torch.allclose(actions, closed, atol=2e-3), (actions - closed).abs().max()
 
 
+def test_latent_inference_starts_exactly_at_the_last_action_the_action_space_one_around_it():
+    """Latent SFP: a(0) is the last executed action, deterministically (paper's site; official sfps.py, notebooks
+    start at a = 0 with only z(0) random), whatever sigma0; the action-space SFP samples a(0) ~ N(a_start, sigma0^2)."""
+    n, a_start = 4000, torch.tensor([[0.3, -0.4]], dtype=torch.float64).expand(4000, -1)
+    still = lambda x, t, h: torch.zeros_like(x)  # noqa: E731  (a zero field: every action equals a(0))
+    g = torch.Generator().manual_seed(0)
+    latent = torch.stack(list(sfp.stream_sfp(still, torch.zeros(n, 1), a_start, 3, 16, variant="stochastic",
+                                             sigma0=0.1, generator=g)), 1)
+    assert torch.equal(latent, a_start.unsqueeze(1).expand(-1, 3, -1))
+    action_space = next(sfp.stream_sfp(still, torch.zeros(n, 1), a_start, 1, 16, sigma0=0.1, generator=g))
+    assert (action_space - a_start).std(0).tolist() == pytest.approx([0.1, 0.1], rel=0.05)
+    assert torch.equal(next(sfp.stream_sfp(still, torch.zeros(n, 1), a_start, 1, 16, sigma0=0.0)), a_start)
+
+
 def test_sigma_r_and_its_validity_condition():
     assert sfp.sigma_r(0.1, 0.1, 0.0) == 0.0
     assert sfp.sigma_r(0.1, 0.2, 1.0) == pytest.approx(math.sqrt(0.04 - 0.01 * math.exp(-2.0)))
