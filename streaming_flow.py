@@ -101,8 +101,20 @@ class Args:
     """AdamW weight decay"""
     lr_warmup_steps: int = 500
     """linear warm-up steps of the cosine learning-rate schedule"""
+    ema_max_decay: float = 0.9999
+    """EMA of the weights (evaluation uses the EMA network), as diffusers' EMAModel in the official code: decay
+    (1 + s) / (10 + s) at s = step - update_after_step - 1 (0 for s <= 0), clipped to [ema_min_decay, ema_max_decay]"""
+    ema_min_decay: float = 0.0
+    """lower bound of the EMA decay (diffusers' min_decay)"""
+    ema_update_after_step: int = 0
+    """EMA decay is 0 (EMA = weights) for this many gradient steps, and one more (diffusers' update_after_step)"""
+    ema_warmup: bool = False
+    """use diffusers' warm-up decay 1 - (1 + s / ema_inv_gamma)^-ema_power instead of (1 + s) / (10 + s); off in the
+    official code (it passes parameters, not a module, so diffusers ignores its power=0.75)"""
+    ema_inv_gamma: float = 1.0
+    """--ema-warmup only: inverse multiplicative factor of the warm-up"""
     ema_power: float = 0.75
-    """EMA of the weights with decay 1 - (1 + step)^-power (capped at 0.9999); evaluation uses the EMA network"""
+    """--ema-warmup only: exponent of the warm-up (the official code passes 0.75, unused there)"""
     hidden_dim: int = 256
     """width of the velocity network"""
     num_blocks: int = 3
@@ -722,6 +734,18 @@ def plot_toy(path: Path, demos: np.ndarray, samples: np.ndarray, title: str) -> 
     plt.close(fig)
 
 
+def ema_decay(step: int, max_decay: float = 0.9999, min_decay: float = 0.0, update_after_step: int = 0,
+              warmup: bool = False, inv_gamma: float = 1.0, power: float = 2 / 3) -> float:
+    """EMA decay after gradient step `step` (1, 2, ...), the schedule of diffusers' EMAModel.get_decay (which the
+    official code uses): s = max(0, step - update_after_step - 1); 0 if s == 0, else (1 + s) / (10 + s), or with
+    warm-up 1 - (1 + s / inv_gamma)^-power; then clipped to [min_decay, max_decay]. ema <- decay ema + (1 - decay) w."""
+    s = max(0, step - update_after_step - 1)
+    if s == 0:
+        return 0.0
+    decay = 1.0 - (1.0 + s / inv_gamma) ** -power if warmup else (1.0 + s) / (10.0 + s)
+    return max(min(decay, max_decay), min_decay)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
     tmp = path.with_suffix(".pt.tmp")
@@ -801,7 +825,8 @@ def main(args: Args) -> dict:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        decay = min(0.9999, 1.0 - (1.0 + step) ** -args.ema_power)  # EMA warm-up (Diffusion Policy's EMAModel)
+        decay = ema_decay(step, args.ema_max_decay, args.ema_min_decay, args.ema_update_after_step, args.ema_warmup,
+                          args.ema_inv_gamma, args.ema_power)
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         return loss.detach()

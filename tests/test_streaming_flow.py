@@ -157,6 +157,29 @@ def test_chunk_flow_matching_loss_of_the_zero_field_is_the_second_moment_of_the_
     assert sfp.chunk_fm_loss(zero, torch.zeros(50_000, 1), chunk).item() == pytest.approx(1.25, rel=0.02)
 
 
+def test_ema_decay_follows_diffusers_schedule_as_the_official_code_uses_it():
+    """diffusers' EMAModel.get_decay with use_ema_warmup off (the official train.py passes parameters, so its
+    power=0.75 is unused): s = step - update_after_step - 1, decay 0 at s <= 0, else (1 + s) / (10 + s), clipped."""
+    assert sfp.ema_decay(1) == 0.0
+    assert sfp.ema_decay(2) == pytest.approx(2 / 11)
+    assert sfp.ema_decay(10) == pytest.approx(10 / 19)
+    assert sfp.ema_decay(1000) == pytest.approx(1000 / 1009)
+    assert sfp.ema_decay(10 ** 6) == 0.9999  # (1 + s) / (10 + s) passes 0.9999 at s = 89991
+    assert sfp.ema_decay(100, max_decay=0.9) == 0.9
+    assert sfp.ema_decay(2, min_decay=0.5) == 0.5 and sfp.ema_decay(1, min_decay=0.5) == 0.0
+    assert sfp.ema_decay(6, update_after_step=5) == 0.0 and sfp.ema_decay(7, update_after_step=5) == pytest.approx(2 / 11)
+    assert sfp.ema_decay(3, warmup=True, power=0.75) == pytest.approx(1 - 3 ** -0.75)
+    assert sfp.ema_decay(5, warmup=True, inv_gamma=2.0, power=1.0) == pytest.approx(1 - 1 / 3)
+
+
+def test_ema_equals_the_weights_after_the_first_step(in_tmp):
+    """Decay 0 at step 1: the EMA copies the trained weights (the old 1 - (1 + step)^-0.75 kept 41% of the init)."""
+    sfp.main(tiny(env_id="toy/crossing", total_steps=1, eval_freq=1, save_model=True))
+    state = torch.load(next(in_tmp.glob("runs/*/streaming_flow.pt")))
+    for key, value in state["net"].items():
+        assert torch.equal(value, state["ema"][key]), key
+
+
 # ---------------------------------------------------------------------------------------------- streaming
 def test_sfp_yields_its_first_action_after_one_integration_step_the_chunk_policy_after_all():
     knots, calls = smooth_demo(), []
