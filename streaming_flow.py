@@ -389,16 +389,20 @@ def unit_box_env(env: gym.Env) -> gym.Env:
 class Demos:
     """Demonstration episodes, cut into chunks on demand (vectorised gathers on `device`).
 
-    Per datum (one per time step j of every episode):
+    Per datum (one per time step j = 0 .. T - H + action_horizon of every episode of T steps, as the official
+    sampler: Diffusion Policy's sample indices with pad_before = obs_horizon - 1, pad_after = action_horizon - 1):
       obs history  o_{j-obs_horizon+1..j} (repeating o_0 before the episode start), min-max normalised to [-1, 1];
       SFP knots    a_{j-1}, a_j, ..., a_{j+H-2}  (a_{-1}: the previous action, 0 at the episode start, or with
                    `state_action` (next-state actions) the current state, so knot 0 is always the current state, as
-                   the official Push-T code; the last action repeats at the end);
-      chunk        a_j, ..., a_{j+H-1}           (the chunk policy's target).
+                   the official Push-T code; the last action repeats at the end, on at most action_horizon - 1
+                   knots, so the executed knots 1..action_horizon are always real actions);
+      chunk        a_j, ..., a_{j+H-1}           (the chunk policy's target; at most action_horizon knots padded).
+    `action_horizon` None: H - 1 (every time step of an episode is a datum).
     """
 
     def __init__(self, episodes: list, obs_horizon: int, pred_horizon: int, device: torch.device, whole: bool = False,
-                 state_action: Optional[Callable] = None):
+                 state_action: Optional[Callable] = None, action_horizon: Optional[int] = None):
+        action_horizon = pred_horizon - 1 if action_horizon is None else action_horizon
         all_obs = np.concatenate([o for o, _ in episodes])
         self.obs_low, self.obs_high = all_obs.min(0), all_obs.max(0)
         obs_parts, act_parts, obs_base, act_base = [], [], [], []
@@ -416,10 +420,15 @@ class Demos:
             pad = np.repeat(acts[-1:], pred_horizon, 0)
             before = state_action(obs[:1]) if state_action is not None else np.zeros_like(acts[:1])
             act_parts.append(np.concatenate([before, acts, pad]))
-            obs_base.append(n_obs + np.arange(T))
-            act_base.append(n_act + np.arange(T))
+            windows = max(0, min(T, T - pred_horizon + action_horizon + 1))  # j <= T - H + action_horizon
+            obs_base.append(n_obs + np.arange(windows))
+            act_base.append(n_act + np.arange(windows))
             n_obs += T + obs_horizon - 1
             n_act += T + 1 + pred_horizon
+        if not whole and sum(len(b) for b in obs_base) == 0:
+            raise DatasetError(f"every episode is shorter than the {pred_horizon - action_horizon + 1} steps a chunk needs "
+                               f"(--pred-horizon {pred_horizon}, at most --action-horizon - 1 = {action_horizon - 1} "
+                               f"knots padded after an episode's end)")
         self.obs = torch.as_tensor(self.normalize(np.concatenate(obs_parts)), device=device)
         self.acts = torch.as_tensor(np.concatenate(act_parts), dtype=torch.float32, device=device)
         self.obs_base = torch.as_tensor(np.concatenate(obs_base), device=device)
@@ -779,7 +788,8 @@ def main(args: Args) -> dict:
     # toy: one datum per demo, the chunk is the whole demo (flow time spans all its knots)
     horizon = task.toy.shape[1] if toy else args.pred_horizon
     obs_horizon = 1 if toy else args.obs_horizon
-    demos = Demos(task.episodes, obs_horizon, horizon, device, whole=toy, state_action=task.state_action)
+    demos = Demos(task.episodes, obs_horizon, horizon, device, whole=toy, state_action=task.state_action,
+                  action_horizon=args.action_horizon)
     obs_dim, act_dim = demos.obs_dim, demos.act_dim
     cond_dim = obs_horizon * obs_dim
     x_dim = (horizon * act_dim if args.policy == "chunk" else act_dim * (2 if args.variant == "stochastic" else 1))

@@ -216,6 +216,27 @@ def test_demo_chunks_start_at_the_previous_action_and_pad_at_the_episode_edges()
     assert set(chunk[:, 0, 0].tolist()) <= {1.0, 3.0}  # the chunk policy's chunk starts at a_j
 
 
+def all_knots(demos) -> list:
+    return demos.acts[demos.act_base[:, None] + demos.act_offsets][..., 0].tolist()
+
+
+def test_episode_ends_are_padded_with_at_most_action_horizon_minus_one_knots_as_the_official_sampler():
+    """The official sampler (DP's sample indices, pad_before = obs_horizon - 1 = 1, pad_after = action_horizon - 1)
+    gives an episode of T steps T - H + action_horizon + 1 windows: here T = 6, H = 4, action horizon 2 -> 5, the
+    last one with 1 padded knot (the executed knots 1..2 are real actions), not 6 windows with up to H - 2 padded."""
+    obs = np.arange(7, dtype=np.float32).reshape(7, 1)
+    acts = np.arange(1, 7, dtype=np.float32).reshape(6, 1)  # a_0..a_5 = 1..6
+    demos = sfp.Demos([(obs, acts)], obs_horizon=2, pred_horizon=4, device=torch.device("cpu"), action_horizon=2)
+    assert demos.size == 5
+    assert all_knots(demos) == [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6], [4, 5, 6, 6]]
+    for T, H, Ta, windows in ((6, 4, 3, 6), (20, 16, 8, 13), (9, 16, 8, 2), (8, 16, 8, 1)):
+        episode = (np.zeros((T + 1, 1), np.float32), np.ones((T, 1), np.float32))
+        assert sfp.Demos([episode], 2, H, torch.device("cpu"), action_horizon=Ta).size == windows, (T, H, Ta)
+    with pytest.raises(sfp.DatasetError, match="shorter than the 9 steps a chunk needs"):
+        sfp.Demos([(np.zeros((8, 1), np.float32), np.ones((7, 1), np.float32))], 2, 16, torch.device("cpu"),
+                  action_horizon=8)
+
+
 class LinearVelocityEnv(gym.Env):
     """x_{t+1} = 0.9 x_t + 0.5 u_t in 2-D (a stand-in for PointMaze's velocity); observation [x, 7 * x]."""
 
