@@ -596,27 +596,84 @@ def load_minari(dataset, env_id: str, target_dims: Optional[tuple] = None) -> Ta
     return Task(episodes, make_env, flatten, score, state_action=state_action)
 
 
+HUB_PROBE_TIMEOUT = 3.0  # seconds for the one TCP connection that tells whether the Minari remote can be reached
+
+
+def hub_unreachable() -> Optional[str]:
+    """Why Minari's remote (a Hugging Face hub) cannot be reached, or None if it can (or is not a hub).
+
+    One TCP connection to HF_ENDPOINT (or to the https proxy, when one applies), HUB_PROBE_TIMEOUT seconds, no
+    retry. huggingface_hub itself would retry minari's first call (HfApi.list_datasets) 5 times over ~23 s, with no
+    timeout and no setting to change either.
+    """
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    if not os.environ.get("MINARI_REMOTE", "hf://farama-minari").startswith("hf://"):
+        return None
+    offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    if offline.strip().upper() in {"1", "ON", "YES", "TRUE"}:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = urllib.parse.urlsplit(endpoint)
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+        proxy_url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        address = (proxy_url.hostname, proxy_url.port or 80)
+    try:
+        socket.create_connection(address, timeout=HUB_PROBE_TIMEOUT).close()
+    except (OSError, ValueError) as e:
+        return f"{endpoint} is unreachable ({type(e).__name__}: {e})"
+    return None
+
+
+def download_minari(env_id: str):
+    """minari.load_dataset(env_id, download=True), failing at once with one DatasetError line: when the id is not in
+    the local Minari datasets path and the hub is unreachable, before any request; otherwise with huggingface_hub's
+    retry log lines silenced for the call and any exception turned into the error line."""
+    import minari
+    from minari.storage import get_dataset_path
+
+    local = get_dataset_path(env_id)
+    why = None if (local / "data").exists() else hub_unreachable()
+    if why is None:
+        verbosity = None
+        try:
+            from huggingface_hub.utils import logging as hub_logging
+
+            verbosity = hub_logging.get_verbosity()
+            hub_logging.set_verbosity_error()  # its "... thrown while requesting" / "Retrying in" warnings
+        except ImportError:
+            pass
+        try:
+            return minari.load_dataset(env_id, download=True)
+        except Exception as e:
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        finally:
+            if verbosity is not None:
+                hub_logging.set_verbosity(verbosity)
+    raise DatasetError(f"cannot load --env-id {env_id!r}: not a local Minari dataset dir nor in datasets/, and the "
+                       f"Minari download failed: {why}. Point --env-id at a local Minari dataset dir (holding "
+                       f"data/metadata.json), or put the dataset at $MINARI_DATASETS_PATH/{env_id}/data "
+                       f"(MINARI_DATASETS_PATH={get_dataset_path()}); list ids with "
+                       f"`minari list remote`, see datasets/ for the embedded ones, or use toy/crossing or toy/wine-glass")
+
+
 def load_task(env_id: str, target_dims: Optional[tuple] = None) -> Task:
-    """Resolve --env-id: a toy task, a local Minari dataset dir, an embedded dataset, a Minari id.
+    """Resolve --env-id: a toy task, a local Minari dataset dir, an embedded dataset, a Minari id (downloaded).
     `target_dims`: next-state actions (--action-space next-state)."""
     import minari
 
     if env_id.startswith("toy/"):
         return load_toy(env_id)
-    tried = []
     for path in (Path(env_id), Path(__file__).resolve().parent / "datasets" / env_id):
         for data_dir in (path / "data", path):
             if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
                 return load_minari(minari.MinariDataset(data_dir), env_id, target_dims)
-        tried.append(f"no Minari dataset in {path}")
-    try:
-        return load_minari(minari.load_dataset(env_id, download=True), env_id, target_dims)
-    except DatasetError:
-        raise
-    except Exception as e:
-        tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with `minari list remote`, "
-                       f"see datasets/ for the embedded ones, or use toy/crossing or toy/wine-glass")
+    return load_minari(download_minari(env_id), env_id, target_dims)
 
 
 # -------------------------------------------------------------------------- evaluation

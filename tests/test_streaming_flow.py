@@ -415,6 +415,74 @@ def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
     assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
 
 
+def run_without_hub(tmp_path, endpoint: str, *argv: str):
+    """streaming_flow.py in a subprocess with the hub at `endpoint`, online mode (HF_HUB_OFFLINE would hide the
+    case), no proxy, an empty MINARI_DATASETS_PATH; returns (result, wall seconds, wall seconds of the import alone)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k.upper() not in
+           {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MINARI_REMOTE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"}}
+    env.update(HF_ENDPOINT=endpoint, MINARI_DATASETS_PATH=str(tmp_path / "minari"), OMP_NUM_THREADS="1")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import streaming_flow"], cwd=ROOT, env=env, check=True, timeout=120)
+    t1 = time.perf_counter()
+    result = subprocess.run([sys.executable, str(ROOT / "streaming_flow.py"), *argv, "--no-cuda"], capture_output=True,
+                            text=True, env=env, timeout=120, cwd=tmp_path)
+    return result, time.perf_counter() - t1, t1 - t0
+
+
+def test_unreachable_hub_fails_at_once_with_one_line(tmp_path):
+    """Hub on a closed local port: exit != 0, one stderr line (no retry messages, no traceback) naming the
+    download failure, its cause and the local alternatives, within 10 s (huggingface_hub alone retries for ~23 s).
+    On a machine so loaded that importing the script takes over 6 s, the bound is that import time + 4 s."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connections are refused
+    result, wall, import_wall = run_without_hub(tmp_path, f"http://127.0.0.1:{port}", "--env-id", "D4RL/antmaze/large-play-v1")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    line = lines[0]
+    assert line.startswith("error: cannot load --env-id 'D4RL/antmaze/large-play-v1'") and "download failed" in line
+    assert f"127.0.0.1:{port} is unreachable" in line and "ConnectionRefusedError" in line, line
+    assert "local Minari dataset dir" in line and "MINARI_DATASETS_PATH" in line, line
+    assert wall < max(10.0, import_wall + 4.0), (wall, import_wall)
+
+
+def test_id_unknown_to_a_reachable_hub_gives_one_line(tmp_path):
+    """A local stand-in hub that lists no dataset: minari's own ValueError becomes the one error line. (It also
+    answers huggingface_hub 2.x's telemetry request for its agent registry, a dict.)"""
+    import http.server
+    import threading
+
+    class NoDatasets(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"standardEnvVars": [], "harnesses": {}}' if "agent-harnesses" in self.path else b"[]"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoDatasets)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result, wall, _ = run_without_hub(tmp_path, f"http://127.0.0.1:{server.server_port}", "--env-id", "nosuch/dataset-v0")
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert "download failed: ValueError: Couldn't find any version for dataset nosuch/dataset" in lines[0], lines[0]
+
+
 def test_target_dims_that_do_not_fit_the_dataset_exit_with_one_clear_line(in_tmp):
     result = run_script("streaming_flow", "--target-dims", "6", "7", "9", "--no-cuda")
     assert last_error_line(result).startswith("error: --target-dims [6, 7, 9] must name 2 of the 8 observation dims")
