@@ -22,7 +22,8 @@ from noise even when every sample starts at the same action.
 This file implements:
   * `--variant deterministic`: the action-space SFP (state a), stabilizing when `--k` > 0;
   * `--variant stochastic`: the latent SFP (state (a, z)), a(t) = xi(t) + (a0 - xi(0)) e^{-kt}
-    + sigma_r t z0, z(t) = (1 - (1 - sigma1) t) z0 + t xi(t);
+    + sigma_r t z0, z(t) = (1 - (1 - sigma1) t) z0 + t xi(t); at inference a(0) is exactly the last
+    executed action and only z(0) ~ N(0, I) is random (paper's site, official sfps.py and notebooks);
   * streaming execution as a Python generator that yields each action as soon as its integration
     step is done, with receding-horizon control (execute `--action-horizon` actions, re-observe,
     restart from the last executed action, or with next-state actions from the current state);
@@ -43,11 +44,18 @@ controller u = clip((v* - gamma v) / c) inverts x_{t+1} = gamma x_t + c u_t fitt
 least squares (the Push-T env tracks position targets with a PD controller). As in the official code
 the chunk starts at the current state (knot 0), and every replan restarts from it. With
 `--action-space env` the chunk starts at the previous executed action (zero at an episode's start).
+The action-space variant starts inference at a(0) ~ N(last action, sigma0^2), the paper's narrow Gaussian;
+the official Push-T sfpd.py starts exactly at the current position (`--no-sample-start`). The chunk
+policy's target is a_j..a_{j+H-1} (Diffusion Policy's chunk starts one action earlier, at a_{j-1}, and
+executes from its second action: the same executed actions). As in the official code: one datum per step
+j <= T - H + action_horizon (at most action_horizon - 1 knots padded after an episode's end), AdamW with
+a cosine schedule, and diffusers' EMAModel decay schedule as the official train.py configures it.
 
 Defaults: action-space variant, next-state actions, sigma0 = 0.1, k = 1, H = 16, 8 executed actions, 2
-observations. On the embedded PointMaze demos this setting beats the chunk policy (0.84 vs 0.70 success
+observations. On the embedded PointMaze demos this setting beat the chunk policy (0.84 vs 0.70 success
 with next-state actions, 0.77 with force actions); on force actions the deterministic variant averages
-the demos' route modes and fails, and the latent variant reaches 0.49 (docs/streaming_flow.md).
+the demos' route modes and fails, and the latent variant reached 0.49 (docs/streaming_flow.md; 3-seed
+numbers measured before the EMA, end-padding and latent-start fixes, one-seed re-checks there).
 
 Usage:
   python streaming_flow.py                                            # SFP on the embedded PointMaze demos
@@ -617,6 +625,8 @@ def hub_unreachable() -> Optional[str]:
         return "HF_HUB_OFFLINE is set"
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     url = urllib.parse.urlsplit(endpoint)
+    if not url.hostname:
+        return f"HF_ENDPOINT {endpoint!r} names no host"
     address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
     proxies = urllib.request.getproxies()
     proxy = proxies.get(url.scheme) or proxies.get("all")

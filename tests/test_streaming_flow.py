@@ -369,7 +369,7 @@ def test_imitation_on_the_embedded_pointmaze_demos_beats_random_and_the_chunk_po
 
 @pytest.mark.slow
 def test_imitation_full_budget_on_the_embedded_pointmaze_demos(in_tmp):
-    imitation_check(in_tmp, 6000, 0.7)  # not run in this task (CPU budget): 2000 steps gave 0.84 +- 0.01 (3 seeds)
+    imitation_check(in_tmp, 6000, 0.7)  # not run in this task (CPU budget): 2000 steps gave 0.84 +- 0.01 (3 seeds, before issue 17)
 
 
 # ---------------------------------------------------------------------------------------------- runs and bad input
