@@ -22,7 +22,8 @@ from noise even when every sample starts at the same action.
 This file implements:
   * `--variant deterministic`: the action-space SFP (state a), stabilizing when `--k` > 0;
   * `--variant stochastic`: the latent SFP (state (a, z)), a(t) = xi(t) + (a0 - xi(0)) e^{-kt}
-    + sigma_r t z0, z(t) = (1 - (1 - sigma1) t) z0 + t xi(t);
+    + sigma_r t z0, z(t) = (1 - (1 - sigma1) t) z0 + t xi(t); at inference a(0) is exactly the last
+    executed action and only z(0) ~ N(0, I) is random (paper's site, official sfps.py and notebooks);
   * streaming execution as a Python generator that yields each action as soon as its integration
     step is done, with receding-horizon control (execute `--action-horizon` actions, re-observe,
     restart from the last executed action, or with next-state actions from the current state);
@@ -43,11 +44,18 @@ controller u = clip((v* - gamma v) / c) inverts x_{t+1} = gamma x_t + c u_t fitt
 least squares (the Push-T env tracks position targets with a PD controller). As in the official code
 the chunk starts at the current state (knot 0), and every replan restarts from it. With
 `--action-space env` the chunk starts at the previous executed action (zero at an episode's start).
+The action-space variant starts inference at a(0) ~ N(last action, sigma0^2), the paper's narrow Gaussian;
+the official Push-T sfpd.py starts exactly at the current position (`--no-sample-start`). The chunk
+policy's target is a_j..a_{j+H-1} (Diffusion Policy's chunk starts one action earlier, at a_{j-1}, and
+executes from its second action: the same executed actions). As in the official code: one datum per step
+j <= T - H + action_horizon (at most action_horizon - 1 knots padded after an episode's end), AdamW with
+a cosine schedule, and diffusers' EMAModel decay schedule as the official train.py configures it.
 
 Defaults: action-space variant, next-state actions, sigma0 = 0.1, k = 1, H = 16, 8 executed actions, 2
-observations. On the embedded PointMaze demos this setting beats the chunk policy (0.84 vs 0.70 success
+observations. On the embedded PointMaze demos this setting beat the chunk policy (0.84 vs 0.70 success
 with next-state actions, 0.77 with force actions); on force actions the deterministic variant averages
-the demos' route modes and fails, and the latent variant reaches 0.49 (docs/streaming_flow.md).
+the demos' route modes and fails, and the latent variant reached 0.49 (docs/streaming_flow.md; 3-seed
+numbers measured before the EMA, end-padding and latent-start fixes, one-seed re-checks there).
 
 Usage:
   python streaming_flow.py                                            # SFP on the embedded PointMaze demos
@@ -101,8 +109,20 @@ class Args:
     """AdamW weight decay"""
     lr_warmup_steps: int = 500
     """linear warm-up steps of the cosine learning-rate schedule"""
+    ema_max_decay: float = 0.9999
+    """EMA of the weights (evaluation uses the EMA network), as diffusers' EMAModel in the official code: decay
+    (1 + s) / (10 + s) at s = step - update_after_step - 1 (0 for s <= 0), clipped to [ema_min_decay, ema_max_decay]"""
+    ema_min_decay: float = 0.0
+    """lower bound of the EMA decay (diffusers' min_decay)"""
+    ema_update_after_step: int = 0
+    """EMA decay is 0 (EMA = weights) for this many gradient steps, and one more (diffusers' update_after_step)"""
+    ema_warmup: bool = False
+    """use diffusers' warm-up decay 1 - (1 + s / ema_inv_gamma)^-ema_power instead of (1 + s) / (10 + s); off in the
+    official code (it passes parameters, not a module, so diffusers ignores its power=0.75)"""
+    ema_inv_gamma: float = 1.0
+    """--ema-warmup only: inverse multiplicative factor of the warm-up"""
     ema_power: float = 0.75
-    """EMA of the weights with decay 1 - (1 + step)^-power (capped at 0.9999); evaluation uses the EMA network"""
+    """--ema-warmup only: exponent of the warm-up (the official code passes 0.75, unused there)"""
     hidden_dim: int = 256
     """width of the velocity network"""
     num_blocks: int = 3
@@ -136,7 +156,7 @@ class Args:
     action_horizon: int = 8
     """actions executed before re-observing (receding horizon)"""
     sigma0: float = 0.1
-    """std of the initial Gaussian around xi(0) (and around the last action at inference)"""
+    """std of the initial Gaussian around xi(0) (and, action-space variant only, around the last action at inference)"""
     sigma1: float = 0.5
     """stochastic variant: std of a(1) around xi(1) (needs sigma0 e^-k <= sigma1)"""
     k: float = 1.0
@@ -154,7 +174,8 @@ class Args:
     velocity in PointMaze's flattened observation achieved_goal, desired_goal, (x, y, vx, vy); other datasets need
     their own dims, or --action-space env)"""
     sample_start: bool = True
-    """SFP inference starts at a(0) ~ N(last action, sigma0^2) as in the paper (off: exactly at the last action, as the official Push-T code)"""
+    """action-space variant: inference starts at a(0) ~ N(last action, sigma0^2) as in the paper (off: exactly at the last
+    action, as the official Push-T code). The latent variant always starts exactly at the last action (paper, official code)"""
     toy_samples: int = 200
     """toy mode: trajectories sampled for the figure and the metrics"""
 
@@ -288,18 +309,21 @@ def chunk_fm_loss(net: nn.Module, obs_cond: torch.Tensor, chunk: torch.Tensor) -
 def stream_sfp(net: nn.Module, obs_cond: torch.Tensor, a_start: torch.Tensor, num_actions: int, pred_horizon: int,
                steps_per_action: int = 1, variant: str = "deterministic", sigma0: float = 0.0,
                generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
-    """Integrate da/dt = v_theta(a, t | h) with Euler from a(0) = a_start (+ sigma0 noise) and yield a(i / (H - 1)),
-    i = 1..num_actions, each as soon as its `steps_per_action` integration steps are done.
+    """Integrate da/dt = v_theta(a, t | h) with Euler from a(0) and yield a(i / (H - 1)), i = 1..num_actions, each as
+    soon as its `steps_per_action` integration steps are done.
 
     Flow time t = i / (pred_horizon - 1) is the time of the chunk's i-th action (its knot 0 is the start).
-    The stochastic variant integrates the state (a, z) from z(0) ~ N(0, I) and yields a.
+    deterministic (action-space SFP): a(0) ~ N(a_start, sigma0^2), the narrow Gaussian around the last executed action
+      (sigma0 = 0: exactly a_start, as the official Push-T code).
+    stochastic (latent SFP): a(0) = a_start exactly, whatever sigma0 (the noise enters through z(0) ~ N(0, I), as on
+      the paper's site and in the official sfps.py and latent notebooks); integrates (a, z) and yields a.
     """
     act_dim = a_start.shape[-1]
     a = a_start
-    if sigma0 > 0:
-        a = a + sigma0 * torch.randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)
     if variant == "stochastic":
         a = torch.cat([a, torch.randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)], dim=-1)
+    elif sigma0 > 0:
+        a = a + sigma0 * torch.randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)
     n_steps = (pred_horizon - 1) * steps_per_action
     t = torch.zeros(a.shape[0], device=a.device, dtype=a.dtype)
     for i in range(num_actions):
@@ -373,16 +397,20 @@ def unit_box_env(env: gym.Env) -> gym.Env:
 class Demos:
     """Demonstration episodes, cut into chunks on demand (vectorised gathers on `device`).
 
-    Per datum (one per time step j of every episode):
+    Per datum (one per time step j = 0 .. T - H + action_horizon of every episode of T steps, as the official
+    sampler: Diffusion Policy's sample indices with pad_before = obs_horizon - 1, pad_after = action_horizon - 1):
       obs history  o_{j-obs_horizon+1..j} (repeating o_0 before the episode start), min-max normalised to [-1, 1];
       SFP knots    a_{j-1}, a_j, ..., a_{j+H-2}  (a_{-1}: the previous action, 0 at the episode start, or with
                    `state_action` (next-state actions) the current state, so knot 0 is always the current state, as
-                   the official Push-T code; the last action repeats at the end);
-      chunk        a_j, ..., a_{j+H-1}           (the chunk policy's target).
+                   the official Push-T code; the last action repeats at the end, on at most action_horizon - 1
+                   knots, so the executed knots 1..action_horizon are always real actions);
+      chunk        a_j, ..., a_{j+H-1}           (the chunk policy's target; at most action_horizon knots padded).
+    `action_horizon` None: H - 1 (every time step of an episode is a datum).
     """
 
     def __init__(self, episodes: list, obs_horizon: int, pred_horizon: int, device: torch.device, whole: bool = False,
-                 state_action: Optional[Callable] = None):
+                 state_action: Optional[Callable] = None, action_horizon: Optional[int] = None):
+        action_horizon = pred_horizon - 1 if action_horizon is None else action_horizon
         all_obs = np.concatenate([o for o, _ in episodes])
         self.obs_low, self.obs_high = all_obs.min(0), all_obs.max(0)
         obs_parts, act_parts, obs_base, act_base = [], [], [], []
@@ -400,10 +428,15 @@ class Demos:
             pad = np.repeat(acts[-1:], pred_horizon, 0)
             before = state_action(obs[:1]) if state_action is not None else np.zeros_like(acts[:1])
             act_parts.append(np.concatenate([before, acts, pad]))
-            obs_base.append(n_obs + np.arange(T))
-            act_base.append(n_act + np.arange(T))
+            windows = max(0, min(T, T - pred_horizon + action_horizon + 1))  # j <= T - H + action_horizon
+            obs_base.append(n_obs + np.arange(windows))
+            act_base.append(n_act + np.arange(windows))
             n_obs += T + obs_horizon - 1
             n_act += T + 1 + pred_horizon
+        if not whole and sum(len(b) for b in obs_base) == 0:
+            raise DatasetError(f"every episode is shorter than the {pred_horizon - action_horizon + 1} steps a chunk needs "
+                               f"(--pred-horizon {pred_horizon}, at most --action-horizon - 1 = {action_horizon - 1} "
+                               f"knots padded after an episode's end)")
         self.obs = torch.as_tensor(self.normalize(np.concatenate(obs_parts)), device=device)
         self.acts = torch.as_tensor(np.concatenate(act_parts), dtype=torch.float32, device=device)
         self.obs_base = torch.as_tensor(np.concatenate(obs_base), device=device)
@@ -571,27 +604,86 @@ def load_minari(dataset, env_id: str, target_dims: Optional[tuple] = None) -> Ta
     return Task(episodes, make_env, flatten, score, state_action=state_action)
 
 
+HUB_PROBE_TIMEOUT = 3.0  # seconds for the one TCP connection that tells whether the Minari remote can be reached
+
+
+def hub_unreachable() -> Optional[str]:
+    """Why Minari's remote (a Hugging Face hub) cannot be reached, or None if it can (or is not a hub).
+
+    One TCP connection to HF_ENDPOINT (or to the https proxy, when one applies), HUB_PROBE_TIMEOUT seconds, no
+    retry. huggingface_hub itself would retry minari's first call (HfApi.list_datasets) 5 times over ~23 s, with no
+    timeout and no setting to change either.
+    """
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    if not os.environ.get("MINARI_REMOTE", "hf://farama-minari").startswith("hf://"):
+        return None
+    offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    if offline.strip().upper() in {"1", "ON", "YES", "TRUE"}:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = urllib.parse.urlsplit(endpoint)
+    if not url.hostname:
+        return f"HF_ENDPOINT {endpoint!r} names no host"
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+        proxy_url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        address = (proxy_url.hostname, proxy_url.port or 80)
+    try:
+        socket.create_connection(address, timeout=HUB_PROBE_TIMEOUT).close()
+    except (OSError, ValueError) as e:
+        return f"{endpoint} is unreachable ({type(e).__name__}: {e})"
+    return None
+
+
+def download_minari(env_id: str):
+    """minari.load_dataset(env_id, download=True), failing at once with one DatasetError line: when the id is not in
+    the local Minari datasets path and the hub is unreachable, before any request; otherwise with huggingface_hub's
+    retry log lines silenced for the call and any exception turned into the error line."""
+    import minari
+    from minari.storage import get_dataset_path
+
+    local = get_dataset_path(env_id)
+    why = None if (local / "data").exists() else hub_unreachable()
+    if why is None:
+        verbosity = None
+        try:
+            from huggingface_hub.utils import logging as hub_logging
+
+            verbosity = hub_logging.get_verbosity()
+            hub_logging.set_verbosity_error()  # its "... thrown while requesting" / "Retrying in" warnings
+        except ImportError:
+            pass
+        try:
+            return minari.load_dataset(env_id, download=True)
+        except Exception as e:
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        finally:
+            if verbosity is not None:
+                hub_logging.set_verbosity(verbosity)
+    raise DatasetError(f"cannot load --env-id {env_id!r}: not a local Minari dataset dir nor in datasets/, and the "
+                       f"Minari download failed: {why}. Point --env-id at a local Minari dataset dir (holding "
+                       f"data/metadata.json), or put the dataset at $MINARI_DATASETS_PATH/{env_id}/data "
+                       f"(MINARI_DATASETS_PATH={get_dataset_path()}); list ids with "
+                       f"`minari list remote`, see datasets/ for the embedded ones, or use toy/crossing or toy/wine-glass")
+
+
 def load_task(env_id: str, target_dims: Optional[tuple] = None) -> Task:
-    """Resolve --env-id: a toy task, a local Minari dataset dir, an embedded dataset, a Minari id.
+    """Resolve --env-id: a toy task, a local Minari dataset dir, an embedded dataset, a Minari id (downloaded).
     `target_dims`: next-state actions (--action-space next-state)."""
     import minari
 
     if env_id.startswith("toy/"):
         return load_toy(env_id)
-    tried = []
     for path in (Path(env_id), Path(__file__).resolve().parent / "datasets" / env_id):
         for data_dir in (path / "data", path):
             if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
                 return load_minari(minari.MinariDataset(data_dir), env_id, target_dims)
-        tried.append(f"no Minari dataset in {path}")
-    try:
-        return load_minari(minari.load_dataset(env_id, download=True), env_id, target_dims)
-    except DatasetError:
-        raise
-    except Exception as e:
-        tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with `minari list remote`, "
-                       f"see datasets/ for the embedded ones, or use toy/crossing or toy/wine-glass")
+    return load_minari(download_minari(env_id), env_id, target_dims)
 
 
 # -------------------------------------------------------------------------- evaluation
@@ -672,7 +764,8 @@ def evaluate(task: Task, envs: list, make_stream: Callable, episodes: int, seed:
 def toy_trajectories(task: Task, demos: Demos, make_stream: Callable, n: int) -> np.ndarray:
     """Sample n trajectories over the whole t in [0, 1] (the toy's chunk is the whole demo): (n, K) incl. a(0).
 
-    Every sample starts at the demos' common start xi(0) = 0; SFP adds its sigma0 noise itself.
+    Every sample starts at the demos' common start xi(0) = 0; the action-space SFP adds its sigma0 noise itself, the
+    latent SFP starts exactly there and draws z(0).
     """
     device = demos.obs.device
     start = torch.as_tensor(np.repeat(task.toy[:1, 0], n, 0), device=device)
@@ -717,6 +810,18 @@ def plot_toy(path: Path, demos: np.ndarray, samples: np.ndarray, title: str) -> 
     plt.close(fig)
 
 
+def ema_decay(step: int, max_decay: float = 0.9999, min_decay: float = 0.0, update_after_step: int = 0,
+              warmup: bool = False, inv_gamma: float = 1.0, power: float = 2 / 3) -> float:
+    """EMA decay after gradient step `step` (1, 2, ...), the schedule of diffusers' EMAModel.get_decay (which the
+    official code uses): s = max(0, step - update_after_step - 1); 0 if s == 0, else (1 + s) / (10 + s), or with
+    warm-up 1 - (1 + s / inv_gamma)^-power; then clipped to [min_decay, max_decay]. ema <- decay ema + (1 - decay) w."""
+    s = max(0, step - update_after_step - 1)
+    if s == 0:
+        return 0.0
+    decay = 1.0 - (1.0 + s / inv_gamma) ** -power if warmup else (1.0 + s) / (10.0 + s)
+    return max(min(decay, max_decay), min_decay)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
     tmp = path.with_suffix(".pt.tmp")
@@ -750,7 +855,8 @@ def main(args: Args) -> dict:
     # toy: one datum per demo, the chunk is the whole demo (flow time spans all its knots)
     horizon = task.toy.shape[1] if toy else args.pred_horizon
     obs_horizon = 1 if toy else args.obs_horizon
-    demos = Demos(task.episodes, obs_horizon, horizon, device, whole=toy, state_action=task.state_action)
+    demos = Demos(task.episodes, obs_horizon, horizon, device, whole=toy, state_action=task.state_action,
+                  action_horizon=args.action_horizon)
     obs_dim, act_dim = demos.obs_dim, demos.act_dim
     cond_dim = obs_horizon * obs_dim
     x_dim = (horizon * act_dim if args.policy == "chunk" else act_dim * (2 if args.variant == "stochastic" else 1))
@@ -796,7 +902,8 @@ def main(args: Args) -> dict:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        decay = min(0.9999, 1.0 - (1.0 + step) ** -args.ema_power)  # EMA warm-up (Diffusion Policy's EMAModel)
+        decay = ema_decay(step, args.ema_max_decay, args.ema_min_decay, args.ema_update_after_step, args.ema_warmup,
+                          args.ema_inv_gamma, args.ema_power)
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         return loss.detach()
