@@ -172,18 +172,22 @@ def validate(args: argparse.Namespace) -> tuple[Recipe, int, int, Path, Path]:
 
 # ----------------------------------------------------------------------------------------------- collection
 def make_env(recipe: Recipe, episode_length: int):
-    import warnings
-
     import gymnasium
 
-    warnings.filterwarnings("ignore", message=r".*DISPLAY environment variable")  # GLFW probed at import, unused
-    warnings.filterwarnings("ignore", message=r".*precision lowered by casting")  # the env's float64 Box bounds
+    quiet_env_warnings()
 
     import ogbench.manipspace  # noqa: F401  (registers the envs)
 
     env = gymnasium.make(recipe.env_id, terminate_at_goal=False, mode="data_collection",
                          max_episode_steps=episode_length + 1)
     return persistent_action_space(env)
+
+
+def quiet_env_warnings() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*DISPLAY environment variable")  # GLFW probed at import, unused
+    warnings.filterwarnings("ignore", message=r".*precision lowered by casting")  # the env's float64 Box bounds
 
 
 def persistent_action_space(env):
@@ -378,9 +382,10 @@ def singletask_name(dataset: str, task: int) -> str:
 
 
 def check(dataset: str, out: Path, log) -> dict:
-    """Load through ogbench for the five single tasks; fraction of transitions at which each task is solved."""
+    """Load through ogbench for the five single tasks; how often each task is solved in the training data."""
     import ogbench
 
+    quiet_env_warnings()
     stats = {}
     for task in range(1, 6):
         name = singletask_name(dataset, task)
@@ -389,10 +394,12 @@ def check(dataset: str, out: Path, log) -> dict:
         if task == 1:
             for split, d in (("train", train), ("val", val)):
                 log(f"  {split}: " + ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in d.items()))
-        solved = float(np.mean(train["masks"] == 0.0))
-        stats[name] = {"solved_fraction": solved, "mean_reward": float(np.mean(train["rewards"]))}
-        log(f"  {name}: task solved at {100 * solved:.2f}% of the training transitions, mean reward "
-            f"{stats[name]['mean_reward']:.3f}")
+        solved = train["masks"] == 0.0
+        episodes = np.split(solved, np.flatnonzero(train["terminals"])[:-1] + 1)  # terminals: last transitions
+        stats[name] = {"solved_fraction": float(np.mean(solved)), "mean_reward": float(np.mean(train["rewards"])),
+                       "episodes_solved": int(sum(e.any() for e in episodes)), "episodes": len(episodes)}
+        log(f"  {name}: solved at {100 * np.mean(solved):.2f}% of the training transitions, in "
+            f"{stats[name]['episodes_solved']}/{len(episodes)} episodes; mean reward {stats[name]['mean_reward']:.3f}")
     return stats
 
 
