@@ -35,6 +35,61 @@ TABLES["fql"] = [
 # gfp
 # ----------------------------------------------------------------------------------------------------------
 TABLES["gfp"] = [
+    # negative budgets (the first row is also run through the real command line)
+    (["--total-steps", "-3"], "--total-steps must be >= 0 (got -3)"),
+    (["--online-steps", "-1"], "--online-steps must be >= 0 (got -1)"),
+    # counts and sizes below 1 (or below what the method needs)
+    (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--hidden-dim", "0"], "--hidden-dim must be >= 1 (got 0)"),
+    (["--num-layers", "0"], "--num-layers must be >= 1 (got 0)"),
+    (["--num-layers", "-1"], "--num-layers must be >= 1 (got -1)"),
+    (["--flow-steps", "0"], "--flow-steps must be >= 1 (got 0)"),
+    (["--num-critics", "0"], "--num-critics must be >= 1 (got 0)"),
+    (["--eval-episodes", "0"], "--eval-episodes must be >= 1 (got 0)"),
+    (["--eval-envs", "0"], "--eval-envs must be >= 1 (got 0)"),
+    (["--time-emb-dim", "0"], "--time-emb-dim must be even and >= 4"),
+    (["--time-emb-dim", "63"], "--time-emb-dim must be even and >= 4 (sin/cos pairs of at least 2 frequencies) (got 63)"),
+    # zero frequencies
+    (["--eval-freq", "0"], "--eval-freq must be >= 1 (got 0)"),
+    (["--log-freq", "0"], "--log-freq must be >= 1 (got 0)"),
+    # learning rate: nan, inf, negative, 0
+    (["--learning-rate", "nan"], "--learning-rate must be finite and > 0 (got nan)"),
+    (["--learning-rate", "inf"], "--learning-rate must be finite and > 0 (got inf)"),
+    (["--learning-rate", "-1"], "--learning-rate must be finite and > 0 (got -1.0)"),
+    (["--learning-rate", "0"], "--learning-rate must be finite and > 0 (got 0.0)"),
+    # discount and Polyak rate outside (0, 1]
+    (["--gamma", "2"], "--gamma must be in (0, 1] (got 2.0)"),
+    (["--gamma", "0"], "--gamma must be in (0, 1] (got 0.0)"),
+    (["--gamma", "nan"], "--gamma must be in (0, 1] (got nan)"),
+    (["--tau", "-1"], "--tau must be in (0, 1] (got -1.0)"),
+    (["--tau", "0"], "--tau must be in (0, 1] (got 0.0)"),
+    (["--tau", "1.5"], "--tau must be in (0, 1] (got 1.5)"),
+    # weights and temperatures: negative or non-finite
+    (["--alpha", "-1"], "--alpha must be finite and >= 0 (got -1.0)"),
+    (["--alpha", "nan"], "--alpha must be finite and >= 0 (got nan)"),
+    (["--eta", "-1"], "--eta must be finite and >= 0 (0: unweighted BC flow) (got -1.0)"),
+    (["--eta", "nan"], "--eta must be finite and >= 0 (0: unweighted BC flow) (got nan)"),
+    (["--eta", "inf"], "--eta must be finite and >= 0 (0: unweighted BC flow) (got inf)"),
+    (["--eta-online", "-0.1", "--online-steps", "10"], "--eta-online must be finite and >= 0 (0: unweighted BC flow) (got -0.1)"),
+    (["--eta-online", "nan", "--online-steps", "10"], "--eta-online must be finite and >= 0 (0: unweighted BC flow) (got nan)"),
+    # seed, names and paths
+    (["--seed", "-1"], "--seed must be in [0, 2**32) (numpy's seed range) (got -1)"),
+    (["--seed", "4294967296"], "--seed must be in [0, 2**32)"),
+    (["--exp-name", "a/b"], "--exp-name must be a non-empty file name without '/' (got 'a/b')"),
+    (["--exp-name", ""], "--exp-name must be a non-empty file name without '/' (got '')"),
+    (["--env-id", ""], "--env-id must be a dataset"),
+    (["--ogbench-dataset-dir", ""], "--ogbench-dataset-dir must be a folder (got '')"),
+    (["--checkpoint", ""], "--checkpoint must be a path (got '')"),
+    # flags that have no effect together, named together
+    (["--target-use-next"], "--target-use-next and --target-agg actor cannot be used together"),
+    (["--eta-online", "0.01"], "--eta-online 0.01 and --online-steps 0 cannot be used together"),
+    (["--guidance-fn", "advantage", "--eta", "0"], "--guidance-fn advantage and --eta 0 cannot be used together"),
+    (["--guidance-fn", "advantage", "--eta", "0", "--online-steps", "10", "--eta-online", "0"],
+     "--guidance-fn advantage, --eta 0 and --eta-online 0 cannot be used together"),
+    # the per-task values are resolved first, then checked (antmaze-large-navigate's row: --target-agg actor)
+    (["--env-id", "antmaze-large-navigate-singletask-task1-v0", "--target-use-next"],
+     "--target-use-next and --target-agg actor cannot be used together"),
+    (["--env-id", "cube-double-play-singletask-task1-v0", "--batch-size", "-256"], "--batch-size must be >= 1 (got -256)"),
 ]
 
 

@@ -603,8 +603,8 @@ def test_discrete_action_dataset_is_rejected(minari_root):
 def test_non_finite_dataset_values_are_rejected(small_bandit, monkeypatch):
     original = gfp.load_minari
 
-    def poisoned(dataset, env_id):
-        data = original(dataset, env_id)
+    def poisoned(dataset, env_id, *where):
+        data = original(dataset, env_id, *where)
         data.transitions["rewards"][3] = np.nan
         return data
 
@@ -623,3 +623,288 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_
     state = torch.load(next(in_tmp.glob("runs/*/gfp.pt")))
     assert state["step"] == 100
     assert all(torch.isfinite(v).all() for v in state["critic"].values())
+
+
+# ---------------------------------------------------------------------------------------------- bad input: flags
+# (the table of bad flag values is TABLES["gfp"] in tests/test_bad_input.py)
+@pytest.mark.parametrize("row", gfp.TASK_SETTINGS, ids=[f"{r[0]}:{r[1]}" for r in gfp.TASK_SETTINGS])
+def test_every_paper_row_passes_check_args(row):
+    """check_args validates the RESOLVED per-task values: none of the paper's rows is refused."""
+    gfp.check_args(replace(gfp.Args(), **dict(zip(gfp.TASK_FIELDS, row[2:]))))
+
+
+def test_the_generic_defaults_pass_check_args(capsys):
+    gfp.check_args(gfp.resolve_task_settings(gfp.Args()))
+
+
+def test_check_args_runs_before_any_work(in_tmp, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was read before the flags were checked")
+
+    monkeypatch.setattr(gfp, "load_offline_data", no_data)
+    with pytest.raises(gfp.ArgumentError, match="--batch-size must be >= 1 \\(got 0\\)"):
+        gfp.main(tiny(batch_size=0))
+    assert not (in_tmp / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------- bad input: datasets
+def hdf5_of(folder):
+    return folder / "data" / "main_data.hdf5"
+
+
+def drop_entry(folder, episode: str, key: str) -> None:
+    import h5py
+
+    with h5py.File(hdf5_of(folder), "r+") as f:
+        del f[episode][key]
+
+
+def misalign_rewards(folder) -> None:
+    import h5py
+
+    with h5py.File(hdf5_of(folder), "r+") as f:
+        del f["episode_1"]["rewards"]
+        f["episode_1"]["rewards"] = np.zeros(3, np.float32)
+
+
+DATASET_CASES = {  # name: (how the copy of a good dataset is damaged, what the one line says after the file's path)
+    "empty hdf5": (lambda d: hdf5_of(d).write_bytes(b""), "main_data.hdf5 is empty"),
+    "truncated hdf5": (lambda d: os.truncate(hdf5_of(d), hdf5_of(d).stat().st_size // 2),
+                       "main_data.hdf5 is not a readable HDF5 file (truncated or corrupted"),
+    "garbage hdf5": (lambda d: hdf5_of(d).write_bytes(b"not an hdf5 file " * 50),
+                     "main_data.hdf5 is not a readable HDF5 file (truncated or corrupted"),
+    "no hdf5": (lambda d: hdf5_of(d).unlink(), "has no main_data.hdf5"),
+    "broken metadata.json": (lambda d: (d / "data" / "metadata.json").write_text("{broken"),
+                             "metadata.json is not valid JSON (JSONDecodeError"),
+    "no metadata.json": (lambda d: (d / "data" / "metadata.json").unlink(), "has no metadata.json"),
+    "episode without actions": (lambda d: drop_entry(d, "episode_3", "actions"),
+                                "data: episode 3 cannot be read (KeyError: \"Unable to synchronously open object (object 'actions'"),
+    "episode with 3 rewards for 1 action": (misalign_rewards, "data: episode 1 has 2 observations, 1 actions, 3 rewards"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATASET_CASES))
+def test_a_corrupted_minari_dataset_gives_one_line_naming_the_file(case, small_bandit, tmp_path, monkeypatch):
+    import shutil
+
+    damage, expected = DATASET_CASES[case]
+    folder = tmp_path / "dataset"
+    shutil.copytree(small_bandit, folder)
+    damage(folder)
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(gfp.DatasetError) as caught:
+        gfp.main(tiny(env_id=str(folder)))
+    message = str(caught.value)
+    assert "\n" not in message and str(folder / "data") in message and expected in message, message
+    assert time.perf_counter() - start < 10 and not (tmp_path / "runs").exists()
+
+
+def test_a_corrupted_minari_dataset_under_minari_datasets_path_is_named(small_bandit, minari_root):
+    """A Minari id already downloaded is read from MINARI_DATASETS_PATH with the same checks (not a traceback)."""
+    import shutil
+
+    folder = minari_root / "test" / "gfp-broken-v0"
+    if not folder.exists():
+        shutil.copytree(small_bandit, folder)
+        (folder / "data" / "metadata.json").write_text("")
+    with pytest.raises(gfp.DatasetError, match="gfp-broken-v0/data/metadata.json is not valid JSON"):
+        gfp.load_offline_data("test/gfp-broken-v0", "")
+
+
+def test_a_corrupted_dataset_on_the_command_line_is_one_line(small_bandit, tmp_path):
+    import shutil
+
+    folder = tmp_path / "dataset"
+    shutil.copytree(small_bandit, folder)
+    drop_entry(folder, "episode_0", "actions")
+    last = last_error_line(run_script("gfp", "--env-id", str(folder), "--no-cuda"))
+    assert last.startswith(f"error: Minari dataset {folder / 'data'}: episode 0 cannot be read"), last
+
+
+def damage_npz(path, how: str) -> None:
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        os.truncate(path, path.stat().st_size // 2)
+    elif how == "no actions":
+        arrays = dict(np.load(path))
+        del arrays["actions"]
+        np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("how,expected", [
+    ("empty", "pointmaze-medium-navigate-v0.npz is empty"),
+    ("truncated", "pointmaze-medium-navigate-v0.npz is not a readable .npz (truncated or corrupted: BadZipFile"),
+    ("no actions", "pointmaze-medium-navigate-v0.npz has no 'actions'")])
+def test_a_corrupted_ogbench_file_gives_one_line_naming_the_file(how, expected, ogbench_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "ogbench"
+    shutil.copytree(ogbench_dir, folder)
+    damage_npz(folder / "pointmaze-medium-navigate-v0.npz", how)
+    with pytest.raises(gfp.DatasetError) as caught:
+        gfp.load_offline_data(OGBENCH_TINY, str(folder))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"OGBench dataset file {folder}") and expected in message, message
+
+
+def test_a_missing_ogbench_file_that_cannot_be_downloaded_is_named(ogbench_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import ogbench.utils
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(ogbench.utils, "download_datasets", offline)
+    folder = tmp_path / "ogbench"
+    shutil.copytree(ogbench_dir, folder)
+    (folder / "pointmaze-medium-navigate-v0-val.npz").unlink()
+    with pytest.raises(gfp.DatasetError, match="pointmaze-medium-navigate-v0-val.npz is not there and could not be "
+                                               "downloaded \\(ConnectionError: no network\\); put it in --ogbench-dataset-dir"):
+        gfp.load_offline_data(OGBENCH_TINY, str(folder))
+
+
+# ---------------------------------------------------------------------------------------------- bad input: checkpoints
+@pytest.fixture(scope="module")
+def checkpoint(small_bandit, tmp_path_factory):
+    """A gfp checkpoint of tiny() networks (hidden 64, 2 layers) at step 60, on the small bandit (obs 2, actions 2)."""
+    folder = tmp_path_factory.mktemp("gfp-checkpoint")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        gfp.main(tiny(env_id=str(small_bandit), total_steps=60, eval_freq=60, save_model=True, eval_flow=False))
+    finally:
+        os.chdir(cwd)
+    return next(folder.glob("runs/*/gfp.pt"))
+
+
+@pytest.fixture(scope="module")
+def wide_bandit(minari_root):
+    """20 one-step bandit episodes with 3-D observations (the small bandit has 2-D ones)."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    path = minari_root / "test/gfp-wide-bandit-v0"
+    if not path.exists():
+        buffers = [EpisodeBuffer(id=b.id, seed=b.seed, observations=np.ones((2, 3), np.float32), actions=b.actions,
+                                 rewards=b.rewards, terminations=b.terminations, truncations=b.truncations)
+                   for b in bandit_buffers(20, seed=0)]
+        minari.create_dataset_from_buffers(dataset_id="test/gfp-wide-bandit-v0", buffer=buffers,
+                                           observation_space=gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
+                                           action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+                                           ref_min_score=0.0, ref_max_score=1.0, author="flowrl tests",
+                                           author_email="tests@flowrl", algorithm_name="t", code_permalink="tests")
+    return path
+
+
+def write_state(path, state) -> str:
+    torch.save(state, path)
+    return str(path)
+
+
+def test_a_checkpoint_records_the_script_the_args_and_the_data_sizes(checkpoint):
+    state = torch.load(checkpoint)
+    assert state["script"] == "gfp" and state["step"] == 60 and (state["obs_dim"], state["act_dim"]) == (2, 2)
+    assert state["args"]["hidden_dim"] == 64 and state["args"]["guidance_fn"] == "softmax"
+
+
+def checkpoint_case(name: str, checkpoint, folder, wide):
+    """(path to load, args overrides, expected text) for each bad checkpoint, built in `folder` (`wide`: a dataset
+    with 3-D observations)."""
+    state = torch.load(checkpoint)
+    old = {k: v for k, v in state.items() if k not in ("script", "obs_dim", "act_dim")}  # saved before this format
+    cases = {
+        "missing": (str(folder / "nosuch.pt"), {}, "does not exist"),
+        "a directory": (str(folder), {}, "is a directory, not a file"),
+        "empty": (str(folder / "empty.pt"), {}, "is empty"),
+        "garbage": (str(folder / "garbage.pt"), {}, "is not a readable torch file ("),
+        "truncated": (str(folder / "truncated.pt"), {}, "is not a readable torch file"),
+        "another script": (write_state(folder / "fql.pt", {"script": "fql", "actor": {}, "step": 5}), {},
+                           "is not a gfp checkpoint: it was saved by fql.py"),
+        "not a dict": (write_state(folder / "list.pt", [1, 2, 3]), {}, "is not a gfp checkpoint (it holds a list)"),
+        "entries missing": (write_state(folder / "partial.pt", {"actor": state["actor"], "step": 60}), {},
+                            "is not a gfp checkpoint: it has no vabc, critic, target_critic, optimizer, args"),
+        "other sizes": (str(checkpoint), dict(hidden_dim=32, num_layers=3),
+                        "was made with other settings: --hidden-dim 32 (checkpoint: 64), --num-layers 3 (checkpoint: 2); "
+                        "pass the checkpoint's values"),
+        "other critics": (str(checkpoint), dict(num_critics=3), "--num-critics 3 (checkpoint: 2)"),
+        "other variant": (str(checkpoint), dict(guidance_fn="advantage"), "--guidance-fn advantage (checkpoint: softmax)"),
+        "other dataset": (str(checkpoint), dict(env_id=str(wide)),
+                          "was made for observations of size 2 and actions of size 2 (--env-id "
+                          f"{state['args']['env_id']}); this dataset has 3 and 2"),
+        "other dataset, old format": (write_state(folder / "old.pt", old), dict(env_id=str(wide)),
+                                      "its networks do not load (RuntimeError: Error(s) in loading state_dict for VaBCField: "
+                                      "size mismatch"),
+        "past the budget": (str(checkpoint), dict(total_steps=20),
+                            "is at step 60, past --total-steps 20; pass a larger --total-steps"),
+        "past the budget with online steps": (str(checkpoint), dict(total_steps=20, online_steps=10),
+                                              "is at step 60, past --total-steps 20 + --online-steps 10; pass a larger "
+                                              "--total-steps or --online-steps"),
+    }
+    (folder / "empty.pt").write_bytes(b"")
+    (folder / "garbage.pt").write_bytes(b"this is not a checkpoint" * 20)
+    data = checkpoint.read_bytes()
+    (folder / "truncated.pt").write_bytes(data[: len(data) // 2])
+    return cases[name]
+
+
+CHECKPOINT_CASES = ["missing", "a directory", "empty", "garbage", "truncated", "another script", "not a dict",
+                    "entries missing", "other sizes", "other critics", "other variant", "other dataset",
+                    "other dataset, old format", "past the budget", "past the budget with online steps"]
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_a_bad_checkpoint_gives_one_line_before_training(case, checkpoint, small_bandit, wide_bandit, tmp_path,
+                                                         monkeypatch):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    path, overrides, expected = checkpoint_case(case, checkpoint, folder, wide_bandit)
+    monkeypatch.chdir(tmp_path)
+    trained = []
+    monkeypatch.setattr(gfp, "critic_loss", lambda *a, **k: trained.append(1))  # the first update would call it
+    start = time.perf_counter()
+    with pytest.raises(gfp.CheckpointError) as caught:
+        gfp.main(tiny(**{"env_id": str(small_bandit), "checkpoint": path, **overrides}))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"--checkpoint {path}") and expected in message, message
+    assert not trained and time.perf_counter() - start < 10
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that cannot start
+
+
+def test_a_bad_checkpoint_on_the_command_line_is_one_line(checkpoint, small_bandit, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"garbage")
+    result = run_script("gfp", "--env-id", str(small_bandit), "--no-cuda", "--checkpoint", str(garbage))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: --checkpoint {garbage} is not a readable torch file ("), lines[0]
+
+
+def test_a_checkpoint_at_the_budget_is_evaluated_with_a_notice(checkpoint, small_bandit, in_tmp, capsys, monkeypatch):
+    trained = []
+    original = gfp.critic_loss
+    monkeypatch.setattr(gfp, "critic_loss", lambda *a, **k: trained.append(1) or original(*a, **k))
+    metrics = gfp.main(tiny(env_id=str(small_bandit), total_steps=60, checkpoint=str(checkpoint), eval_flow=False))
+    assert not trained and "eval/episodic_return" in metrics
+    assert f"--checkpoint {checkpoint} is at step 60, the budget: evaluating it, no training" in capsys.readouterr().out
+
+
+def test_a_checkpoint_saved_before_the_script_was_recorded_still_loads(checkpoint, small_bandit, in_tmp):
+    state = torch.load(checkpoint)
+    old = write_state(in_tmp / "old.pt", {k: v for k, v in state.items() if k not in ("script", "obs_dim", "act_dim")})
+    metrics = gfp.main(tiny(env_id=str(small_bandit), total_steps=70, eval_freq=70, checkpoint=old, eval_flow=False))
+    assert np.isfinite(metrics["eval/episodic_return"])
+
+
+def test_two_runs_started_in_the_same_second_keep_their_own_directory(small_bandit, in_tmp, monkeypatch):
+    """A run never writes into another run's directory, so it never overwrites that run's checkpoint."""
+    clock = iter(1_700_000_000.0 + 1e-6 * np.arange(1, 100_000))  # the same second throughout, still increasing
+    monkeypatch.setattr(gfp.time, "time", lambda: float(next(clock)))
+    for _ in range(2):
+        gfp.main(tiny(env_id=str(small_bandit), total_steps=10, eval_freq=10, eval_episodes=1, save_model=True,
+                      eval_flow=False))
+    runs = sorted(p.name for p in (in_tmp / "runs").iterdir())
+    assert len(runs) == 2 and runs[1] == runs[0] + "_1", runs
+    assert all((in_tmp / "runs" / run / "gfp.pt").exists() for run in runs)
