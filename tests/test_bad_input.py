@@ -49,6 +49,36 @@ TABLES["qam"] = [
 # decision_flow
 # ----------------------------------------------------------------------------------------------------------
 TABLES["decision_flow"] = [
+    (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--exp-name", ""], "--exp-name must be a non-empty file name without '/' (got '')"),
+    (["--exp-name", "../elsewhere"], "--exp-name must be a non-empty file name without '/'"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--total-steps", "-3"], "--total-steps must be >= 0 (got -3)"),
+    (["--learning-rate", "nan"], "--learning-rate must be finite and > 0 (got nan)"),
+    (["--learning-rate", "inf"], "--learning-rate must be finite and > 0 (got inf)"),
+    (["--learning-rate", "-1"], "--learning-rate must be finite and > 0 (got -1.0)"),
+    (["--learning-rate", "0"], "--learning-rate must be finite and > 0 (got 0.0)"),
+    (["--gamma", "2"], "--gamma must be in (0, 1] (got 2.0)"),
+    (["--gamma", "0"], "--gamma must be in (0, 1] (got 0.0)"),
+    (["--gamma", "nan"], "--gamma must be in (0, 1] (got nan)"),
+    (["--tau", "-1"], "--tau must be in (0, 1] (got -1.0)"),
+    (["--tau", "0"], "--tau must be in (0, 1] (got 0.0)"),
+    (["--tau", "1.5"], "--tau must be in (0, 1] (got 1.5)"),
+    (["--hidden-dim", "0"], "--hidden-dim must be >= 1 (got 0)"),
+    (["--num-layers", "0"], "--num-layers must be >= 1 (got 0)"),
+    (["--num-layers", "-1"], "--num-layers must be >= 1 (got -1)"),
+    (["--eval-freq", "0"], "--eval-freq must be >= 1 (got 0)"),
+    (["--eval-episodes", "0"], "--eval-episodes must be >= 1 (got 0)"),
+    (["--eval-envs", "0"], "--eval-envs must be >= 1 (got 0)"),
+    (["--log-freq", "0"], "--log-freq must be >= 1 (got 0)"),
+    (["--checkpoint", ""], "--checkpoint must be a path (got '')"),
+    (["--checkpoint", "missing.pt"], "--checkpoint missing.pt does not exist"),
+    (["--flow-steps", "0"], "--flow-steps must be >= 1 (got 0)"),
+    (["--eta", "-1"], "--eta must be finite and >= 0"),
+    (["--eta", "nan"], "--eta must be finite and >= 0"),
+    (["--beta", "-1"], "--beta must be finite and >= 0 (got -1.0)"),
+    (["--beta", "inf"], "--beta must be finite and >= 0 (got inf)"),
+    (["--num-critics", "0"], "--num-critics must be >= 1 (got 0)"),
 ]
 
 
