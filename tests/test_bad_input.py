@@ -93,6 +93,38 @@ TABLES["fpmd"] = [
 # swfp
 # ----------------------------------------------------------------------------------------------------------
 TABLES["swfp"] = [
+    (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--batch-size", "4", "--blocks", "8"], "--batch-size 4 and --blocks 8 cannot be used together"),
+    (["--exp-name", ""], "--exp-name must be a non-empty file name without '/' (got '')"),
+    (["--exp-name", "a/b"], "--exp-name must be a non-empty file name without '/'"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--pretrain-steps", "-1"], "--pretrain-steps must be >= 0 (got -1)"),
+    (["--critic-warmup-steps", "-1"], "--critic-warmup-steps must be >= 0 (got -1)"),
+    (["--total-timesteps", "-3"], "--total-timesteps must be >= 0 (got -3)"),
+    (["--learning-rate", "nan"], "--learning-rate must be finite and > 0 (got nan)"),
+    (["--learning-rate", "-1"], "--learning-rate must be finite and > 0 (got -1.0)"),
+    (["--learning-rate", "0"], "--learning-rate must be finite and > 0 (got 0.0)"),
+    (["--gamma", "2"], "--gamma must be in (0, 1] (got 2.0)"),
+    (["--gamma", "0"], "--gamma must be in (0, 1] (got 0.0)"),
+    (["--tau", "-1"], "--tau must be in (0, 1] (got -1.0)"),
+    (["--tau", "0"], "--tau must be in (0, 1] (got 0.0)"),
+    (["--hidden-dim", "0"], "--hidden-dim must be >= 1 (got 0)"),
+    (["--num-layers", "-1"], "--num-layers must be >= 1 (got -1)"),
+    (["--eval-freq", "0"], "--eval-freq must be >= 1 (got 0)"),
+    (["--eval-episodes", "0"], "--eval-episodes must be >= 1 (got 0)"),
+    (["--eval-envs", "0"], "--eval-envs must be >= 1 (got 0)"),
+    (["--log-freq", "0"], "--log-freq must be >= 1 (got 0)"),
+    (["--checkpoint", ""], "--checkpoint must be a path (got '')"),
+    (["--checkpoint", "missing.pt"], "--checkpoint missing.pt does not exist"),
+    (["--blocks", "0"], "--blocks must be >= 1 (got 0)"),
+    (["--jko-step-size", "0"], "--jko-step-size must be finite and > 0 (got 0.0)"),
+    (["--jko-step-size", "nan"], "--jko-step-size must be finite and > 0 (got nan)"),
+    (["--jko-step-size", "inf"], "--jko-step-size must be finite and > 0 (got inf)"),
+    (["--entropy-coef", "-1"], "--entropy-coef must be finite and >= 0 (got -1.0)"),
+    (["--entropy-coef", "nan"], "--entropy-coef must be finite and >= 0 (got nan)"),
+    (["--block-hidden-dim", "0"], "--block-hidden-dim must be >= 1 (got 0)"),
+    (["--block-num-layers", "0"], "--block-num-layers must be >= 1 (got 0)"),
+    (["--num-critics", "0"], "--num-critics must be >= 1 (got 0)"),
 ]
 
 
