@@ -54,6 +54,12 @@ Data, environments and evaluation (shared with fql.py; not from the paper):
     comes from one generator shared by the batch, so the pool size changes which noise an episode draws: with
     the same seeds, metrics of different pool sizes differ by evaluation noise (equal in distribution).
 
+Bad input ends the run before any work with one `error: ...` line and exit 1 (docs/swfp.md, "Bad input"): check_args
+validates every flag; load_checkpoint refuses a missing, unreadable or foreign checkpoint and one of other network
+sizes. The end of phase 1 fine-tunes with any phase-1 budget and either method; an online checkpoint must match
+--naive-finetune and is refused past --total-timesteps (exactly at it: evaluate only, with a notice; below it: fine-tune
+on to --total-timesteps). A broken dataset file is named in the message.
+
 Usage:
   python swfp.py                                                     # embedded Reacher, this repo's defaults
   python swfp.py --pretrain-steps 5000 --critic-warmup-steps 2000 --total-timesteps 1000 --hidden-dim 128 \
@@ -64,10 +70,12 @@ See docs/swfp.md for the paper <-> code map, logged metrics and results.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
+import re
 import sys
 import time
 import urllib.error
@@ -130,7 +138,8 @@ class Args:
     save_model: bool = False
     """save a checkpoint at the end of phase 1 and at every evaluation (runs/<run>/<exp_name>.pt)"""
     checkpoint: Optional[str] = None
-    """load the networks from this checkpoint (e.g. the end of phase 1) and skip phase 1"""
+    """load the networks from this checkpoint and skip phase 1: the end of phase 1 (any phase-1 budget) fine-tunes for
+    --total-timesteps; an online one continues from its env step to --total-timesteps. Its network sizes must match"""
 
     # Algorithm specific arguments
     blocks: int = 10
@@ -149,6 +158,63 @@ class Args:
     """size of the critic ensemble (the TD target uses their minimum)"""
     naive_finetune: bool = False
     """baseline: fine-tune the whole BC flow by backpropagating Q through all Euler steps (no JKO blocks)"""
+
+
+class ArgumentError(ValueError):
+    """A flag value outside the range the method needs (one line, exit 1)."""
+
+
+class DatasetError(ValueError):
+    """Bad --env-id or dataset contents (a missing, empty, truncated or foreign file); one line, exit 1."""
+
+
+class CheckpointError(ValueError):
+    """A --checkpoint that is missing, unreadable, not swfp's, made for other networks or past the budget."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+USER_ERRORS = (ArgumentError, DatasetError, CheckpointError, NonFiniteLossError)  # `error: <message>`, exit 1
+
+
+def check_args(args: Args) -> None:
+    """Every flag checked once, before any work: the first value outside its range raises ArgumentError, one line
+    `--flag must be <rule> (got <value>)`, or names the flags that conflict. (torch_deterministic, cuda,
+    keep_offline_data, save_model, normalize_q, naive_finetune: booleans; env_id, ogbench_dataset_dir: read, and
+    checked, by load_offline_data; checkpoint: read, and checked, by load_checkpoint.)"""
+
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise ArgumentError(f"--{flag.replace('_', '-')} must be {rule} (got {getattr(args, flag)!r})")
+
+    need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
+         "a non-empty file name without '/'")  # it names the run directory and the checkpoint file
+    need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
+    need(args.pretrain_steps >= 0, "pretrain_steps", ">= 0")
+    need(args.critic_warmup_steps >= 0, "critic_warmup_steps", ">= 0")
+    need(args.total_timesteps >= 0, "total_timesteps", ">= 0")
+    need(args.batch_size >= 1, "batch_size", ">= 1")
+    need(math.isfinite(args.learning_rate) and args.learning_rate > 0, "learning_rate", "finite and > 0")
+    need(math.isfinite(args.gamma) and 0 < args.gamma <= 1, "gamma", "in (0, 1]")
+    need(math.isfinite(args.tau) and 0 < args.tau <= 1, "tau", "in (0, 1]")
+    need(args.hidden_dim >= 1, "hidden_dim", ">= 1")
+    need(args.num_layers >= 1, "num_layers", ">= 1")
+    need(args.eval_freq >= 1, "eval_freq", ">= 1")
+    need(args.eval_episodes >= 1, "eval_episodes", ">= 1")
+    need(args.eval_envs >= 1, "eval_envs", ">= 1")
+    need(args.log_freq >= 1, "log_freq", ">= 1")
+    need(args.checkpoint != "", "checkpoint", "a path")
+    need(args.blocks >= 1, "blocks", ">= 1")
+    need(math.isfinite(args.jko_step_size) and args.jko_step_size > 0, "jko_step_size", "finite and > 0")
+    need(math.isfinite(args.entropy_coef) and args.entropy_coef >= 0, "entropy_coef", "finite and >= 0")
+    need(args.block_hidden_dim >= 1, "block_hidden_dim", ">= 1")
+    need(args.block_num_layers >= 1, "block_num_layers", ">= 1")
+    need(args.num_critics >= 1, "num_critics", ">= 1")
+    if not args.naive_finetune and args.batch_size < args.blocks:
+        raise ArgumentError(f"--batch-size {args.batch_size} and --blocks {args.blocks} cannot be used together: each "
+                            "block trains on its own chunk of the batch (--batch-size must be >= --blocks)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,14 +430,6 @@ def naive_finetune_loss(flow: VectorField, critic: Callable, obs: torch.Tensor, 
 # ---------------------------------------------------------------------------------------------
 # Data: datasets, replay buffer, environments, evaluation
 # ---------------------------------------------------------------------------------------------
-class DatasetError(ValueError):
-    """Bad --env-id or dataset contents; reported as one line and a non-zero exit."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
-
-
 ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) (as FQL's official code)
 
 
@@ -437,6 +495,11 @@ def load_minari(dataset, env_id: str) -> OfflineData:
     parts = {k: [] for k in ("observations", "actions", "rewards", "terminations", "next_observations")}
     for episode in dataset.iterate_episodes():
         obs = flatten_obs(obs_space, episode.observations)
+        n = len(episode.actions)
+        if len(obs) != n + 1 or len(episode.rewards) != n or len(episode.terminations) != n:
+            raise DatasetError(f"dataset {env_id!r}: episode {episode.id} has {len(obs)} observations, {n} actions, "
+                               f"{len(episode.rewards)} rewards and {len(episode.terminations)} terminations (a Minari "
+                               "episode has one observation more than actions, rewards and terminations)")
         parts["observations"].append(obs[:-1])
         parts["next_observations"].append(obs[1:])
         parts["actions"].append(np.asarray(episode.actions, dtype=np.float32))
@@ -453,22 +516,69 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         try:
             return unit_box_env(dataset.recover_environment(eval_env=True))
         except Exception as e:  # a missing env package, an env id unknown to this gymnasium
-            raise DatasetError(f"cannot recreate the evaluation env of {env_id!r}: {type(e).__name__}: {e}") from e
+            raise DatasetError(f"cannot recreate the evaluation env of {env_id!r}: {first_line(e)}") from e
 
     has_ref = dataset.storage.metadata.get("ref_min_score") is not None and dataset.storage.metadata.get("ref_max_score") is not None
     score = (lambda returns: 100.0 * minari.get_normalized_score(dataset, np.asarray(returns))) if has_ref else (lambda r: None)
     return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score)
 
 
+def read_minari(data_dir: Path, env_id: str) -> OfflineData:
+    """load_minari of the Minari dataset in `data_dir`; a file that cannot be read is one DatasetError line naming it."""
+    import minari
+
+    try:
+        return load_minari(minari.MinariDataset(data_dir), env_id)
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise minari_file_error(e, data_dir, env_id) from e
+
+
+def minari_file_error(e: Exception, data_dir: Path, env_id: str) -> DatasetError:
+    """What is wrong with which file of a Minari dataset folder, from the exception that reading it raised."""
+    hdf5, metadata = data_dir / "main_data.hdf5", data_dir / "metadata.json"
+    if isinstance(e, json.JSONDecodeError):
+        what = f"{metadata} is not valid JSON ({e})"
+    elif not hdf5.is_file() or not metadata.is_file():
+        what = f"{data_dir} has no {metadata.name if hdf5.is_file() else hdf5.name} (a Minari dataset needs both files)"
+    elif isinstance(e, KeyError):  # h5py: an entry (an episode's 'actions', an episode) is missing
+        entry = re.search(r"object '([^']+)' doesn't exist", str(e))
+        what = f"{hdf5} lacks the entry {entry.group(1)!r}" if entry else f"{hdf5} lacks an entry ({first_line(e)})"
+    elif isinstance(e, OSError):  # h5py: not an HDF5 file
+        what = f"{hdf5} is empty" if hdf5.stat().st_size == 0 else f"{hdf5} is truncated or not HDF5 ({first_line(e)})"
+    else:
+        what = f"{data_dir} cannot be read as a Minari dataset ({first_line(e)})"
+    return DatasetError(f"dataset {env_id!r}: {what}")
+
+
+def check_npz(path: Path, name: str) -> None:
+    """An OGBench .npz that is there must open and hold the arrays ogbench reads (cheap: no array is loaded)."""
+    try:
+        with np.load(path) as npz:
+            keys = set(npz.files)
+    except Exception as e:  # empty (EOFError), truncated or not a zip (BadZipFile), a pickle (ValueError), ...
+        raise DatasetError(f"OGBench dataset {name!r}: {path} cannot be read as .npz: it is empty, truncated or not "
+                           f".npz ({first_line(e)})") from e
+    missing = sorted({"observations", "actions", "terminals"} - keys)
+    if missing:
+        raise DatasetError(f"OGBench dataset {name!r}: {path} has no {', '.join(missing)}")
+
+
 def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
     import ogbench
 
-    if "singletask" not in name.split("-"):
+    splits = name.split("-")
+    if "singletask" not in splits:
         raise DatasetError(f"SWFP needs a reward-labelled OGBench dataset (e.g. cube-single-play-singletask-task2-v0); got {name!r}")
+    dataset_dir = os.path.expanduser(dataset_dir)
+    stem = "-".join(splits[: splits.index("singletask")] + splits[-1:])  # ogbench's file name: no singletask-taskN
+    for path in (Path(dataset_dir) / f"{stem}.npz", Path(dataset_dir) / f"{stem}-val.npz"):
+        if path.exists():  # a missing file is downloaded by ogbench
+            check_npz(path, name)
     # success_timing='post': success, termination and reward of the state after the step, as ogbench 1.1.0 (the
     # version the official FQL pins) computed them; ogbench >= 1.2 registers singletask envs with 'pre'
-    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir),
-                                                  success_timing="post")
+    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=dataset_dir, success_timing="post")
     check_spaces(env.observation_space, env.action_space)
     data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
     data["actions"] = to_unit_box(data["actions"], env.action_space)
@@ -509,13 +619,11 @@ def download_minari(env_id: str):
 
 def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
     """Resolve --env-id: a local Minari dataset dir, an embedded dataset, an OGBench name, a Minari id."""
-    import minari
-
     tried = []
     for path in (Path(env_id), Path(__file__).resolve().parent / "datasets" / env_id):
         for data_dir in (path / "data", path):
             if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
-                return validated(load_minari(minari.MinariDataset(data_dir), env_id), env_id)
+                return validated(read_minari(data_dir, env_id), env_id)
         tried.append(f"no Minari dataset in {path}")
     if "/" not in env_id and env_id.endswith("-v0"):
         try:
@@ -523,7 +631,7 @@ def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
         except DatasetError:
             raise
         except Exception as e:
-            tried.append(f"OGBench: {type(e).__name__}: {e}")
+            tried.append(f"OGBench: {first_line(e)}")
     else:
         dataset = None
         try:
@@ -531,9 +639,14 @@ def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
         except DatasetError as e:  # not local and the hub unreachable or offline: the reason, in the one line below
             tried.append(f"Minari: {e}")
         except Exception as e:
-            tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            tried.append(f"Minari: {first_line(e)}")
         if dataset is not None:
-            return validated(load_minari(dataset, env_id), env_id)
+            try:
+                return validated(load_minari(dataset, env_id), env_id)
+            except DatasetError:
+                raise
+            except Exception as e:  # a corrupted copy under MINARI_DATASETS_PATH
+                raise minari_file_error(e, Path(dataset.storage.data_path), env_id) from e
     raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with "
                        f"`minari list remote`, see datasets/ for the embedded ones, or pass an OGBench "
                        f"singletask name such as cube-single-play-singletask-task2-v0")
@@ -606,30 +719,123 @@ def evaluate(data: OfflineData, envs: list, policy: Callable, episodes: int, see
 
 
 def save_checkpoint(path: Path, modules: dict, phase: str, step: int, args: Args) -> None:
-    """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
+    """Atomic save: write a temporary file, then rename it over the previous checkpoint (both in this run's
+    directory). The state names its script and holds the args, which load_checkpoint compares."""
     state = {name: m.state_dict() for name, m in modules.items()}
-    state.update(phase=phase, step=step, args=asdict(args))
+    state.update(script="swfp", phase=phase, step=step, args=asdict(args))
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+NETWORK_ARGS = ("hidden_dim", "num_layers", "num_critics", "blocks", "block_hidden_dim", "block_num_layers")  # sizes
+CHECKPOINT_ENTRIES = ("args", "phase", "step", "flow", "blocks", "critic", "target_critic")
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def read_torch_file(path: Path, flag: str, error: type, device: torch.device):
+    """torch.load of a user's file; every failure (a directory, an empty or unreadable file) is one `error` line."""
+    if path.is_dir():
+        raise error(f"{flag} {path} is a directory, not a file")
+    if not path.is_file():
+        raise error(f"{flag} {path} does not exist")
+    if path.stat().st_size == 0:
+        raise error(f"{flag} {path} is empty")
+    try:
+        return torch.load(path, map_location=device)
+    except Exception as e:  # garbage: UnpicklingError, KeyError (text), RuntimeError (truncated zip), EOFError, ...
+        raise error(f"{flag} {path} is not a readable torch file ({type(e).__name__})") from e
+
+
+def describe(state) -> str:
+    """What a torch file that is not an swfp checkpoint holds, in a few words."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}"
+    if state.get("script") not in (None, "swfp"):
+        return f"it was saved by {state['script']}.py"
+    return "it is an unrelated torch file"
+
+
+def online_step(state: dict) -> int:
+    """Env steps of online fine-tuning behind a checkpoint: 0 at the end of phase 1."""
+    return int(state["step"]) if state["phase"] == "online" else 0
+
+
+def load_checkpoint(path: str, args: Args, device: torch.device) -> dict:
+    """The state of an swfp checkpoint that fits this run, read before any work. Every failure is one CheckpointError
+    line: a missing, empty or unreadable file, another script's file, networks of other sizes (NETWORK_ARGS, each
+    listed against the checkpoint's), an online checkpoint of the other method (--naive-finetune) or past
+    --total-timesteps. The end of phase 1 fits any phase-1 budget, either method and any --total-timesteps: it is what
+    fine-tuning starts from. Checkpoints from before the `script` entry are read when they have every entry."""
+    state = read_torch_file(Path(path), "--checkpoint", CheckpointError, device)
+    if not isinstance(state, dict) or state.get("script", "swfp") != "swfp":
+        raise CheckpointError(f"--checkpoint {path} is not an swfp checkpoint: {describe(state)}")
+    missing = [k for k in CHECKPOINT_ENTRIES if k not in state]
+    if missing or not isinstance(state["args"], dict) or state["phase"] not in ("pretrained", "online"):
+        raise CheckpointError(f"--checkpoint {path} is not an swfp checkpoint: it has no "
+                              f"{', '.join(missing) or 'args and phase'} ({describe(state)})")
+    saved, online = state["args"], state["phase"] == "online"
+    keys = NETWORK_ARGS + (("naive_finetune",) if online else ())  # online: the blocks, or the flow itself, were trained
+    differ = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved.get(k, 'none')})"
+              for k in keys if saved.get(k) != getattr(args, k)]
+    if differ:
+        raise CheckpointError(f"--checkpoint {path} holds other networks: {', '.join(differ)}; pass the checkpoint's "
+                              "values")
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        raise CheckpointError(f"--checkpoint {path} has no valid step (step: {state['step']!r})")
+    if online_step(state) > args.total_timesteps:
+        raise CheckpointError(f"--checkpoint {path} is at env step {state['step']} of online fine-tuning, past "
+                              f"--total-timesteps {args.total_timesteps}; pass a larger --total-timesteps")
+    return state
+
+
+def restore_checkpoint(state: dict, args: Args, modules: dict, obs_dim: int, act_dim: int) -> None:
+    """Load a state from load_checkpoint into this run's networks; networks of another dataset's sizes are one
+    CheckpointError line."""
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+    except Exception as e:  # size mismatch (RuntimeError)
+        raise CheckpointError(f"--checkpoint {args.checkpoint}: its networks do not load into this dataset's "
+                              f"(observation dim {obs_dim}, action dim {act_dim}; {first_line(e)})") from e
+
+
+def fresh_run_dir(run_name: str) -> Path:
+    """runs/<run_name>, or runs/<run_name>_<k> when a run of the same name (same second) already has it: a run never
+    writes into another run's directory."""
+    run_dir, k = Path("runs") / run_name, 0
+    while True:
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            k += 1
+            run_dir = Path("runs") / f"{run_name}_{k}"
 
 
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
+    # every input checked before any work: the flags, then the checkpoint (file, script, networks, budget)
+    check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    state = load_checkpoint(args.checkpoint, args, device) if args.checkpoint else None
+    start_step = online_step(state) if state is not None else 0  # env steps of phase 2 already done
+    if state is not None and start_step == args.total_timesteps:
+        print(f"notice: --checkpoint {args.checkpoint} is at env step {start_step}, the --total-timesteps budget: "
+              "nothing to fine-tune, evaluating it only", file=sys.stderr, flush=True)
+
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
-    if args.blocks < 1 or args.jko_step_size <= 0 or args.entropy_coef < 0:
-        raise DatasetError(f"need --blocks >= 1, --jko-step-size > 0, --entropy-coef >= 0; got {args.blocks}, "
-                           f"{args.jko_step_size}, {args.entropy_coef}")
-    if args.eval_envs < 1:
-        raise DatasetError(f"--eval-envs must be >= 1; got {args.eval_envs}")
 
     data = load_offline_data(args.env_id, args.ogbench_dataset_dir)
     obs_dim = data.transitions["observations"].shape[1]
@@ -639,7 +845,7 @@ def main(args: Args) -> dict:
     bc_buffer = ReplayBuffer(data.transitions, 0, device) if not args.keep_offline_data else buffer
 
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
+    run_dir = fresh_run_dir(run_name)
     writer = SummaryWriter(str(run_dir))
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
@@ -653,12 +859,9 @@ def main(args: Args) -> dict:
     critic_params, target_params = list(critic.parameters()), list(target_critic.parameters())
     critic_optimizer = torch.optim.Adam(critic_params, lr=args.learning_rate, **adam)
     modules = dict(flow=flow, blocks=blocks, critic=critic, target_critic=target_critic)
-    skip_phase1 = False
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location=device)
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
-        skip_phase1 = True
+    skip_phase1 = state is not None
+    if state is not None:
+        restore_checkpoint(state, args, modules, obs_dim, act_dim)
 
     def noise(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return torch.randn(obs.shape[0], act_dim, device=device, generator=generator)
@@ -684,8 +887,8 @@ def main(args: Args) -> dict:
 
     eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
-    phase1_steps = 0 if args.checkpoint else args.pretrain_steps + args.critic_warmup_steps
-    progress = Progress(phase1_steps + args.total_timesteps, 0)
+    phase1_steps = 0 if skip_phase1 else args.pretrain_steps + args.critic_warmup_steps
+    progress = Progress(phase1_steps + args.total_timesteps, start_step)
 
     def run_evaluation(step: int, prefix: str = "") -> dict:
         """Same env seeds and policy noise at every evaluation, independent of the training RNG."""
@@ -764,13 +967,14 @@ def main(args: Args) -> dict:
     online_env = data.make_env()
     online_obs, episode_return, episode_length = None, 0.0, 0
     online_seed = args.seed  # the online env is seeded once, at its first reset; later resets continue its RNG
-    metrics = run_evaluation(0)
-    pretrained = {k.replace("eval/", "eval/pretrained_"): v for k, v in metrics.items()}
-    if args.total_timesteps == 0:
+    metrics = run_evaluation(start_step)
+    # the policy phase 2 starts from is the pretrained one unless the checkpoint was saved online
+    pretrained = {k.replace("eval/", "eval/pretrained_"): v for k, v in metrics.items()} if start_step == 0 else {}
+    if args.total_timesteps == start_step:
         metrics.update(pretrained)
     entropy_0 = 0.5 * act_dim * math.log(2.0 * math.pi * math.e)  # H(N(0, I)) of a_0
-    t0, last_log_step = time.time(), 0
-    for step in range(1, args.total_timesteps + 1):
+    t0, last_log_step = time.time(), start_step
+    for step in range(start_step + 1, args.total_timesteps + 1):
         if online_obs is None:
             online_obs, _ = online_env.reset(seed=online_seed)
             online_seed = None
@@ -860,6 +1064,6 @@ class Progress:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (DatasetError, NonFiniteLossError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

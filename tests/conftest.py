@@ -216,6 +216,71 @@ def record_envs(module, monkeypatch) -> list:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# decision_flow.py / swfp.py (issue 23): broken copies of a Minari dataset, broken torch files
+# ---------------------------------------------------------------------------------------------------------------
+BROKEN_MINARI = ("empty hdf5", "garbage hdf5", "truncated hdf5", "episode without actions", "episode cut short",
+                 "broken metadata.json", "no metadata.json")
+BROKEN_TORCH = ("missing", "empty", "garbage", "text", "truncated", "a directory", "a tensor")
+
+
+def broken_minari_copy(src: Path, dest: Path, kind: str) -> Path:
+    """A copy at `dest` of the Minari dataset folder `src` (holding data/), broken in one way (BROKEN_MINARI); episode 3
+    is the broken one where an episode is. Returns `dest`."""
+    import json
+    import shutil
+
+    import h5py
+
+    shutil.copytree(src, dest)
+    hdf5, metadata = dest / "data" / "main_data.hdf5", dest / "data" / "metadata.json"
+    if kind == "empty hdf5":
+        hdf5.write_bytes(b"")
+    elif kind == "garbage hdf5":
+        hdf5.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "truncated hdf5":
+        hdf5.write_bytes(hdf5.read_bytes()[: hdf5.stat().st_size // 2])
+    elif kind == "episode without actions":
+        with h5py.File(hdf5, "a") as f:
+            del f["episode_3/actions"]
+    elif kind == "episode cut short":  # one observation for one action (a Minari episode has T + 1 for T)
+        with h5py.File(hdf5, "a") as f:
+            observations = f["episode_3/observations"][:1]
+            del f["episode_3/observations"]
+            f["episode_3/observations"] = observations
+    elif kind == "broken metadata.json":
+        text = metadata.read_text()
+        json.loads(text)  # valid before
+        metadata.write_text(text[: len(text) // 2])
+    elif kind == "no metadata.json":
+        metadata.unlink()
+    else:
+        raise ValueError(kind)
+    return dest
+
+
+def broken_torch_file(path: Path, kind: str, valid: Path | None = None) -> Path:
+    """A file at `path` that torch.load cannot read as a checkpoint (BROKEN_TORCH); "truncated" cuts the torch file
+    `valid` in half. Returns `path`."""
+    import torch
+
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(1000))
+    elif kind == "text":
+        path.write_text("not a checkpoint\n")
+    elif kind == "truncated":
+        path.write_bytes(valid.read_bytes()[: valid.stat().st_size // 2])
+    elif kind == "a directory":
+        path.mkdir()
+    elif kind == "a tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind != "missing":
+        raise ValueError(kind)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # qam.py additions (issue 17, item A)
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")

@@ -5,14 +5,17 @@ NaN guard and same-seed determinism."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import OGBENCH_TINY, import_script, last_error_line, record_envs, run_script
+from conftest import (BROKEN_MINARI, BROKEN_TORCH, OGBENCH_TINY, broken_minari_copy, broken_torch_file, import_script,
+                      last_error_line, record_envs, run_script)
 from toy_envs import GOOD_MODE
 
 dfm = import_script("decision_flow")
@@ -262,11 +265,17 @@ def test_same_seed_gives_the_same_networks_on_cpu(bandit_dataset, tmp_path, monk
             assert torch.equal(value, states[1][name][key]), (name, key)
 
 
-def test_checkpoint_reloads_and_evaluates(bandit_dataset, in_tmp):
+def test_checkpoint_reloads_and_evaluates(bandit_dataset, in_tmp, capsys, monkeypatch):
+    """A checkpoint exactly at --total-steps: a one-line notice, no training, the same evaluation."""
     first = dfm.main(tiny(env_id=str(bandit_dataset), total_steps=40, eval_freq=40, log_freq=20, save_model=True))
     path = next(in_tmp.glob("runs/*/decision_flow.pt"))
+    capsys.readouterr()
+    monkeypatch.setattr(dfm, "critic_loss", lambda *a, **k: pytest.fail("trained past the budget"))
     again = dfm.main(tiny(env_id=str(bandit_dataset), total_steps=40, checkpoint=str(path)))
     assert again["eval/episodic_return"] == pytest.approx(first["eval/episodic_return"])
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("notice:")]
+    assert notices == [f"notice: --checkpoint {path} is at step 40, the --total-steps budget: nothing to train, "
+                       "evaluating it only"]
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(bandit_dataset, in_tmp, monkeypatch):
@@ -376,6 +385,146 @@ def test_evaluation_does_not_depend_on_the_pool_size(random_start_dataset):
     assert results[0]["episodic_return_std"] > 0  # the episodes differ (random starts)
 
 
-def test_non_positive_eval_envs_exits_with_one_clear_line(in_tmp):
-    result = run_script("decision_flow", "--no-cuda", "--eval-envs", "0")  # checked before any data is loaded
-    assert last_error_line(result) == "error: --eval-envs must be >= 1; got 0"
+
+# ---------------------------------------------------------------------------------------------- bad files (issue 23)
+# (bad flag values: the decision_flow block of tests/test_bad_input.py)
+@pytest.fixture(scope="module")
+def small_bandit(make_bandit_dataset):
+    return make_bandit_dataset("small-bandit", n_episodes=300)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(small_bandit, tmp_path_factory):
+    """A DF-dir checkpoint of `tiny` networks (64 x 2, 2 critics, with the behaviour flow) at step 20."""
+    folder, cwd = tmp_path_factory.mktemp("df_checkpoint"), Path.cwd()
+    os.chdir(folder)
+    try:
+        dfm.main(tiny(env_id=str(small_bandit), total_steps=20, eval_freq=20, log_freq=10, eval_episodes=2,
+                      save_model=True))
+    finally:
+        os.chdir(cwd)
+    return next(folder.glob("runs/*/decision_flow.pt"))
+
+
+def no_data(monkeypatch):
+    """Fail the test if main gets as far as loading the dataset (bad input must stop it before any work)."""
+    monkeypatch.setattr(dfm, "load_offline_data", lambda *a, **k: pytest.fail("the dataset was loaded"))
+
+
+def checkpoint_error(args, monkeypatch=None) -> str:
+    if monkeypatch is not None:
+        no_data(monkeypatch)
+    with pytest.raises(dfm.CheckpointError) as caught:
+        dfm.main(args)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("empty hdf5", "main_data.hdf5 is empty"),
+    ("garbage hdf5", "main_data.hdf5 is truncated or not HDF5"),
+    ("truncated hdf5", "main_data.hdf5 is truncated or not HDF5 (OSError: Unable to synchronously open file (truncated"),
+    ("episode without actions", "main_data.hdf5 lacks the entry 'actions'"),
+    ("episode cut short", "episode 3 has 1 observations, 1 actions, 1 rewards and 1 terminations"),
+    ("broken metadata.json", "metadata.json is not valid JSON"),
+    ("no metadata.json", "data has no metadata.json"),
+])
+def test_a_broken_dataset_gives_one_line_naming_the_file(kind, expected, small_bandit, tmp_path):
+    assert kind in BROKEN_MINARI
+    folder = broken_minari_copy(small_bandit, tmp_path / "broken", kind)
+    with pytest.raises(dfm.DatasetError) as caught:
+        dfm.load_offline_data(str(folder), "")
+    message = str(caught.value)
+    assert "\n" not in message and expected in message and str(folder) in message, message
+
+
+def test_a_truncated_ogbench_file_gives_one_line_naming_it(ogbench_dir, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(ogbench_dir, tmp_path / "ogbench"))
+    npz = folder / "pointmaze-medium-navigate-v0.npz"
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    with pytest.raises(dfm.DatasetError) as caught:
+        dfm.load_offline_data(OGBENCH_TINY, str(folder))
+    assert str(caught.value) == (f"OGBench dataset {OGBENCH_TINY!r}: {npz} cannot be read as .npz: it is empty, "
+                                 "truncated or not .npz (BadZipFile: File is not a zip file)")
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("missing", "does not exist"), ("empty", "is empty"), ("garbage", "is not a readable torch file (UnpicklingError)"),
+    ("text", "is not a readable torch file ("), ("truncated", "is not a readable torch file ("),
+    ("a directory", "is a directory, not a file"),
+    ("a tensor", "is not a decision_flow checkpoint: it holds a Tensor")])
+def test_a_bad_checkpoint_file_gives_one_line_before_any_work(kind, expected, checkpoint, tmp_path, in_tmp, monkeypatch):
+    assert kind in BROKEN_TORCH
+    path = broken_torch_file(tmp_path / "bad.pt", kind, valid=checkpoint)
+    message = checkpoint_error(tiny(total_steps=40, checkpoint=str(path)), monkeypatch)
+    assert message.startswith(f"--checkpoint {path} {expected}"), message
+
+
+def test_another_scripts_checkpoint_is_refused(tmp_path, in_tmp, monkeypatch):
+    path = tmp_path / "swfp.pt"
+    torch.save({"script": "swfp", "phase": "pretrained", "step": 0, "args": {"hidden_dim": 64}}, path)
+    assert checkpoint_error(tiny(checkpoint=str(path)), monkeypatch) == (
+        f"--checkpoint {path} is not a decision_flow checkpoint: it was saved by swfp.py")
+    torch.save({"critic": {}, "args": {}}, path)  # no script entry (an older file) and not decision_flow's entries
+    assert checkpoint_error(tiny(checkpoint=str(path)), monkeypatch).startswith(
+        f"--checkpoint {path} is not a decision_flow checkpoint: it has no step, optimizer, policy, flow_critic")
+
+
+def test_a_checkpoint_of_other_networks_or_variant_is_refused_listing_each(checkpoint, in_tmp, monkeypatch):
+    """The issue's example: a --variant dir checkpoint no longer loads under --variant div; sizes are listed too."""
+    message = checkpoint_error(tiny(total_steps=40, checkpoint=str(checkpoint), variant="div", hidden_dim=32,
+                                    num_critics=3), monkeypatch)
+    assert message == (f"--checkpoint {checkpoint} holds other networks: --hidden-dim 32 (checkpoint: 64), "
+                       "--num-critics 3 (checkpoint: 2), --variant div (checkpoint: dir); pass the checkpoint's values")
+    message = checkpoint_error(tiny(total_steps=40, checkpoint=str(checkpoint), eval_bc_flow=False))  # no u_beta then
+    assert "--eval-bc-flow False (checkpoint: True)" in message
+
+
+def test_a_checkpoint_past_the_budget_is_refused(checkpoint, in_tmp, monkeypatch):
+    assert checkpoint_error(tiny(total_steps=10, checkpoint=str(checkpoint)), monkeypatch) == (
+        f"--checkpoint {checkpoint} is at step 20, past --total-steps 10; pass a larger --total-steps")
+
+
+def test_a_checkpoint_below_the_budget_trains_the_remaining_steps_at_the_new_learning_rate(checkpoint, small_bandit,
+                                                                                          in_tmp, monkeypatch):
+    calls, lrs = [], []
+    original_loss, original_restore = dfm.critic_loss, dfm.restore_checkpoint
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original_loss(*args, **kwargs)
+
+    def restore(state, args, modules, optimizer, *rest):
+        original_restore(state, args, modules, optimizer, *rest)
+        lrs.extend(group["lr"] for group in optimizer.param_groups)
+
+    monkeypatch.setattr(dfm, "critic_loss", counted)
+    monkeypatch.setattr(dfm, "restore_checkpoint", restore)
+    dfm.main(tiny(env_id=str(small_bandit), total_steps=25, eval_freq=25, eval_episodes=1, checkpoint=str(checkpoint),
+                  learning_rate=1e-4, save_model=True))
+    assert len(calls) == 5  # steps 21..25
+    assert lrs == [1e-4]  # the checkpoint's Adam moments, this run's --learning-rate (not the saved 3e-4)
+    assert torch.load(next(in_tmp.glob("runs/*/decision_flow.pt")))["step"] == 25
+
+
+def test_a_checkpoint_without_the_script_entry_still_loads(checkpoint, small_bandit, tmp_path, in_tmp):
+    state = torch.load(checkpoint)
+    del state["script"]
+    torch.save(state, tmp_path / "old.pt")
+    metrics = dfm.main(tiny(env_id=str(small_bandit), total_steps=20, eval_episodes=2, checkpoint=str(tmp_path / "old.pt")))
+    assert np.isfinite(metrics["eval/episodic_return"])
+
+
+def test_a_checkpoint_of_another_datasets_sizes_is_refused_in_one_line(checkpoint, random_start_dataset, in_tmp):
+    message = checkpoint_error(tiny(env_id=str(random_start_dataset), total_steps=40, checkpoint=str(checkpoint)))
+    assert message.startswith(f"--checkpoint {checkpoint}: its networks do not load into this dataset's (observation "
+                              "dim 3, action dim 1; RuntimeError: Error(s) in loading state_dict for VectorField")
+
+
+def test_two_runs_in_the_same_second_get_their_own_directories(in_tmp):
+    """main names its run directory runs/<env>__<exp>__<seed>__<unix second>: a second run of that name gets another."""
+    first, second = dfm.fresh_run_dir("same"), dfm.fresh_run_dir("same")
+    assert first != second and first.is_dir() and second.is_dir() and second.name == "same_1"

@@ -5,14 +5,17 @@ handling, checkpoints and determinism."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import OGBENCH_TINY, RANDOM_START_STEPS, import_script, last_error_line, record_envs, run_script
+from conftest import (BROKEN_MINARI, BROKEN_TORCH, OGBENCH_TINY, RANDOM_START_STEPS, broken_minari_copy, broken_torch_file,
+                      import_script, last_error_line, record_envs, run_script)
 
 swfp = import_script("swfp")
 
@@ -214,12 +217,16 @@ def test_same_seed_gives_the_same_networks_on_cpu(small_bandit, tmp_path, monkey
     assert any(v.abs().sum() > 0 for v in states[0]["blocks"].values())
 
 
-def test_phase1_checkpoint_reloads_as_the_same_pretrained_policy(small_bandit, in_tmp):
+def test_phase1_checkpoint_reloads_as_the_same_pretrained_policy(small_bandit, in_tmp, capsys):
     first = swfp.main(tiny(env_id=str(small_bandit), total_timesteps=0, save_model=True, exp_name="pre"))
     path = next(in_tmp.glob("runs/*/pre.pt"))
+    capsys.readouterr()
     again = swfp.main(tiny(env_id=str(small_bandit), total_timesteps=0, checkpoint=str(path)))
     assert again["eval/episodic_return"] == pytest.approx(first["eval/episodic_return"])
     assert again["eval/pretrained_episodic_return"] == pytest.approx(first["eval/episodic_return"])
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("notice:")]
+    assert notices == [f"notice: --checkpoint {path} is at env step 0, the --total-timesteps budget: nothing to "
+                       "fine-tune, evaluating it only"]
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -229,12 +236,6 @@ def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
     result = run_script("swfp", "--env-id", "nosuch/dataset-v0", "--no-cuda")
     last = last_error_line(result)
     assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
-
-
-def test_non_positive_step_size_exits_with_one_clear_line(in_tmp):
-    result = run_script("swfp", "--no-cuda", "--jko-step-size", "0")  # checked before any data is loaded
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: need --blocks >= 1, --jko-step-size > 0")
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_dataset, in_tmp):
@@ -361,6 +362,152 @@ def test_evaluation_does_not_depend_on_the_pool_size(random_start_dataset):
     assert results[0]["episodic_return_std"] > 0  # the episodes differ (random starts)
 
 
-def test_non_positive_eval_envs_exits_with_one_clear_line(in_tmp):
-    result = run_script("swfp", "--no-cuda", "--eval-envs", "0")  # checked before any data is loaded
-    assert last_error_line(result) == "error: --eval-envs must be >= 1; got 0"
+
+# ---------------------------------------------------------------------------------------------- bad files (issue 23)
+# (bad flag values: the swfp block of tests/test_bad_input.py)
+def run_in(folder: Path, args) -> dict:
+    cwd = Path.cwd()
+    os.chdir(folder)
+    try:
+        return swfp.main(args)
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def pretrained(small_bandit, tmp_path_factory):
+    """The end of phase 1 of `tiny` networks (64 x 2 flow and critics, 4 blocks of 32 x 2), as --save-model writes it."""
+    folder = tmp_path_factory.mktemp("swfp_pretrained")
+    run_in(folder, tiny(env_id=str(small_bandit), total_timesteps=0, eval_episodes=2, save_model=True, exp_name="pre"))
+    return next(folder.glob("runs/*/pre.pt"))
+
+
+@pytest.fixture(scope="module")
+def online(pretrained, small_bandit, tmp_path_factory):
+    """An online checkpoint at env step 10, fine-tuned (SWFP) from `pretrained` with another phase-1 budget."""
+    folder = tmp_path_factory.mktemp("swfp_online")
+    run_in(folder, tiny(env_id=str(small_bandit), checkpoint=str(pretrained), pretrain_steps=7, critic_warmup_steps=3,
+                        total_timesteps=10, eval_freq=10, log_freq=5, eval_episodes=2, save_model=True, exp_name="online"))
+    return next(folder.glob("runs/*/online.pt"))
+
+
+def checkpoint_error(args, monkeypatch=None) -> str:
+    if monkeypatch is not None:  # bad input must stop main before any work: the dataset is never loaded
+        monkeypatch.setattr(swfp, "load_offline_data", lambda *a, **k: pytest.fail("the dataset was loaded"))
+    with pytest.raises(swfp.CheckpointError) as caught:
+        swfp.main(args)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("empty hdf5", "main_data.hdf5 is empty"),
+    ("garbage hdf5", "main_data.hdf5 is truncated or not HDF5"),
+    ("truncated hdf5", "main_data.hdf5 is truncated or not HDF5 (OSError: Unable to synchronously open file (truncated"),
+    ("episode without actions", "main_data.hdf5 lacks the entry 'actions'"),
+    ("episode cut short", "episode 3 has 1 observations, 1 actions, 1 rewards and 1 terminations"),
+    ("broken metadata.json", "metadata.json is not valid JSON"),
+    ("no metadata.json", "data has no metadata.json"),
+])
+def test_a_broken_dataset_gives_one_line_naming_the_file(kind, expected, small_bandit, tmp_path):
+    assert kind in BROKEN_MINARI
+    folder = broken_minari_copy(small_bandit, tmp_path / "broken", kind)
+    with pytest.raises(swfp.DatasetError) as caught:
+        swfp.load_offline_data(str(folder), "")
+    message = str(caught.value)
+    assert "\n" not in message and expected in message and str(folder) in message, message
+
+
+def test_an_empty_ogbench_file_gives_one_line_naming_it(ogbench_dir, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(ogbench_dir, tmp_path / "ogbench"))
+    npz = folder / "pointmaze-medium-navigate-v0-val.npz"
+    npz.write_bytes(b"")
+    with pytest.raises(swfp.DatasetError) as caught:
+        swfp.load_offline_data(OGBENCH_TINY, str(folder))
+    assert str(caught.value).startswith(f"OGBench dataset {OGBENCH_TINY!r}: {npz} cannot be read as .npz: it is empty, "
+                                        "truncated or not .npz (EOFError")
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("missing", "does not exist"), ("empty", "is empty"), ("garbage", "is not a readable torch file (UnpicklingError)"),
+    ("text", "is not a readable torch file ("), ("truncated", "is not a readable torch file ("),
+    ("a directory", "is a directory, not a file"), ("a tensor", "is not an swfp checkpoint: it holds a Tensor")])
+def test_a_bad_checkpoint_file_gives_one_line_before_any_work(kind, expected, pretrained, tmp_path, in_tmp, monkeypatch):
+    assert kind in BROKEN_TORCH
+    path = broken_torch_file(tmp_path / "bad.pt", kind, valid=pretrained)
+    message = checkpoint_error(tiny(checkpoint=str(path)), monkeypatch)
+    assert message.startswith(f"--checkpoint {path} {expected}"), message
+
+
+def test_another_scripts_checkpoint_is_refused(tmp_path, in_tmp, monkeypatch):
+    path = tmp_path / "df.pt"
+    torch.save({"script": "decision_flow", "step": 20, "args": {"hidden_dim": 64}}, path)
+    assert checkpoint_error(tiny(checkpoint=str(path)), monkeypatch) == (
+        f"--checkpoint {path} is not an swfp checkpoint: it was saved by decision_flow.py")
+    torch.save({"policy": {}, "step": 20, "args": {}}, path)  # no script entry (an older file) and not swfp's entries
+    assert checkpoint_error(tiny(checkpoint=str(path)), monkeypatch) == (
+        f"--checkpoint {path} is not an swfp checkpoint: it has no phase, flow, blocks, critic, target_critic "
+        "(it is an unrelated torch file)")
+
+
+def test_the_end_of_phase1_fine_tunes_at_any_phase1_budget_with_either_method(pretrained, small_bandit, in_tmp,
+                                                                             monkeypatch):
+    """Pretrain once, fine-tune from it: another --pretrain-steps / --critic-warmup-steps and either method are fine;
+    phase 1 is skipped and phase 2 runs its full --total-timesteps, evaluated against the pretrained policy."""
+    monkeypatch.setattr(swfp, "bc_flow_loss", lambda *a, **k: pytest.fail("phase 1 ran again"))
+    envs = record_envs(swfp, monkeypatch)
+    for naive in (False, True):
+        envs.clear()
+        metrics = swfp.main(tiny(env_id=str(small_bandit), checkpoint=str(pretrained), pretrain_steps=100_000,
+                                 critic_warmup_steps=0, total_timesteps=6, eval_freq=6, eval_episodes=2,
+                                 naive_finetune=naive))
+        assert len(envs[-1].rewards) == 6  # the online env: 6 env steps
+        assert "eval/pretrained_episodic_return" in metrics and np.isfinite(metrics["eval/episodic_return"])
+
+
+def test_a_checkpoint_of_other_networks_is_refused_listing_each(pretrained, in_tmp, monkeypatch):
+    message = checkpoint_error(tiny(checkpoint=str(pretrained), blocks=2, block_hidden_dim=16), monkeypatch)
+    assert message == (f"--checkpoint {pretrained} holds other networks: --blocks 2 (checkpoint: 4), "
+                       "--block-hidden-dim 16 (checkpoint: 32); pass the checkpoint's values")
+
+
+def test_an_online_checkpoint_of_the_other_method_is_refused(online, in_tmp, monkeypatch):
+    message = checkpoint_error(tiny(checkpoint=str(online), total_timesteps=20, naive_finetune=True), monkeypatch)
+    assert message == (f"--checkpoint {online} holds other networks: --naive-finetune True (checkpoint: False); pass "
+                       "the checkpoint's values")
+
+
+def test_an_online_checkpoint_past_the_budget_is_refused(online, in_tmp, monkeypatch):
+    assert checkpoint_error(tiny(checkpoint=str(online), total_timesteps=5), monkeypatch) == (
+        f"--checkpoint {online} is at env step 10 of online fine-tuning, past --total-timesteps 5; pass a larger "
+        "--total-timesteps")
+
+
+def test_an_online_checkpoint_at_the_budget_is_evaluated_only(online, small_bandit, in_tmp, capsys, monkeypatch):
+    monkeypatch.setattr(swfp, "jko_block_losses", lambda *a, **k: pytest.fail("fine-tuned past the budget"))
+    capsys.readouterr()
+    metrics = swfp.main(tiny(env_id=str(small_bandit), checkpoint=str(online), total_timesteps=10, eval_episodes=2))
+    assert np.isfinite(metrics["eval/episodic_return"])
+    assert "eval/pretrained_episodic_return" not in metrics  # the checkpoint's policy is a fine-tuned one
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("notice:")]
+    assert notices == [f"notice: --checkpoint {online} is at env step 10, the --total-timesteps budget: nothing to "
+                       "fine-tune, evaluating it only"]
+
+
+def test_an_online_checkpoint_below_the_budget_runs_the_remaining_env_steps(online, small_bandit, in_tmp, monkeypatch):
+    envs = record_envs(swfp, monkeypatch)
+    metrics = swfp.main(tiny(env_id=str(small_bandit), checkpoint=str(online), total_timesteps=14, eval_freq=14,
+                             eval_episodes=2, save_model=True))
+    assert len(envs[-1].rewards) == 4  # env steps 11..14
+    assert "eval/pretrained_episodic_return" not in metrics
+    state = torch.load(next(in_tmp.glob("runs/*/swfp.pt")))
+    assert (state["phase"], state["step"], state["script"]) == ("online", 14, "swfp")
+
+
+def test_a_checkpoint_of_another_datasets_sizes_is_refused_in_one_line(pretrained, random_start_dataset, in_tmp):
+    message = checkpoint_error(tiny(env_id=str(random_start_dataset), checkpoint=str(pretrained)))
+    assert message.startswith(f"--checkpoint {pretrained}: its networks do not load into this dataset's (observation "
+                              "dim 3, action dim 1; RuntimeError: Error(s) in loading state_dict for VectorField")
