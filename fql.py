@@ -550,8 +550,8 @@ def main(args: Args) -> dict:
 
     for step in range(start_step + 1, total + 1):
         if step > args.total_steps:  # online fine-tuning: one env step with the one-step policy, then one update
-            if online_obs is None:
-                online_obs, _ = online_env.reset(seed=args.seed)
+            if online_obs is None:  # seeded at the first reset only: later episodes draw new start states
+                online_obs, _ = online_env.reset(seed=args.seed) if episodes_done == 0 else online_env.reset()
             obs_t = torch.as_tensor(data.flatten(online_obs)[None], device=device)
             action = onestep_policy(obs_t)[0].cpu().numpy()
             next_obs, reward, terminated, truncated, info = online_env.step(action)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -213,3 +214,54 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_
     state = torch.load(next(in_tmp.glob("runs/*/fql.pt")))
     assert state["step"] == 100
     assert all(torch.isfinite(v).all() for v in state["critic"].values())
+
+
+# ---------------------------------------------------------------------------------------------- online / eval envs
+class RandomStartWalk(gym.Env):
+    """2-D point that starts uniformly in [-1, 1]^2 (env RNG), moves by 0.2 a, reward -|x|, 4 steps per episode.
+    Every reset is recorded in `log` as (seed, start state)."""
+
+    def __init__(self, log: list):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.log = log
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x, self.t = self.np_random.uniform(-1, 1, 2).astype(np.float32), 0
+        self.log.append((seed, self.x.copy()))
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.x, self.t = self.x + 0.2 * np.asarray(action, np.float32), self.t + 1
+        norm = float(np.linalg.norm(self.x))
+        return self.x.copy(), -norm, False, self.t >= 4, {"success": norm < 0.3}
+
+
+def random_walk_data(logs: list) -> "fql.OfflineData":
+    rng = np.random.default_rng(0)
+    n = 256
+    obs = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    next_obs = obs + 0.2 * actions
+    transitions = dict(observations=obs, actions=actions, rewards=-np.linalg.norm(next_obs, axis=1).astype(np.float32),
+                       masks=np.ones(n, np.float32), next_observations=next_obs)
+
+    def make_env():
+        logs.append([])
+        return RandomStartWalk(logs[-1])
+
+    space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    return fql.OfflineData(transitions, make_env, lambda o: fql.flatten_obs(space, o), lambda r: None)
+
+
+def test_online_episodes_are_seeded_once_and_start_from_different_states(monkeypatch, in_tmp):
+    logs = []
+    monkeypatch.setattr(fql, "load_offline_data", lambda env_id, directory: random_walk_data(logs))
+    fql.main(tiny(env_id="toy/random-walk", total_steps=10, online_steps=12, eval_freq=100, log_freq=11, eval_episodes=1,
+                  eval_bc_flow=False, seed=3))
+    online = [log for log in logs if log and log[0][0] == 3]  # the online env: its first reset is seeded with --seed
+    assert len(online) == 1 and len(online[0]) >= 3, logs
+    seeds, starts = zip(*online[0])
+    assert seeds[1:] == (None,) * (len(seeds) - 1)
+    assert not np.allclose(starts[0], starts[1]) and not np.allclose(starts[1], starts[2])
