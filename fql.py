@@ -292,6 +292,19 @@ class OfflineData:
         self.score = score  # episode returns -> normalized score x100 (or None)
 
 
+def is_d4rl_antmaze(env_id: str) -> bool:
+    """The names whose rewards the official code shifts: envs/env_utils.py's D4RL antmaze branch (offline,
+    reached only by non-OGBench names) and main.py's online test, both 'antmaze' and one of diverse/play/umaze."""
+    return "antmaze" in env_id and any(k in env_id for k in ("diverse", "play", "umaze")) and "singletask" not in env_id
+
+
+def transform_reward(env_id: str, reward):
+    """D4RL antmaze: sparse {0, 1} -> {-1, 0} (official envs/d4rl_utils.py get_dataset offline, main.py online).
+
+    Used on the dataset's rewards and on every online reward before it enters the buffer."""
+    return reward - 1.0 if is_d4rl_antmaze(env_id) else reward
+
+
 def to_unit_box(actions: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
     low, high = space.low.astype(np.float32), space.high.astype(np.float32)
     return np.clip(2.0 * (actions - low) / (high - low) - 1.0, -ACTION_CLIP, ACTION_CLIP).astype(np.float32)
@@ -321,8 +334,7 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         raise DatasetError(f"dataset {env_id!r} has no episodes")
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["actions"] = to_unit_box(data["actions"], dataset.action_space)
-    if "antmaze" in env_id:  # D4RL antmaze: sparse {0, 1} -> {-1, 0}, as the official code
-        data["rewards"] = data["rewards"] - 1.0
+    data["rewards"] = np.asarray(transform_reward(env_id, data["rewards"]), dtype=np.float32)
     data["masks"] = 1.0 - data.pop("terminations")  # bootstrap through truncations
 
     def make_env():
@@ -555,7 +567,7 @@ def main(args: Args) -> dict:
             obs_t = torch.as_tensor(data.flatten(online_obs)[None], device=device)
             action = onestep_policy(obs_t)[0].cpu().numpy()
             next_obs, reward, terminated, truncated, info = online_env.step(action)
-            buffer.add(observations=data.flatten(online_obs), actions=action, rewards=reward,
+            buffer.add(observations=data.flatten(online_obs), actions=action, rewards=transform_reward(args.env_id, reward),
                        masks=1.0 - float(terminated), next_observations=data.flatten(next_obs))
             episode_return, episode_length = episode_return + float(reward), episode_length + 1
             online_obs = next_obs

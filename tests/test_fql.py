@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import OGBENCH_TINY, import_script, last_error_line, run_script
+import toy_envs
 from toy_envs import GOOD_MODE
 
 fql = import_script("fql")
@@ -265,3 +266,34 @@ def test_online_episodes_are_seeded_once_and_start_from_different_states(monkeyp
     seeds, starts = zip(*online[0])
     assert seeds[1:] == (None,) * (len(seeds) - 1)
     assert not np.allclose(starts[0], starts[1]) and not np.allclose(starts[1], starts[2])
+
+
+
+# ---------------------------------------------------------------------------------------------- D4RL antmaze rewards
+@pytest.mark.parametrize("env_id, shifted", [
+    ("D4RL/antmaze/large-play-v1", True), ("D4RL/antmaze/umaze-v1", True), ("D4RL/antmaze/medium-diverse-v1", True),
+    ("/data/D4RL/antmaze/umaze-diverse-v1", True), ("antmaze-large-navigate-singletask-task1-v0", False),
+    ("antmaze-giant-stitch-v0", False), ("D4RL/pen/human-v2", False), ("flowrl/pointmaze/wander-v0", False)])
+def test_d4rl_antmaze_reward_shift_names(env_id, shifted):
+    assert fql.transform_reward(env_id, 1.0) == (0.0 if shifted else 1.0)
+    assert np.array_equal(fql.transform_reward(env_id, np.array([0.0, 1.0])), np.array([-1.0, 0.0]) if shifted else [0.0, 1.0])
+
+
+def test_d4rl_antmaze_shift_applies_to_offline_and_online_rewards(make_bandit_dataset, monkeypatch, in_tmp):
+    dataset = make_bandit_dataset("antmaze-umaze-bandit", n_episodes=200)  # an antmaze/umaze name: rewards shifted
+    buffers = []
+
+    class Recorded(fql.ReplayBuffer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            buffers.append(self)
+
+    monkeypatch.setattr(fql, "ReplayBuffer", Recorded)
+    fql.main(tiny(env_id=str(dataset), total_steps=10, online_steps=20, eval_freq=100, log_freq=15, eval_episodes=1,
+                  eval_bc_flow=False))
+    buffer, = buffers
+    rewards, actions = buffer.data["rewards"][: buffer.size].numpy(), buffer.data["actions"][: buffer.size].numpy()
+    assert buffer.size == 220
+    expected = toy_envs.bandit_reward(actions) - 1.0  # bandit actions live in [-1, 1]: no rescaling
+    np.testing.assert_allclose(rewards[:200], expected[:200], atol=1e-3)  # dataset actions are clipped to 1 - 1e-5
+    np.testing.assert_allclose(rewards[200:], expected[200:], atol=1e-6)  # online: the same transform
