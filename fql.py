@@ -348,17 +348,24 @@ def load_minari(dataset, env_id: str) -> OfflineData:
     return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score)
 
 
+# The official code pins ogbench==1.1.0 (requirements.txt@719d044), whose single-task envs compute success,
+# terminated and reward AFTER the step; ogbench >= 1.2 registers them with success_timing='pre' (before the
+# action). Every OGBench env built here gets 'post', so evaluation and online rewards are those of the paper's
+# runs. The datasets' reward/mask labels (relabel_utils) are the same in both versions.
+OGBENCH_ENV_KWARGS = dict(success_timing="post")
+
+
 def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
     import ogbench
 
     if "singletask" not in name.split("-"):
         raise DatasetError(f"FQL needs a reward-labelled OGBench dataset (e.g. cube-single-play-singletask-task2-v0); got {name!r}")
-    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir))
+    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir), **OGBENCH_ENV_KWARGS)
     check_spaces(env.observation_space, env.action_space)
     data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
     data["actions"] = to_unit_box(data["actions"], env.action_space)
     env.close()
-    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True))  # noqa: E731
+    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True, **OGBENCH_ENV_KWARGS))  # noqa: E731
     return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
 
 

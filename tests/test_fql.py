@@ -297,3 +297,19 @@ def test_d4rl_antmaze_shift_applies_to_offline_and_online_rewards(make_bandit_da
     expected = toy_envs.bandit_reward(actions) - 1.0  # bandit actions live in [-1, 1]: no rescaling
     np.testing.assert_allclose(rewards[:200], expected[:200], atol=1e-3)  # dataset actions are clipped to 1 - 1e-5
     np.testing.assert_allclose(rewards[200:], expected[200:], atol=1e-6)  # online: the same transform
+
+
+# ---------------------------------------------------------------------------------------------- OGBench step timing
+def test_ogbench_envs_compute_success_after_the_step_as_ogbench_1_1(ogbench_dir):
+    data = fql.load_offline_data(OGBENCH_TINY, str(ogbench_dir))
+    env = data.make_env()
+    assert env.unwrapped._success_timing == "post"
+    env.reset(seed=0)
+    maze = env.unwrapped
+    goal = np.asarray(maze.cur_goal_xy)
+    away = (maze.get_xy() - goal) / np.linalg.norm(maze.get_xy() - goal)
+    maze.set_xy(goal + away * (maze._goal_tol + 0.05))  # just outside the goal; one step towards it gets inside
+    _, reward, terminated, _, info = env.step(-away.astype(np.float32))
+    assert np.linalg.norm(maze.get_xy() - goal) < maze._goal_tol
+    assert (reward, terminated, info["success"]) == (0.0, True, 1.0)  # 'pre' would give -1, False, 0 here
+    env.close()
