@@ -33,11 +33,14 @@ See docs/fql.md for the paper <-> code map, logged metrics and results.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -369,6 +372,34 @@ def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
     return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
 
 
+def download_minari(env_id: str):
+    """minari.load_dataset(env_id, download=True), failing fast and in one line when the hub is unreachable.
+
+    A dataset already under MINARI_DATASETS_PATH loads without the network. Otherwise the Hugging Face hub
+    (HF_ENDPOINT, default https://huggingface.co) is probed once with a 5 s timeout before Minari is called:
+    huggingface_hub retries a refused connection 5 times with back-off (~25 s and 12 log lines)."""
+    import minari
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    local = get_dataset_path(env_id)
+    if not (local / "data").exists():
+        hint = (f"point --env-id at a local Minari dataset folder, or put the dataset at {local} "
+                f"(MINARI_DATASETS_PATH sets the root)")
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise DatasetError(f"Minari dataset {env_id!r} is not local and HF_HUB_OFFLINE is set; {hint}")
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        try:
+            urllib.request.urlopen(endpoint, timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # the hub answered (any status): it is reachable
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise DatasetError(f"cannot download Minari dataset {env_id!r}: the Hugging Face hub at {endpoint} "
+                               f"is unreachable ({reason}); {hint}") from None
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter if the hub fails mid-way
+    return minari.load_dataset(env_id, download=True)
+
+
 def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
     """Resolve --env-id: a local Minari dataset dir, an embedded dataset, an OGBench name, a Minari id."""
     import minari
@@ -388,11 +419,13 @@ def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
             tried.append(f"OGBench: {type(e).__name__}: {e}")
     else:
         try:
-            return validated(load_minari(minari.load_dataset(env_id, download=True), env_id), env_id)
-        except DatasetError:
-            raise
+            dataset = download_minari(env_id)
+        except DatasetError as e:  # not local and the hub is off or unreachable: its own message, in one line
+            raise DatasetError(f"cannot load --env-id {env_id!r}: {e}; list ids with `minari list remote`") from None
         except Exception as e:
             tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        else:
+            return validated(load_minari(dataset, env_id), env_id)
     raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with "
                        f"`minari list remote`, see datasets/ for the embedded ones, or pass an OGBench "
                        f"singletask name such as cube-single-play-singletask-task2-v0")

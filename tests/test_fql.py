@@ -3,6 +3,7 @@ bad input, NaN handling, determinism, and every data path (Minari dir, embedded 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import gymnasium as gym
@@ -313,3 +314,16 @@ def test_ogbench_envs_compute_success_after_the_step_as_ogbench_1_1(ogbench_dir)
     assert np.linalg.norm(maze.get_xy() - goal) < maze._goal_tol
     assert (reward, terminated, info["success"]) == (0.0, True, 1.0)  # 'pre' would give -1, False, 0 here
     env.close()
+
+
+# ---------------------------------------------------------------------------------------------- Minari without network
+def test_minari_id_with_the_hub_unreachable_fails_fast_in_one_line(tmp_path):
+    env = {"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9", "MINARI_DATASETS_PATH": str(tmp_path / "empty")}
+    start = time.time()
+    result = run_script("fql", "--env-id", "D4RL/antmaze/large-play-v1", "--no-cuda", env=env)
+    wall = time.time() - start
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "'D4RL/antmaze/large-play-v1'" in lines[0] and "unreachable" in lines[0] and "point --env-id at a local" in lines[0]
+    assert wall < 10, wall
