@@ -88,6 +88,8 @@ class Args:
     """evaluate every this many gradient steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation"""
+    eval_envs: int = 8
+    """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_bc_flow: bool = True
     """also evaluate the BC flow policy (the in-run behaviour-cloning baseline)"""
     log_freq: int = 5000
@@ -257,6 +259,10 @@ def onestep_losses(actor_onestep_flow: OneStepPolicy, actor_bc_flow: VectorField
 # ---------------------------------------------------------------------------------------------
 class DatasetError(ValueError):
     """Bad --env-id or dataset contents; reported as one line and a non-zero exit."""
+
+
+class ArgsError(ValueError):
+    """A flag with an impossible value; reported as one line and a non-zero exit."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -461,19 +467,32 @@ class ReplayBuffer:
         return {key: tensor[idx] for key, tensor in self.data.items()}
 
 
-def evaluate(data: OfflineData, envs: list, policy: Callable, episodes: int, seed: int, device: torch.device) -> dict:
-    """Run `episodes` episodes on the `envs` in parallel, one batched policy call per step."""
+def evaluate(data: OfflineData, envs: list, policy: Callable, act_dim: int, episodes: int, seed: int,
+             device: torch.device) -> dict:
+    """Run `episodes` episodes on the `envs` in parallel, one batched call policy(obs, z) per step.
+
+    Episode k resets its env with seed + k and draws its policy noise z from its own generator seeded with
+    seed + k, so the metrics do not depend on how many envs run side by side (only float rounding of the
+    batched network call can differ)."""
     returns, successes = [], []
     next_episode = 0
     obs, ep_return, active = [None] * len(envs), [0.0] * len(envs), [False] * len(envs)
-    for i, env in enumerate(envs):
+    generators = [None] * len(envs)
+
+    def start(i: int) -> None:
+        nonlocal next_episode
+        obs[i], _ = envs[i].reset(seed=seed + next_episode)
+        generators[i] = torch.Generator().manual_seed(seed + next_episode)
+        active[i], next_episode = True, next_episode + 1
+
+    for i in range(len(envs)):
         if next_episode < episodes:
-            obs[i], _ = env.reset(seed=seed + next_episode)
-            active[i], next_episode = True, next_episode + 1
+            start(i)
     while any(active):
         ids = [i for i in range(len(envs)) if active[i]]
         batch = torch.as_tensor(np.stack([data.flatten(obs[i]) for i in ids]), device=device)
-        actions = policy(batch).cpu().numpy()
+        z = torch.stack([torch.randn(act_dim, generator=generators[i]) for i in ids]).to(device)
+        actions = policy(batch, z).cpu().numpy()
         for i, action in zip(ids, actions):
             obs[i], reward, terminated, truncated, info = envs[i].step(action)
             ep_return[i] += float(reward)
@@ -483,8 +502,7 @@ def evaluate(data: OfflineData, envs: list, policy: Callable, episodes: int, see
                     successes.append(float(info["success"]))
                 ep_return[i] = 0.0
                 if next_episode < episodes:
-                    obs[i], _ = envs[i].reset(seed=seed + next_episode)
-                    next_episode += 1
+                    start(i)
                 else:
                     active[i] = False
     metrics = {"episodic_return": float(np.mean(returns)), "episodic_return_std": float(np.std(returns))}
@@ -510,6 +528,8 @@ def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer,
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
+    if args.eval_envs < 1:
+        raise ArgsError(f"--eval-envs must be >= 1; got {args.eval_envs}")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -565,19 +585,16 @@ def main(args: Args) -> dict:
     if args.compile:
         update = torch.compile(update)
 
-    def noise(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return torch.randn(obs.shape[0], act_dim, device=device, generator=generator)
+    @torch.no_grad()
+    def onestep_policy(obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The deployed policy: a = clip(mu_omega(s, z), -1, 1), z ~ N(0, I), one network call."""
+        return actor_onestep_flow(obs, z).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def onestep_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """The deployed policy: a = clip(mu_omega(s, z), -1, 1), one network call."""
-        return actor_onestep_flow(obs, noise(obs, generator)).clamp(-1.0, 1.0)
+    def bc_flow_policy(obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return sample_bc_flow(actor_bc_flow, obs, z, args.flow_steps)
 
-    @torch.no_grad()
-    def bc_flow_policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return sample_bc_flow(actor_bc_flow, obs, noise(obs, generator), args.flow_steps)
-
-    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, 25))]
+    eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
     total = args.total_steps + args.online_steps
     progress = Progress(total, start_step)
@@ -592,8 +609,7 @@ def main(args: Args) -> dict:
         policies = {"": onestep_policy, "bc_flow_": bc_flow_policy} if args.eval_bc_flow else {"": onestep_policy}
         result = {}
         for prefix, policy in policies.items():
-            generator = torch.Generator(device=device).manual_seed(args.seed)
-            metrics = evaluate(data, eval_envs, lambda obs: policy(obs, generator), args.eval_episodes, 10_000 * args.seed, device)
+            metrics = evaluate(data, eval_envs, policy, act_dim, args.eval_episodes, 10_000 * args.seed, device)
             result.update({f"eval/{prefix}{k}": v for k, v in metrics.items()})
         for k, v in result.items():
             writer.add_scalar(k, v, step)
@@ -605,7 +621,7 @@ def main(args: Args) -> dict:
             if online_obs is None:  # seeded at the first reset only: later episodes draw new start states
                 online_obs, _ = online_env.reset(seed=args.seed) if episodes_done == 0 else online_env.reset()
             obs_t = torch.as_tensor(data.flatten(online_obs)[None], device=device)
-            action = onestep_policy(obs_t)[0].cpu().numpy()
+            action = onestep_policy(obs_t, torch.randn(1, act_dim, device=device))[0].cpu().numpy()
             next_obs, reward, terminated, truncated, info = online_env.step(action)
             buffer.add(observations=data.flatten(online_obs), actions=action, rewards=transform_reward(args.env_id, reward),
                        masks=1.0 - float(terminated), next_observations=data.flatten(next_obs))
@@ -686,6 +702,6 @@ class Progress:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (DatasetError, NonFiniteLossError) as e:
+    except (DatasetError, ArgsError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

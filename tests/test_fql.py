@@ -327,3 +327,20 @@ def test_minari_id_with_the_hub_unreachable_fails_fast_in_one_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert "'D4RL/antmaze/large-play-v1'" in lines[0] and "unreachable" in lines[0] and "point --env-id at a local" in lines[0]
     assert wall < 10, wall
+
+
+def test_eval_metrics_do_not_depend_on_the_number_of_eval_envs(monkeypatch, in_tmp):
+    results = []
+    for eval_envs in (1, 3):
+        logs = []
+        monkeypatch.setattr(fql, "load_offline_data", lambda env_id, directory: random_walk_data(logs))
+        results.append(fql.main(tiny(env_id="toy/random-walk", total_steps=30, eval_freq=30, log_freq=30, eval_episodes=5,
+                                     eval_envs=eval_envs)))
+        assert len(logs) == eval_envs
+    for key in ("eval/episodic_return", "eval/bc_flow_episodic_return", "eval/success"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-5, abs=1e-6), key
+
+
+def test_eval_envs_below_one_exits_with_one_clear_line(in_tmp):
+    last = last_error_line(run_script("fql", "--eval-envs", "0", "--no-cuda", "--total-steps", "1"))
+    assert last == "error: --eval-envs must be >= 1; got 0"
