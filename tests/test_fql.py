@@ -344,3 +344,50 @@ def test_eval_metrics_do_not_depend_on_the_number_of_eval_envs(monkeypatch, in_t
 def test_eval_envs_below_one_exits_with_one_clear_line(in_tmp):
     last = last_error_line(run_script("fql", "--eval-envs", "0", "--no-cuda", "--total-steps", "1"))
     assert last == "error: --eval-envs must be >= 1; got 0"
+
+
+# ---------------------------------------------------------------------------------------------- per-task settings
+@pytest.mark.parametrize("env_id, online, expected", [
+    ("cube-single-play-singletask-task2-v0", False, dict(alpha=300.0, gamma=0.99, q_agg="mean", total_steps=1_000_000)),
+    ("cube-single-play-singletask-v0", False, dict(alpha=300.0, gamma=0.99, q_agg="mean", total_steps=1_000_000)),
+    ("puzzle-4x4-play-singletask-task1-v0", False, dict(alpha=1000.0, gamma=0.99, q_agg="mean", total_steps=1_000_000)),
+    ("antmaze-large-navigate-singletask-task3-v0", False, dict(alpha=10.0, gamma=0.99, q_agg="min", total_steps=1_000_000)),
+    ("antmaze-giant-navigate-singletask-v0", False, dict(alpha=10.0, gamma=0.995, q_agg="min", total_steps=1_000_000)),
+    ("humanoidmaze-medium-navigate-singletask-v0", False, dict(alpha=30.0, gamma=0.995, q_agg="mean", total_steps=1_000_000)),
+    ("humanoidmaze-medium-navigate-singletask-v0", True, dict(alpha=100.0, gamma=0.995, q_agg="mean", total_steps=1_000_000)),
+    ("antsoccer-arena-navigate-singletask-task4-v0", True, dict(alpha=30.0, gamma=0.995, q_agg="mean", total_steps=1_000_000)),
+    ("visual-cube-double-play-singletask-task1-v0", False, dict(alpha=100.0, gamma=0.99, q_agg="mean", total_steps=500_000)),
+    ("D4RL/antmaze/large-play-v1", False, dict(alpha=3.0, gamma=0.99, q_agg="mean", total_steps=500_000)),
+    ("D4RL/antmaze/large-play-v1", True, dict(alpha=3.0, gamma=0.99, q_agg="mean", total_steps=1_000_000)),
+    ("D4RL/antmaze/umaze-v1", False, dict(alpha=10.0, gamma=0.99, q_agg="mean", total_steps=500_000)),
+    ("D4RL/door/cloned-v2", False, dict(alpha=30000.0, gamma=0.99, q_agg="min", total_steps=500_000)),
+    ("D4RL/door/cloned-v2", True, dict(alpha=1000.0, gamma=0.99, q_agg="min", total_steps=1_000_000)),
+    ("D4RL/pen/expert-v2", True, dict(alpha=3000.0, gamma=0.99, q_agg="min", total_steps=500_000)),  # no online row
+])
+def test_task_settings_resolve_to_the_readme_row(env_id, online, expected, capsys):
+    resolved = fql.resolve_task_settings(fql.Args(env_id=env_id, online_steps=1000 if online else 0))
+    assert {k: getattr(resolved, k) for k in expected} == expected
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"task settings for {env_id} (paper row '") and f"alpha={expected['alpha']:g}" in out[0]
+
+
+def test_task_settings_explicit_flag_wins(capsys):
+    resolved = fql.resolve_task_settings(fql.Args(env_id="antmaze-giant-navigate-singletask-v0", alpha=1.0, q_agg="mean"))
+    assert (resolved.alpha, resolved.q_agg, resolved.gamma) == (1.0, "mean", 0.995)
+    assert "[alpha, q_agg set by flag]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env_id", ["flowrl/reacher/mixed-v0", "mujoco/hopper/medium-v0"])
+def test_task_settings_unknown_task_falls_back_to_generic_defaults(env_id, capsys):
+    resolved = fql.resolve_task_settings(fql.Args(env_id=env_id))
+    assert (resolved.alpha, resolved.gamma, resolved.q_agg, resolved.total_steps) == (10.0, 0.99, "mean", 1_000_000)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"task settings for {env_id} (not a paper task: generic defaults): "
+                   "alpha=10, gamma=0.99, q_agg=mean, total_steps=1000000"]
+
+
+def test_resolved_settings_are_saved_with_the_checkpoint(bandit_dataset, in_tmp):
+    fql.main(tiny(env_id=str(bandit_dataset), alpha=None, total_steps=20, eval_freq=20, log_freq=10, eval_episodes=1,
+                  eval_bc_flow=False, save_model=True))
+    saved = torch.load(next(in_tmp.glob("runs/*/fql.pt")))["args"]
+    assert (saved["alpha"], saved["gamma"], saved["q_agg"], saved["total_steps"]) == (10.0, 0.99, "mean", 20)
