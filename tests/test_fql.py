@@ -3,6 +3,7 @@ bad input, NaN handling, determinism, and every data path (Minari dir, embedded 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 
@@ -391,3 +392,15 @@ def test_resolved_settings_are_saved_with_the_checkpoint(bandit_dataset, in_tmp)
                   eval_bc_flow=False, save_model=True))
     saved = torch.load(next(in_tmp.glob("runs/*/fql.pt")))["args"]
     assert (saved["alpha"], saved["gamma"], saved["q_agg"], saved["total_steps"]) == (10.0, 0.99, "mean", 20)
+
+# ---------------------------------------------------------------------------------------------- flax defaults
+def test_gelu_and_layer_norm_are_those_of_the_official_flax_networks():
+    # utils/networks.py MLP uses flax nn.gelu = jax.nn.gelu(approximate=True) and nn.LayerNorm(epsilon=1e-6)
+    x = torch.tensor([1.0, -2.0])
+    tanh_gelu = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))  # 0.841192 at 1 (erf: 0.841345)
+    actor, critic = fql.mlp(1, 4, 1, 1), fql.Critic(1, 1, 8, 1, 2)
+    assert torch.allclose(actor[1](x), tanh_gelu, atol=1e-6) and torch.allclose(critic.net[1](x), tanh_gelu, atol=1e-6)
+    h = torch.zeros(2, 1, 8)
+    h[..., 0] = 1e-3  # variance ~1e-7: the epsilon decides the scale
+    expected = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    assert torch.allclose(critic.net[2](h), expected, atol=1e-4)
