@@ -14,20 +14,40 @@ that with three networks trained together:
 The deployed policy is the one-step policy: one network call per action. alpha weighs the
 distillation term; it is the one hyper-parameter to tune per task.
 
-This file implements FQL offline and offline->online exactly as the official code (losses, networks
-and initialisation, one Adam over all networks, no gradient into the BC flow from distillation,
-Q of the actor loss always the ensemble mean, `--q-agg` only in the TD target, `--normalize-q-loss`).
-Offline->online (`--online-steps N`) appends the environment's transitions to the same buffer and
-keeps the same objective, as in the paper. Differences from the official code, all deliberate:
-  * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench;
-    Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary;
-  * the BC flow is evaluated too (`eval/bc_flow_*`), as the in-run behaviour-cloning baseline;
-  * no image encoders (state-based tasks only; image observations are rejected with an error).
+This file implements FQL offline and offline->online. It follows the official agents/fql.py and
+utils/networks.py (read at seohongpark/fql@719d044): the three losses, their stop-gradients (no gradient
+into the BC flow from distillation, the Q term trains mu_omega through the action only), Q of the actor
+loss always the ensemble mean, `--q-agg` only in the TD target, `--normalize-q-loss`, the networks and
+their initialisation (tanh-approximate GELU and LayerNorm epsilon 1e-6, flax's defaults) and one Adam over
+all networks. Offline->online (`--online-steps N`) appends the environment's transitions to the same
+buffer and keeps the same objective, as in the paper.
+
+Behaviour worth knowing (docs/fql.md, "Implementation details"):
+  * per-task settings: `--alpha`, `--gamma`, `--q-agg`, `--total-steps` left unset take the paper's values
+    for --env-id (TASK_SETTINGS, from the official README's command lines), else generic defaults;
+  * OGBench envs are built with success_timing='post', the step semantics of ogbench 1.1.0 that the official
+    code pins (ogbench >= 1.2 defaults to 'pre'); D4RL antmaze rewards are shifted {0,1} -> {-1,0} on the
+    dataset and online, by one function, for the names the official code shifts;
+  * the online env is seeded at its first reset only; evaluation seeds episode k (env reset and policy
+    noise) with 10000 * seed + k, so its metrics do not depend on `--eval-envs`;
+  * a Minari id that is not local fails fast, in one line, when the Hugging Face hub is unreachable.
+
+Differences from the official code, all deliberate:
+  * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench; D4RL comes
+    from Minari's re-releases instead of d4rl.qlearning_dataset; Box actions are rescaled to [-1, 1] and the
+    env's actions are rescaled back at the boundary;
+  * evaluation runs `--eval-envs` envs side by side with seeded episodes (official: one env, unseeded
+    resets, noise keys drawn from numpy's global RNG) and does not evaluate at step 1; the BC flow is
+    evaluated too (`eval/bc_flow_*`), as the in-run behaviour-cloning baseline;
+  * the online env's first reset is seeded (official: no reset is seeded);
+  * no image encoders (state-based tasks only; image observations are rejected with an error), no
+    validation-set losses, TensorBoard instead of wandb/CSV.
 
 Usage:
   python fql.py --alpha 0.3 --total-steps 10000 --hidden-dim 256 --num-layers 3   # embedded Reacher, CPU, minutes
-  python fql.py --env-id cube-single-play-singletask-task2-v0 --alpha 300          # OGBench, paper setting
-  python fql.py --env-id D4RL/antmaze/large-play-v1 --alpha 3 --total-steps 500000  # Minari id
+  python fql.py --env-id cube-single-play-singletask-task2-v0                      # OGBench, paper setting (alpha 300)
+  python fql.py --env-id D4RL/antmaze/large-play-v1                                # Minari id (alpha 3, 500k steps)
+  python fql.py --env-id scene-play-singletask-task2-v0 --online-steps 1000000     # offline -> online
 See docs/fql.md for the paper <-> code map, logged metrics and results.
 """
 
@@ -88,7 +108,7 @@ class Args:
     """evaluate every this many gradient steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation"""
-    eval_envs: int = 8
+    eval_envs: int = 6
     """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_bc_flow: bool = True
     """also evaluate the BC flow policy (the in-run behaviour-cloning baseline)"""
@@ -127,7 +147,7 @@ class Args:
 # one; a task without an online row keeps its offline values. The README's offline->online commands set no
 # --offline_steps, so those runs use 1M offline steps even on D4RL (offline-only D4RL runs use 500k).
 GENERIC_SETTINGS = dict(alpha=10.0, gamma=0.99, q_agg="mean", total_steps=1_000_000)  # official agents/fql.py, main.py
-_D4RL_OFFLINE = 500_000
+_500K, _1M = dict(total_steps=500_000), dict(total_steps=1_000_000)  # README --offline_steps (offline D4RL, pixels: 500k)
 TASK_SETTINGS = {
     # OGBench, state-based (README "FQL on state-based OGBench (all tasks)", "Offline-to-online RL")
     "antmaze-large-navigate": ("antmaze-large", dict(alpha=10.0, q_agg="min"), None),
@@ -142,32 +162,32 @@ TASK_SETTINGS = {
     "puzzle-4x4-play": ("puzzle-4x4", dict(alpha=1000.0), dict(alpha=1000.0)),
     # OGBench, pixel-based (README "FQL on pixel-based OGBench"): fql.py rejects image observations; the rows
     # are here so that these names do not fall on the state rows above
-    "visual-cube-single-play": ("visual-cube-single", dict(alpha=300.0, total_steps=_D4RL_OFFLINE), None),
-    "visual-cube-double-play": ("visual-cube-double", dict(alpha=100.0, total_steps=_D4RL_OFFLINE), None),
-    "visual-scene-play": ("visual-scene", dict(alpha=100.0, total_steps=_D4RL_OFFLINE), None),
-    "visual-puzzle-3x3-play": ("visual-puzzle-3x3", dict(alpha=300.0, total_steps=_D4RL_OFFLINE), None),
-    "visual-puzzle-4x4-play": ("visual-puzzle-4x4", dict(alpha=300.0, total_steps=_D4RL_OFFLINE), None),
+    "visual-cube-single-play": ("visual-cube-single", dict(alpha=300.0, **_500K), None),
+    "visual-cube-double-play": ("visual-cube-double", dict(alpha=100.0, **_500K), None),
+    "visual-scene-play": ("visual-scene", dict(alpha=100.0, **_500K), None),
+    "visual-puzzle-3x3-play": ("visual-puzzle-3x3", dict(alpha=300.0, **_500K), None),
+    "visual-puzzle-4x4-play": ("visual-puzzle-4x4", dict(alpha=300.0, **_500K), None),
     # D4RL antmaze (README "FQL on D4RL", "Offline-to-online RL")
-    "D4RL/antmaze/umaze-v": ("antmaze-umaze", dict(alpha=10.0, total_steps=_D4RL_OFFLINE), dict(alpha=10.0, total_steps=1_000_000)),
-    "D4RL/antmaze/umaze-diverse-v": ("antmaze-umaze-diverse", dict(alpha=10.0, total_steps=_D4RL_OFFLINE), dict(alpha=10.0, total_steps=1_000_000)),
-    "D4RL/antmaze/medium-play-v": ("antmaze-medium-play", dict(alpha=10.0, total_steps=_D4RL_OFFLINE), dict(alpha=10.0, total_steps=1_000_000)),
-    "D4RL/antmaze/medium-diverse-v": ("antmaze-medium-diverse", dict(alpha=10.0, total_steps=_D4RL_OFFLINE), dict(alpha=10.0, total_steps=1_000_000)),
-    "D4RL/antmaze/large-play-v": ("antmaze-large-play", dict(alpha=3.0, total_steps=_D4RL_OFFLINE), dict(alpha=3.0, total_steps=1_000_000)),
-    "D4RL/antmaze/large-diverse-v": ("antmaze-large-diverse", dict(alpha=3.0, total_steps=_D4RL_OFFLINE), dict(alpha=3.0, total_steps=1_000_000)),
-    # D4RL Adroit, all with clipped double Q (README "FQL on D4RL", "Offline-to-online RL"; the paper's Table 6
-    # lists lower alphas for door, hammer and relocate: the README's are the flags of the reported runs)
-    "D4RL/pen/human-v": ("pen-human", dict(alpha=10000.0, q_agg="min", total_steps=_D4RL_OFFLINE), None),
-    "D4RL/pen/cloned-v": ("pen-cloned", dict(alpha=10000.0, q_agg="min", total_steps=_D4RL_OFFLINE), dict(alpha=1000.0, total_steps=1_000_000)),
-    "D4RL/pen/expert-v": ("pen-expert", dict(alpha=3000.0, q_agg="min", total_steps=_D4RL_OFFLINE), None),
-    "D4RL/door/human-v": ("door-human", dict(alpha=30000.0, q_agg="min", total_steps=_D4RL_OFFLINE), None),
-    "D4RL/door/cloned-v": ("door-cloned", dict(alpha=30000.0, q_agg="min", total_steps=_D4RL_OFFLINE), dict(alpha=1000.0, total_steps=1_000_000)),
-    "D4RL/door/expert-v": ("door-expert", dict(alpha=30000.0, q_agg="min", total_steps=_D4RL_OFFLINE), None),
-    "D4RL/hammer/human-v": ("hammer-human", dict(alpha=30000.0, q_agg="min", total_steps=_D4RL_OFFLINE), None),
-    "D4RL/hammer/cloned-v": ("hammer-cloned", dict(alpha=10000.0, q_agg="min", total_steps=_D4RL_OFFLINE), dict(alpha=1000.0, total_steps=1_000_000)),
-    "D4RL/hammer/expert-v": ("hammer-expert", dict(alpha=30000.0, q_agg="min", total_steps=_D4RL_OFFLINE), None),
-    "D4RL/relocate/human-v": ("relocate-human", dict(alpha=10000.0, q_agg="min", total_steps=_D4RL_OFFLINE), None),
-    "D4RL/relocate/cloned-v": ("relocate-cloned", dict(alpha=30000.0, q_agg="min", total_steps=_D4RL_OFFLINE), dict(alpha=10000.0, total_steps=1_000_000)),
-    "D4RL/relocate/expert-v": ("relocate-expert", dict(alpha=30000.0, q_agg="min", total_steps=_D4RL_OFFLINE), None),
+    "D4RL/antmaze/umaze-v": ("antmaze-umaze", dict(alpha=10.0, **_500K), dict(alpha=10.0, **_1M)),
+    "D4RL/antmaze/umaze-diverse-v": ("antmaze-umaze-diverse", dict(alpha=10.0, **_500K), dict(alpha=10.0, **_1M)),
+    "D4RL/antmaze/medium-play-v": ("antmaze-medium-play", dict(alpha=10.0, **_500K), dict(alpha=10.0, **_1M)),
+    "D4RL/antmaze/medium-diverse-v": ("antmaze-medium-diverse", dict(alpha=10.0, **_500K), dict(alpha=10.0, **_1M)),
+    "D4RL/antmaze/large-play-v": ("antmaze-large-play", dict(alpha=3.0, **_500K), dict(alpha=3.0, **_1M)),
+    "D4RL/antmaze/large-diverse-v": ("antmaze-large-diverse", dict(alpha=3.0, **_500K), dict(alpha=3.0, **_1M)),
+    # D4RL Adroit, all with clipped double Q (README "FQL on D4RL", "Offline-to-online RL"; the paper's Table 6 is
+    # reported to list lower alphas for door, hammer and relocate: the README's are the flags of the reported runs)
+    "D4RL/pen/human-v": ("pen-human", dict(alpha=10000.0, q_agg="min", **_500K), None),
+    "D4RL/pen/cloned-v": ("pen-cloned", dict(alpha=10000.0, q_agg="min", **_500K), dict(alpha=1000.0, **_1M)),
+    "D4RL/pen/expert-v": ("pen-expert", dict(alpha=3000.0, q_agg="min", **_500K), None),
+    "D4RL/door/human-v": ("door-human", dict(alpha=30000.0, q_agg="min", **_500K), None),
+    "D4RL/door/cloned-v": ("door-cloned", dict(alpha=30000.0, q_agg="min", **_500K), dict(alpha=1000.0, **_1M)),
+    "D4RL/door/expert-v": ("door-expert", dict(alpha=30000.0, q_agg="min", **_500K), None),
+    "D4RL/hammer/human-v": ("hammer-human", dict(alpha=30000.0, q_agg="min", **_500K), None),
+    "D4RL/hammer/cloned-v": ("hammer-cloned", dict(alpha=10000.0, q_agg="min", **_500K), dict(alpha=1000.0, **_1M)),
+    "D4RL/hammer/expert-v": ("hammer-expert", dict(alpha=30000.0, q_agg="min", **_500K), None),
+    "D4RL/relocate/human-v": ("relocate-human", dict(alpha=10000.0, q_agg="min", **_500K), None),
+    "D4RL/relocate/cloned-v": ("relocate-cloned", dict(alpha=30000.0, q_agg="min", **_500K), dict(alpha=10000.0, **_1M)),
+    "D4RL/relocate/expert-v": ("relocate-expert", dict(alpha=30000.0, q_agg="min", **_500K), None),
 }
 
 
