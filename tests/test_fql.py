@@ -3,13 +3,17 @@ bad input, NaN handling, determinism, and every data path (Minari dir, embedded 
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import replace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from conftest import OGBENCH_TINY, import_script, last_error_line, run_script
+import toy_envs
 from toy_envs import GOOD_MODE
 
 fql = import_script("fql")
@@ -213,3 +217,190 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(make_bandit_
     state = torch.load(next(in_tmp.glob("runs/*/fql.pt")))
     assert state["step"] == 100
     assert all(torch.isfinite(v).all() for v in state["critic"].values())
+
+
+# ---------------------------------------------------------------------------------------------- online / eval envs
+class RandomStartWalk(gym.Env):
+    """2-D point that starts uniformly in [-1, 1]^2 (env RNG), moves by 0.2 a, reward -|x|, 4 steps per episode.
+    Every reset is recorded in `log` as (seed, start state)."""
+
+    def __init__(self, log: list):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.log = log
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x, self.t = self.np_random.uniform(-1, 1, 2).astype(np.float32), 0
+        self.log.append((seed, self.x.copy()))
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.x, self.t = self.x + 0.2 * np.asarray(action, np.float32), self.t + 1
+        norm = float(np.linalg.norm(self.x))
+        return self.x.copy(), -norm, False, self.t >= 4, {"success": norm < 0.3}
+
+
+def random_walk_data(logs: list) -> "fql.OfflineData":
+    rng = np.random.default_rng(0)
+    n = 256
+    obs = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    next_obs = obs + 0.2 * actions
+    transitions = dict(observations=obs, actions=actions, rewards=-np.linalg.norm(next_obs, axis=1).astype(np.float32),
+                       masks=np.ones(n, np.float32), next_observations=next_obs)
+
+    def make_env():
+        logs.append([])
+        return RandomStartWalk(logs[-1])
+
+    space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    return fql.OfflineData(transitions, make_env, lambda o: fql.flatten_obs(space, o), lambda r: None)
+
+
+def test_online_episodes_are_seeded_once_and_start_from_different_states(monkeypatch, in_tmp):
+    logs = []
+    monkeypatch.setattr(fql, "load_offline_data", lambda env_id, directory: random_walk_data(logs))
+    fql.main(tiny(env_id="toy/random-walk", total_steps=10, online_steps=12, eval_freq=100, log_freq=11, eval_episodes=1,
+                  eval_bc_flow=False, seed=3))
+    online = [log for log in logs if log and log[0][0] == 3]  # the online env: its first reset is seeded with --seed
+    assert len(online) == 1 and len(online[0]) >= 3, logs
+    seeds, starts = zip(*online[0])
+    assert seeds[1:] == (None,) * (len(seeds) - 1)
+    assert not np.allclose(starts[0], starts[1]) and not np.allclose(starts[1], starts[2])
+
+
+
+# ---------------------------------------------------------------------------------------------- D4RL antmaze rewards
+@pytest.mark.parametrize("env_id, shifted", [
+    ("D4RL/antmaze/large-play-v1", True), ("D4RL/antmaze/umaze-v1", True), ("D4RL/antmaze/medium-diverse-v1", True),
+    ("/data/D4RL/antmaze/umaze-diverse-v1", True), ("antmaze-large-navigate-singletask-task1-v0", False),
+    ("antmaze-giant-stitch-v0", False), ("D4RL/pen/human-v2", False), ("flowrl/pointmaze/wander-v0", False)])
+def test_d4rl_antmaze_reward_shift_names(env_id, shifted):
+    assert fql.transform_reward(env_id, 1.0) == (0.0 if shifted else 1.0)
+    assert np.array_equal(fql.transform_reward(env_id, np.array([0.0, 1.0])), np.array([-1.0, 0.0]) if shifted else [0.0, 1.0])
+
+
+def test_d4rl_antmaze_shift_applies_to_offline_and_online_rewards(make_bandit_dataset, monkeypatch, in_tmp):
+    dataset = make_bandit_dataset("antmaze-umaze-bandit", n_episodes=200)  # an antmaze/umaze name: rewards shifted
+    buffers = []
+
+    class Recorded(fql.ReplayBuffer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            buffers.append(self)
+
+    monkeypatch.setattr(fql, "ReplayBuffer", Recorded)
+    fql.main(tiny(env_id=str(dataset), total_steps=10, online_steps=20, eval_freq=100, log_freq=15, eval_episodes=1,
+                  eval_bc_flow=False))
+    buffer, = buffers
+    rewards, actions = buffer.data["rewards"][: buffer.size].numpy(), buffer.data["actions"][: buffer.size].numpy()
+    assert buffer.size == 220
+    expected = toy_envs.bandit_reward(actions) - 1.0  # bandit actions live in [-1, 1]: no rescaling
+    np.testing.assert_allclose(rewards[:200], expected[:200], atol=1e-3)  # dataset actions are clipped to 1 - 1e-5
+    np.testing.assert_allclose(rewards[200:], expected[200:], atol=1e-6)  # online: the same transform
+
+
+# ---------------------------------------------------------------------------------------------- OGBench step timing
+def test_ogbench_envs_compute_success_after_the_step_as_ogbench_1_1(ogbench_dir):
+    data = fql.load_offline_data(OGBENCH_TINY, str(ogbench_dir))
+    env = data.make_env()
+    assert env.unwrapped._success_timing == "post"
+    env.reset(seed=0)
+    maze = env.unwrapped
+    goal = np.asarray(maze.cur_goal_xy)
+    away = (maze.get_xy() - goal) / np.linalg.norm(maze.get_xy() - goal)
+    maze.set_xy(goal + away * (maze._goal_tol + 0.05))  # just outside the goal; one step towards it gets inside
+    _, reward, terminated, _, info = env.step(-away.astype(np.float32))
+    assert np.linalg.norm(maze.get_xy() - goal) < maze._goal_tol
+    assert (reward, terminated, info["success"]) == (0.0, True, 1.0)  # 'pre' would give -1, False, 0 here
+    env.close()
+
+
+# ---------------------------------------------------------------------------------------------- Minari without network
+def test_minari_id_with_the_hub_unreachable_fails_fast_in_one_line(tmp_path):
+    env = {"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9", "MINARI_DATASETS_PATH": str(tmp_path / "empty")}
+    start = time.time()
+    result = run_script("fql", "--env-id", "D4RL/antmaze/large-play-v1", "--no-cuda", env=env)
+    wall = time.time() - start
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "'D4RL/antmaze/large-play-v1'" in lines[0] and "unreachable" in lines[0] and "point --env-id at a local" in lines[0]
+    assert wall < 10, wall
+
+
+def test_eval_metrics_do_not_depend_on_the_number_of_eval_envs(monkeypatch, in_tmp):
+    results = []
+    for eval_envs in (1, 3):
+        logs = []
+        monkeypatch.setattr(fql, "load_offline_data", lambda env_id, directory: random_walk_data(logs))
+        results.append(fql.main(tiny(env_id="toy/random-walk", total_steps=30, eval_freq=30, log_freq=30, eval_episodes=5,
+                                     eval_envs=eval_envs)))
+        assert len(logs) == eval_envs
+    for key in ("eval/episodic_return", "eval/bc_flow_episodic_return", "eval/success"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-5, abs=1e-6), key
+
+
+def test_eval_envs_below_one_exits_with_one_clear_line(in_tmp):
+    last = last_error_line(run_script("fql", "--eval-envs", "0", "--no-cuda", "--total-steps", "1"))
+    assert last == "error: --eval-envs must be >= 1; got 0"
+
+
+# ---------------------------------------------------------------------------------------------- per-task settings
+@pytest.mark.parametrize("env_id, online, expected", [
+    ("cube-single-play-singletask-task2-v0", False, dict(alpha=300.0, gamma=0.99, q_agg="mean", total_steps=1_000_000)),
+    ("cube-single-play-singletask-v0", False, dict(alpha=300.0, gamma=0.99, q_agg="mean", total_steps=1_000_000)),
+    ("puzzle-4x4-play-singletask-task1-v0", False, dict(alpha=1000.0, gamma=0.99, q_agg="mean", total_steps=1_000_000)),
+    ("antmaze-large-navigate-singletask-task3-v0", False, dict(alpha=10.0, gamma=0.99, q_agg="min", total_steps=1_000_000)),
+    ("antmaze-giant-navigate-singletask-v0", False, dict(alpha=10.0, gamma=0.995, q_agg="min", total_steps=1_000_000)),
+    ("humanoidmaze-medium-navigate-singletask-v0", False, dict(alpha=30.0, gamma=0.995, q_agg="mean", total_steps=1_000_000)),
+    ("humanoidmaze-medium-navigate-singletask-v0", True, dict(alpha=100.0, gamma=0.995, q_agg="mean", total_steps=1_000_000)),
+    ("antsoccer-arena-navigate-singletask-task4-v0", True, dict(alpha=30.0, gamma=0.995, q_agg="mean", total_steps=1_000_000)),
+    ("visual-cube-double-play-singletask-task1-v0", False, dict(alpha=100.0, gamma=0.99, q_agg="mean", total_steps=500_000)),
+    ("D4RL/antmaze/large-play-v1", False, dict(alpha=3.0, gamma=0.99, q_agg="mean", total_steps=500_000)),
+    ("D4RL/antmaze/large-play-v1", True, dict(alpha=3.0, gamma=0.99, q_agg="mean", total_steps=1_000_000)),
+    ("D4RL/antmaze/umaze-v1", False, dict(alpha=10.0, gamma=0.99, q_agg="mean", total_steps=500_000)),
+    ("D4RL/door/cloned-v2", False, dict(alpha=30000.0, gamma=0.99, q_agg="min", total_steps=500_000)),
+    ("D4RL/door/cloned-v2", True, dict(alpha=1000.0, gamma=0.99, q_agg="min", total_steps=1_000_000)),
+    ("D4RL/pen/expert-v2", True, dict(alpha=3000.0, gamma=0.99, q_agg="min", total_steps=500_000)),  # no online row
+])
+def test_task_settings_resolve_to_the_readme_row(env_id, online, expected, capsys):
+    resolved = fql.resolve_task_settings(fql.Args(env_id=env_id, online_steps=1000 if online else 0))
+    assert {k: getattr(resolved, k) for k in expected} == expected
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"task settings for {env_id} (paper row '") and f"alpha={expected['alpha']:g}" in out[0]
+
+
+def test_task_settings_explicit_flag_wins(capsys):
+    resolved = fql.resolve_task_settings(fql.Args(env_id="antmaze-giant-navigate-singletask-v0", alpha=1.0, q_agg="mean"))
+    assert (resolved.alpha, resolved.q_agg, resolved.gamma) == (1.0, "mean", 0.995)
+    assert "[alpha, q_agg set by flag]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env_id", ["flowrl/reacher/mixed-v0", "mujoco/hopper/medium-v0"])
+def test_task_settings_unknown_task_falls_back_to_generic_defaults(env_id, capsys):
+    resolved = fql.resolve_task_settings(fql.Args(env_id=env_id))
+    assert (resolved.alpha, resolved.gamma, resolved.q_agg, resolved.total_steps) == (10.0, 0.99, "mean", 1_000_000)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"task settings for {env_id} (not a paper task: generic defaults): "
+                   "alpha=10, gamma=0.99, q_agg=mean, total_steps=1000000"]
+
+
+def test_resolved_settings_are_saved_with_the_checkpoint(bandit_dataset, in_tmp):
+    fql.main(tiny(env_id=str(bandit_dataset), alpha=None, total_steps=20, eval_freq=20, log_freq=10, eval_episodes=1,
+                  eval_bc_flow=False, save_model=True))
+    saved = torch.load(next(in_tmp.glob("runs/*/fql.pt")))["args"]
+    assert (saved["alpha"], saved["gamma"], saved["q_agg"], saved["total_steps"]) == (10.0, 0.99, "mean", 20)
+
+# ---------------------------------------------------------------------------------------------- flax defaults
+def test_gelu_and_layer_norm_are_those_of_the_official_flax_networks():
+    # utils/networks.py MLP uses flax nn.gelu = jax.nn.gelu(approximate=True) and nn.LayerNorm(epsilon=1e-6)
+    x = torch.tensor([1.0, -2.0])
+    tanh_gelu = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))  # 0.841192 at 1 (erf: 0.841345)
+    actor, critic = fql.mlp(1, 4, 1, 1), fql.Critic(1, 1, 8, 1, 2)
+    assert torch.allclose(actor[1](x), tanh_gelu, atol=1e-6) and torch.allclose(critic.net[1](x), tanh_gelu, atol=1e-6)
+    h = torch.zeros(2, 1, 8)
+    h[..., 0] = 1e-3  # variance ~1e-7: the epsilon decides the scale
+    expected = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    assert torch.allclose(critic.net[2](h), expected, atol=1e-4)
