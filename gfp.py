@@ -348,11 +348,16 @@ def check_args(args: Args) -> None:
 # ---------------------------------------------------------------------------------------------
 # Networks (official code: GELU, LayerNorm after the activation in the critic only, Glorot-uniform
 # kernels, zero biases; the VaBC field sees t through a sinusoidal embedding, the actor sees no t)
+# utils/networks.py @49f6b17 uses flax's nn.gelu (jax.nn.gelu: the tanh approximation by default) and
+# nn.LayerNorm() (epsilon 1e-6): this file uses both, not torch's erf GELU and epsilon 1e-5.
 # ---------------------------------------------------------------------------------------------
+LAYER_NORM_EPS = 1e-6
+
+
 def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
     layers, dim = [], in_dim
     for _ in range(num_layers):
-        layers += [nn.Linear(dim, hidden_dim), nn.GELU()]
+        layers += [nn.Linear(dim, hidden_dim), nn.GELU(approximate="tanh")]
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim))
     for layer in layers:
@@ -423,7 +428,7 @@ class EnsembleLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+        return F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS) * self.weight + self.bias
 
 
 class Critic(nn.Module):
@@ -434,7 +439,7 @@ class Critic(nn.Module):
         self.num_critics = num_critics
         layers, dim = [], obs_dim + act_dim
         for _ in range(num_layers):
-            layers += [EnsembleLinear(num_critics, dim, hidden_dim), nn.GELU(), EnsembleLayerNorm(num_critics, hidden_dim)]
+            layers += [EnsembleLinear(num_critics, dim, hidden_dim), nn.GELU(approximate="tanh"), EnsembleLayerNorm(num_critics, hidden_dim)]
             dim = hidden_dim
         layers.append(EnsembleLinear(num_critics, dim, 1))
         self.net = nn.Sequential(*layers)

@@ -225,12 +225,17 @@ def resolve_task_settings(args: Args) -> Args:
 # ---------------------------------------------------------------------------------------------
 # Networks (official code: GELU, LayerNorm after the activation in the critic only, Glorot-uniform
 # kernels, zero biases; time t enters the velocity field as a raw scalar)
+# utils/networks.py @f93efd2 uses flax's nn.gelu (jax.nn.gelu: the tanh approximation by default) and
+# nn.LayerNorm() (epsilon 1e-6): this file uses both, not torch's erf GELU and epsilon 1e-5.
 # ---------------------------------------------------------------------------------------------
+LAYER_NORM_EPS = 1e-6
+
+
 def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: Optional[int]) -> nn.Sequential:
     """GELU MLP; with out_dim=None it ends with the last hidden activation (a trunk)."""
     layers, dim = [], in_dim
     for _ in range(num_layers):
-        layers += [nn.Linear(dim, hidden_dim), nn.GELU()]
+        layers += [nn.Linear(dim, hidden_dim), nn.GELU(approximate="tanh")]
         dim = hidden_dim
     if out_dim is not None:
         layers.append(nn.Linear(dim, out_dim))
@@ -307,7 +312,7 @@ class EnsembleLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+        return F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS) * self.weight + self.bias
 
 
 class Critic(nn.Module):
@@ -318,7 +323,7 @@ class Critic(nn.Module):
         self.num_critics = num_critics
         layers, dim = [], obs_dim + act_dim
         for _ in range(num_layers):
-            layers += [EnsembleLinear(num_critics, dim, hidden_dim), nn.GELU(), EnsembleLayerNorm(num_critics, hidden_dim)]
+            layers += [EnsembleLinear(num_critics, dim, hidden_dim), nn.GELU(approximate="tanh"), EnsembleLayerNorm(num_critics, hidden_dim)]
             dim = hidden_dim
         layers.append(EnsembleLinear(num_critics, dim, 1))
         self.net = nn.Sequential(*layers)

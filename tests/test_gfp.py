@@ -4,6 +4,7 @@ bad input, NaN handling, determinism, logging of the guidance statistics, every 
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -908,3 +909,16 @@ def test_two_runs_started_in_the_same_second_keep_their_own_directory(small_band
     runs = sorted(p.name for p in (in_tmp / "runs").iterdir())
     assert len(runs) == 2 and runs[1] == runs[0] + "_1", runs
     assert all((in_tmp / "runs" / run / "gfp.pt").exists() for run in runs)
+
+
+# ---------------------------------------------------------------------------------------------- flax defaults
+def test_gelu_and_layer_norm_are_those_of_the_official_flax_networks():
+    # utils/networks.py @49f6b17: flax nn.gelu = jax.nn.gelu(approximate=True) and nn.LayerNorm() (epsilon 1e-6)
+    x = torch.tensor([1.0, -2.0])
+    tanh_gelu = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))  # 0.841192 at 1 (erf: 0.841345)
+    actor, critic = gfp.mlp(1, 4, 1, 1), gfp.Critic(1, 1, 8, 1, 2)
+    assert torch.allclose(actor[1](x), tanh_gelu, atol=1e-6) and torch.allclose(critic.net[1](x), tanh_gelu, atol=1e-6)
+    h = torch.zeros(2, 1, 8)
+    h[..., 0] = 1e-3  # variance ~1e-7: the epsilon decides the scale
+    expected = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    assert torch.allclose(critic.net[2](h), expected, atol=1e-4)

@@ -612,3 +612,16 @@ def test_resolved_settings_are_saved_with_the_checkpoint(bandit_dataset, in_tmp)
     saved = torch.load(next(in_tmp.glob("runs/*/qam.pt")))["args"]
     assert (saved["inv_temp"], saved["sparse"], saved["gamma"], saved["rho"], saved["variant"]) == (0.3, False, 0.99, 0.5, "qam")
     assert saved["horizon_length"] == 1  # tiny() sets it
+
+
+# ---------------------------------------------------------------------------------------------- flax defaults
+def test_gelu_and_layer_norm_are_those_of_the_official_flax_networks():
+    # utils/networks.py @f93efd2: flax nn.gelu = jax.nn.gelu(approximate=True) and nn.LayerNorm() (epsilon 1e-6)
+    x = torch.tensor([1.0, -2.0])
+    tanh_gelu = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))  # 0.841192 at 1 (erf: 0.841345)
+    actor, critic = qam.mlp(1, 4, 1, 1), qam.Critic(1, 1, 8, 1, 2)
+    assert torch.allclose(actor[1](x), tanh_gelu, atol=1e-6) and torch.allclose(critic.net[1](x), tanh_gelu, atol=1e-6)
+    h = torch.zeros(2, 1, 8)
+    h[..., 0] = 1e-3  # variance ~1e-7: the epsilon decides the scale
+    expected = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    assert torch.allclose(critic.net[2](h), expected, atol=1e-4)
