@@ -139,7 +139,7 @@ class Args:
     """evaluate every this many gradient steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation"""
-    eval_envs: int = 8
+    eval_envs: int = 6
     """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_bc_flow: bool = True
     """train and evaluate a behaviour flow u_beta (pure flow matching) as the in-run BC baseline (always on for div)"""

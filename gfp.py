@@ -115,7 +115,7 @@ class Args:
     """evaluate every this many gradient steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation (of the actor, and of the VaBC flow with --eval-flow)"""
-    eval_envs: int = 8
+    eval_envs: int = 6
     """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_flow: bool = True
     """also evaluate the VaBC flow policy (eval/flow_*), as the official code's eval_flow_policy"""

@@ -124,7 +124,7 @@ class Args:
     """evaluate every this many steps (and at the end)"""
     eval_episodes: int = 50
     """episodes per evaluation"""
-    eval_envs: int = 8
+    eval_envs: int = 6
     """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     eval_bc_flow: bool = True
     """also evaluate the BC flow (actor_slow; the in-run behaviour-cloning baseline)"""

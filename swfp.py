@@ -131,7 +131,7 @@ class Args:
     """evaluate every this many environment steps (and before the first and after the last)"""
     eval_episodes: int = 50
     """episodes per evaluation"""
-    eval_envs: int = 8
+    eval_envs: int = 6
     """environments evaluated in parallel, one batched policy call per step; each OGBench manipulation env holds ~150 MB"""
     log_freq: int = 1000
     """log losses every this many gradient steps (the only host syncs of the loop)"""

@@ -526,7 +526,7 @@ def test_main_builds_at_most_eval_envs_environments(small_bandit, in_tmp, monkey
         return data
 
     monkeypatch.setattr(gfp, "load_offline_data", counting)
-    assert gfp.Args().eval_envs == 8
+    assert gfp.Args().eval_envs == 6
     gfp.main(tiny(env_id=str(small_bandit), total_steps=10, eval_freq=10, log_freq=10, eval_episodes=5, eval_envs=2))
     assert len(made) == 2
     made.clear()
