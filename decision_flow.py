@@ -66,7 +66,7 @@ Data, environments and evaluation (shared with fql.py; not from the paper):
   * Minari ids: a dataset not under MINARI_DATASETS_PATH is downloaded only after a 5 s probe of the Hugging
     Face hub (HF_ENDPOINT); with the hub unreachable or HF_HUB_OFFLINE set the run stops at once with one line
     that names the id and how to point --env-id at a local folder (huggingface_hub alone retries ~25 s);
-  * evaluation: min(--eval-episodes, --eval-envs) envs (default 8; was 25) run in parallel, one batched policy
+  * evaluation: min(--eval-episodes, --eval-envs) envs (default 6; was 25) run in parallel, one batched policy
     call per step. Episode i is reset with seed 10000 * --seed + i whichever env runs it, but the policy noise
     comes from one generator shared by the batch, so the pool size changes which noise an episode draws: with
     the same seeds, metrics of different pool sizes differ by evaluation noise (equal in distribution).
