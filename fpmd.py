@@ -76,7 +76,8 @@ class Args:
     env_id: str = "Hopper-v5"
     """a gymnasium id with a continuous (Box) action space"""
     total_timesteps: int = 1_000_000
-    """environment steps in total (all vector envs, random warm-up included)"""
+    """environment steps in total (all vector envs, random warm-up included; a --checkpoint resumes at its own step);
+    the steps left must exceed --learning-starts, or training would never start"""
     num_envs: int = 5
     """parallel environments (gymnasium.vector.SyncVectorEnv)"""
     updates_per_iteration: int = 1
@@ -84,7 +85,7 @@ class Args:
     learning_starts: int = 30_000
     """uniformly random actions until the buffer holds this many transitions, then training starts"""
     buffer_size: int = 1_000_000
-    """replay buffer capacity (transitions)"""
+    """replay buffer capacity (transitions); at least --learning-starts, or training would never start"""
     batch_size: int = 256
     """the batch size of each gradient step"""
     learning_rate: float = 3e-4
@@ -116,7 +117,9 @@ class Args:
     save_model: bool = False
     """save a checkpoint at every evaluation (runs/<run>/<exp_name>.pt)"""
     checkpoint: Optional[str] = None
-    """load networks, optimizers, alpha and the Q statistics from this checkpoint (the buffer is not saved)"""
+    """resume from this checkpoint: networks, optimizers, alpha, the Q statistics and its env step (the buffer is not
+    saved: it is refilled with --learning-starts random transitions first); same --variant, --hidden-dim, --num-layers
+    and env dimensions required; at the end of --total-timesteps it is only evaluated"""
 
     # Algorithm specific arguments
     variant: Literal["rf", "mf"] = "rf"
@@ -142,10 +145,112 @@ class Args:
     target_entropy_scale: float = 1.5
     """target entropy of the exploration noise = -target_entropy_scale * action_dim"""
     mf_equal_prob: float = 0.0
-    """FPMD-M: probability of r = t in the (r, t) sampling (official: 0.0)"""
+    """FPMD-M: probability of r = t in the (r, t) sampling (official: 0.0); only with --variant mf"""
     critic_double_step: bool = True
     """two Adam steps per critic update with the same gradients: a quirk of the official rf.py/mf.py that the
     paper's numbers were made with (kept by default for fidelity); --no-critic-double-step takes one"""
+
+
+class ArgumentError(ValueError):
+    """A flag value outside the range the method needs (one line, exit 1)."""
+
+
+class CheckpointError(ValueError):
+    """A --checkpoint that is missing, unreadable, not fpmd's, made for other networks or past the budget (one line)."""
+
+
+class EnvError(ValueError):
+    """Bad --env-id or an unsupported space; reported as one line and a non-zero exit."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+USER_ERRORS = (ArgumentError, CheckpointError, EnvError, NonFiniteLossError)  # __main__: one `error:` line, exit 1
+
+
+def check_args(args: Args) -> None:
+    """Every flag checked once, before any work: the first value outside its range raises ArgumentError with one
+    line, `--flag must be <rule> (got <value>)`. With a --checkpoint, the budget is checked again from the
+    checkpoint's step (check_budget, called by load_checkpoint)."""
+
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise ArgumentError(f"--{flag.replace('_', '-')} must be {rule} (got {getattr(args, flag)!r})")
+
+    def finite(flag: str) -> bool:
+        return math.isfinite(getattr(args, flag))
+
+    # generic (torch_deterministic, cuda, save_model: booleans, any value is fine)
+    need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
+         "a non-empty file name without '/'")  # runs/<run>/<exp_name>.pt
+    need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
+    # env_id: checked by make_env (EnvError: an unknown id, a discrete or unbounded action space)
+    need(args.total_timesteps >= 0, "total_timesteps", ">= 0")
+    need(args.num_envs >= 1, "num_envs", ">= 1")
+    need(args.updates_per_iteration >= 1, "updates_per_iteration", ">= 1")
+    need(args.learning_starts >= 0, "learning_starts", ">= 0")
+    need(args.buffer_size >= 1, "buffer_size", ">= 1")
+    need(args.batch_size >= 1, "batch_size", ">= 1")
+    need(finite("learning_rate") and args.learning_rate > 0, "learning_rate", "finite and > 0")
+    need(finite("policy_lr_end") and args.policy_lr_end >= 0, "policy_lr_end", "finite and >= 0")
+    need(args.policy_lr_decay_begin >= 0, "policy_lr_decay_begin", ">= 0")
+    need(args.policy_lr_decay_steps >= 1, "policy_lr_decay_steps", ">= 1")
+    need(0 < args.gamma <= 1, "gamma", "in (0, 1]")
+    need(0 < args.tau <= 1, "tau", "in (0, 1]")
+    need(args.policy_freq >= 1, "policy_freq", ">= 1")
+    need(finite("reward_scale") and args.reward_scale > 0, "reward_scale", "finite and > 0")  # 0: rewards ignored
+    need(args.hidden_dim >= 1, "hidden_dim", ">= 1")
+    need(args.num_layers >= 1, "num_layers", ">= 1")
+    need(args.eval_freq >= 1, "eval_freq", ">= 1")
+    need(args.eval_episodes >= 1, "eval_episodes", ">= 1")
+    need(args.log_freq >= 1, "log_freq", ">= 1")
+    need(args.checkpoint != "", "checkpoint", "a path")  # the file itself is checked by load_checkpoint
+    # algorithm
+    need(args.variant in ("rf", "mf"), "variant", "rf or mf")
+    need(args.flow_steps >= 1, "flow_steps", ">= 1")  # FPMD-R's sampler; FPMD-M ignores it (one MeanFlow step)
+    need(args.num_particles >= 1, "num_particles", ">= 1")
+    need(finite("init_noise_scale") and args.init_noise_scale >= 0, "init_noise_scale", "finite and >= 0")
+    need(finite("temperature") and args.temperature > 0, "temperature", "finite and > 0")  # lambda divides Q
+    need(0 <= args.q_std_rate <= 1, "q_std_rate", "in [0, 1]")  # an EMA rate; 0 keeps the initial std 1
+    need(finite("alpha_init") and args.alpha_init > 0, "alpha_init", "finite and > 0")  # log(alpha) is learned
+    need(finite("alpha_lr") and args.alpha_lr > 0, "alpha_lr", "finite and > 0")
+    need(args.alpha_freq >= 1, "alpha_freq", ">= 1")
+    need(finite("noise_scale") and args.noise_scale > 0, "noise_scale", "finite and > 0")  # log of the noise std
+    need(finite("target_entropy_scale"), "target_entropy_scale", "finite")  # any sign: a Gaussian's entropy is any real
+    need(0 <= args.mf_equal_prob <= 1, "mf_equal_prob", "in [0, 1]")
+    if args.mf_equal_prob > 0 and args.variant == "rf":
+        raise ArgumentError(f"--mf-equal-prob {args.mf_equal_prob} and --variant rf cannot be used together "
+                            "(--mf-equal-prob is FPMD-M's; pass --variant mf)")
+    # runs that would never train (item 3 of the issue): the buffer must reach --learning-starts, within the budget
+    if args.buffer_size < args.learning_starts:
+        raise ArgumentError(f"--buffer-size must be >= --learning-starts {args.learning_starts} (got "
+                            f"{args.buffer_size}): the buffer would never hold enough transitions, "
+                            "training would never start")
+    if args.checkpoint is None:
+        check_budget(args, 0)
+
+
+def check_budget(args: Args, start_step: int) -> None:
+    """Training starts once the buffer holds --learning-starts transitions (it is not saved in checkpoints, so a
+    resumed run refills it first): the steps left after `start_step` must exceed --learning-starts. A checkpoint at
+    the end of --total-timesteps (the budget, or up to num_envs - 1 beyond it: the last vector step is taken whole)
+    is only evaluated (main says so); one further on is refused."""
+    left = args.total_timesteps - start_step
+    if left <= -args.num_envs:
+        raise CheckpointError(f"--checkpoint {args.checkpoint} is at env step {start_step}, past --total-timesteps "
+                              f"{args.total_timesteps}; pass a larger --total-timesteps "
+                              f"(or {start_step} to only evaluate it)")
+    if start_step > 0 and left <= 0:
+        return
+    if left <= args.learning_starts:
+        if start_step == 0:
+            raise ArgumentError(f"--total-timesteps must be > --learning-starts {args.learning_starts} (got "
+                                f"{args.total_timesteps}): training would never start")
+        raise ArgumentError(f"--total-timesteps {args.total_timesteps} leaves {left} env steps after the checkpoint's "
+                            f"{start_step}, not more than --learning-starts {args.learning_starts} (a resumed run "
+                            "refills the buffer first): training would never start; pass a larger --total-timesteps")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,14 +511,6 @@ def alpha_loss(log_alpha: torch.Tensor, act_dim: int, noise_scale: float, target
 # ---------------------------------------------------------------------------------------------
 # Environments, replay buffer, evaluation
 # ---------------------------------------------------------------------------------------------
-class EnvError(ValueError):
-    """Bad --env-id or an unsupported space; reported as one line and a non-zero exit."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
-
-
 def make_env(env_id: str) -> gym.Env:
     """gym.make + checks; observations flattened to 1-D float, actions rescaled to [-1, 1]."""
     try:
@@ -502,36 +599,77 @@ def evaluate(envs: list, policy: Callable, episodes: int, seed: int, device: tor
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
+    """Atomic save: write a temporary file, then rename it over the previous checkpoint (in the run directory)."""
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
+    torch.save({"script": "fpmd", **state}, tmp)
     os.replace(tmp, path)
+
+
+NETWORK_ARGS = ("variant", "hidden_dim", "num_layers")  # the args that shape the networks (with the env's dims)
+CHECKPOINT_ENTRIES = ("policy", "ema_policy", "critic", "target_critic", "critic_opt", "policy_opt", "alpha_opt",
+                      "policy_sched", "log_alpha", "running_std", "num_updates", "step", "args")
+
+
+def load_checkpoint(path: str, args: Args, obs_dim: int, act_dim: int, device: torch.device) -> dict:
+    """The state of an fpmd checkpoint for the current networks and budget. Every failure is one CheckpointError
+    line: a missing, empty or unreadable file, a file of another script, other network args or env dimensions
+    (each listed against the checkpoint's), a step past --total-timesteps; check_budget then refuses a resume
+    that would never train. The entries are loaded into the networks by main (wrapped there too)."""
+    file = Path(path)
+    if file.is_dir():
+        raise CheckpointError(f"--checkpoint {path} is a directory, not a file")
+    if not file.is_file():
+        raise CheckpointError(f"--checkpoint {path} does not exist")
+    if file.stat().st_size == 0:
+        raise CheckpointError(f"--checkpoint {path} is empty")
+    try:
+        state = torch.load(file, map_location=device)
+    except Exception as e:  # garbage or truncated: UnpicklingError, RuntimeError (zip), EOFError, ...
+        raise CheckpointError(f"--checkpoint {path} is not a readable torch file ({type(e).__name__})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--checkpoint {path} is not an fpmd checkpoint: it holds a {type(state).__name__}")
+    if state.get("script", "fpmd") != "fpmd":  # checkpoints from before `script` was stored have none
+        raise CheckpointError(f"--checkpoint {path} is not an fpmd checkpoint: it was saved by {state['script']}.py")
+    missing = [k for k in CHECKPOINT_ENTRIES if k not in state]
+    if missing:
+        raise CheckpointError(f"--checkpoint {path} is not an fpmd checkpoint: it has no {', '.join(missing)}")
+    if not all(isinstance(state[k], int) for k in ("step", "num_updates")) or not isinstance(state["args"], dict):
+        raise CheckpointError(f"--checkpoint {path} is not an fpmd checkpoint: its step, num_updates or args are malformed")
+    saved = dict(state["args"])
+    differ = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"
+              for k in NETWORK_ARGS if k in saved and saved[k] != getattr(args, k)]
+    if "obs_dim" in state and (state["obs_dim"], state["act_dim"]) != (obs_dim, act_dim):
+        differ.append(f"--env-id {args.env_id} with {obs_dim}-D observations and {act_dim}-D actions (checkpoint: "
+                      f"{saved.get('env_id')} with {state['obs_dim']}-D and {state['act_dim']}-D)")
+    if differ:
+        raise CheckpointError(f"--checkpoint {path} holds other networks: {', '.join(differ)}; pass the checkpoint's values")
+    check_budget(args, int(state["step"]))
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
+    check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    probe = make_env(args.env_id)  # fails fast with one line on a bad id or space
+    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+    probe.close()
+    checkpoint = load_checkpoint(args.checkpoint, args, obs_dim, act_dim, device) if args.checkpoint else None
+    start_step = int(checkpoint["step"]) if checkpoint is not None else 0  # a checkpoint resumes its run
+
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
 
-    probe = make_env(args.env_id)  # fails fast with one line on a bad id or space
-    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
-    probe.close()
     envs = gym.vector.SyncVectorEnv([lambda: make_env(args.env_id) for _ in range(args.num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     eval_envs = [make_env(args.env_id) for _ in range(min(args.eval_episodes, 10))]
-    buffer = ReplayBuffer(min(args.buffer_size, max(args.total_timesteps, 1)), obs_dim, act_dim, device)
-
-    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    buffer = ReplayBuffer(min(args.buffer_size, max(args.total_timesteps - start_step, 1)), obs_dim, act_dim, device)
 
     # networks: flow policy (+ its EMA, which acts and is evaluated), twin critics (+ targets), log(alpha)
     num_times = 1 if args.variant == "rf" else 2
@@ -552,14 +690,26 @@ def main(args: Args) -> dict:
     modules = dict(policy=policy, ema_policy=ema_policy, critic=critic, target_critic=target_critic)
     optimizers = dict(critic_opt=critic_opt, policy_opt=policy_opt, alpha_opt=alpha_opt, policy_sched=policy_sched)
     num_updates = 0
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location=device)
-        for name, obj in {**modules, **optimizers}.items():
-            obj.load_state_dict(state[name])
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-            running_std.copy_(state["running_std"])
-        num_updates = int(state["num_updates"])
+    if checkpoint is not None:
+        try:
+            for name, obj in {**modules, **optimizers}.items():
+                obj.load_state_dict(checkpoint[name])
+            with torch.no_grad():
+                log_alpha.copy_(checkpoint["log_alpha"])
+                running_std.copy_(checkpoint["running_std"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(f"--checkpoint {args.checkpoint} does not load into these networks "
+                                  f"({type(e).__name__}: {first})") from e
+        num_updates = int(checkpoint["num_updates"])
+        if start_step >= args.total_timesteps:
+            print(f"note: --checkpoint {args.checkpoint} is at env step {start_step}, the end of --total-timesteps "
+                  f"{args.total_timesteps}: evaluating it only, no training", flush=True)
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     online_params, ema_params = list(policy.parameters()), list(ema_policy.parameters())
     critic_params, target_params = list(critic.parameters()), list(target_critic.parameters())
 
@@ -630,11 +780,11 @@ def main(args: Args) -> dict:
     rng = np.random.default_rng(args.seed)
     obs, _ = envs.reset(seed=args.seed)
     ep_return, ep_length = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=np.int64)
-    progress = Progress(args.total_timesteps, 0)
+    progress = Progress(args.total_timesteps, start_step)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     metrics, losses, last_return = {}, {}, None
-    global_step, t0, last_log_step = 0, time.time(), 0
-    num_iterations = math.ceil(args.total_timesteps / args.num_envs)
+    global_step, t0, last_log_step = start_step, time.time(), start_step
+    num_iterations = max(math.ceil((args.total_timesteps - start_step) / args.num_envs), 0)
     for iteration in range(1, num_iterations + 1):
         if buffer.size < args.learning_starts:
             actions = rng.uniform(-1.0, 1.0, (args.num_envs, act_dim)).astype(np.float32)
@@ -646,7 +796,7 @@ def main(args: Args) -> dict:
         obs = next_obs
         ep_return += rewards
         ep_length += 1
-        prev_step, global_step = global_step, iteration * args.num_envs
+        prev_step, global_step = global_step, start_step + iteration * args.num_envs
         for i in np.flatnonzero(np.logical_or(terminations, truncations)):
             writer.add_scalar("charts/episodic_return", ep_return[i], global_step)
             writer.add_scalar("charts/episodic_length", ep_length[i], global_step)
@@ -684,10 +834,10 @@ def main(args: Args) -> dict:
             if args.save_model:
                 state = {name: obj.state_dict() for name, obj in {**modules, **optimizers}.items()}
                 state.update(log_alpha=log_alpha.detach(), running_std=running_std, num_updates=num_updates,
-                             step=global_step, args=asdict(args))
+                             step=global_step, args=asdict(args), obs_dim=obs_dim, act_dim=act_dim)
                 save_checkpoint(checkpoint_path, state)
-    if num_iterations == 0:  # nothing to train (e.g. --total-timesteps 0 with a checkpoint): just evaluate
-        metrics = run_evaluation(0)
+    if num_iterations == 0:  # a checkpoint exactly at --total-timesteps: just evaluate
+        metrics = run_evaluation(start_step)
     progress.close()
     writer.close()
     envs.close()
@@ -727,6 +877,6 @@ class Progress:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (EnvError, NonFiniteLossError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -109,8 +109,9 @@ def run(task: str, variants: list, seeds: list, workdir: str) -> None:
                 w.writerow(["env_step", "return_best_of_n", "return_1nfe"])
                 for step in sorted(curve[""]):
                     w.writerow([step, curve[""][step], curve["_1nfe"].get(step, float("nan"))])
+            # the same budget as the run: the final checkpoint is only evaluated, on FINAL_EPISODES episodes
             final = fpmd.main(fpmd.Args(exp_name=f"{exp_name}_final", variant=variant, seed=seed,
-                                        **{**config, "total_timesteps": 0, "eval_episodes": FINAL_EPISODES,
+                                        **{**config, "eval_episodes": FINAL_EPISODES,
                                            "save_model": False}, checkpoint=f"{run_dir}/{exp_name}.pt"))
             rand = random_returns(config["env_id"], FINAL_EPISODES, seed)
             with open(RESULTS / f"fpmd_{task}_final_{variant}_{seed}.csv", "w", newline="") as f:

@@ -7,7 +7,9 @@ that beats the random policy measured in the same test, determinism, checkpoints
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -333,8 +335,8 @@ def test_training_envs_are_seeded_once_and_later_episodes_start_elsewhere(in_tmp
     """gymnasium re-seeds an env's RNG on every seeded reset: only the first reset of each training env may
     carry a seed (SAME_STEP autoreset resets unseeded), so consecutive episodes start from different states."""
     ResetRecordingPointGoalEnv.resets.clear()
-    fpmd.main(tiny(env_id="FPMDPointGoalResets-v0", total_timesteps=120, learning_starts=1000, eval_freq=120,
-                   eval_episodes=1))  # 60 steps per env: >= 3 episodes each; no updates
+    fpmd.main(tiny(env_id="FPMDPointGoalResets-v0", total_timesteps=120, learning_starts=110, eval_freq=120,
+                   eval_episodes=1))  # 60 steps per env: >= 3 episodes each; 6 updates at the end
     by_env = {}
     for env_id, seed, obs in ResetRecordingPointGoalEnv.resets:
         by_env.setdefault(env_id, []).append((seed, obs))
@@ -375,7 +377,7 @@ def test_short_online_run_beats_the_random_policy(in_tmp):
     assert metrics["eval/episodic_return"] > random_return + 3.0, (metrics, random_return)
 
 
-def test_meanflow_variant_runs_on_pendulum_and_the_checkpoint_reloads(in_tmp):
+def test_meanflow_variant_runs_on_pendulum_and_the_checkpoint_reloads(in_tmp, capsys):
     args = tiny(env_id="Pendulum-v1", variant="mf", total_timesteps=240, learning_starts=120, eval_freq=240,
                 eval_episodes=2, save_model=True)
     first = fpmd.main(args)
@@ -384,7 +386,13 @@ def test_meanflow_variant_runs_on_pendulum_and_the_checkpoint_reloads(in_tmp):
     path = next(in_tmp.glob("runs/*/fpmd.pt"))
     state = torch.load(path)
     assert state["step"] == 240 and state["num_updates"] == 61 and set(state["policy"]) == set(state["ema_policy"])
-    again = fpmd.main(replace(args, total_timesteps=0, checkpoint=str(path), save_model=False))
+    assert state["script"] == "fpmd" and (state["obs_dim"], state["act_dim"]) == (3, 1)
+    capsys.readouterr()
+    # a checkpoint exactly at --total-timesteps: evaluated only, with a one-line notice
+    again = fpmd.main(replace(args, checkpoint=str(path), save_model=False))
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: --checkpoint {path} is at env step 240, the end of --total-timesteps 240: evaluating it "
+                     "only, no training"]
     assert again["eval/episodic_return_1nfe"] == pytest.approx(first["eval/episodic_return_1nfe"])
     assert again["eval/episodic_return"] == pytest.approx(first["eval/episodic_return"])
 
@@ -438,3 +446,109 @@ def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
     result = run_script("fpmd", "--env-id", "NoSuchEnv-v0", "--no-cuda", env={"OMP_NUM_THREADS": "1"})
     last = last_error_line(result)
     assert last.startswith("error: cannot make --env-id 'NoSuchEnv-v0'") and "pprint_registry" in last
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+# Every checkpoint problem is one CheckpointError (or ArgumentError) line, raised before any training: no run
+# directory is created. One real checkpoint (FPMD-R on PointGoal, 2x32 networks, env step 300) for them all.
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("fpmd_checkpoint")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        fpmd.main(tiny(total_timesteps=300, eval_episodes=1, save_model=True))
+    finally:
+        os.chdir(cwd)
+    return str(next(root.glob("runs/*/fpmd.pt")))
+
+
+def refused(args, error=None) -> str:
+    """main(args) raises a user error before any work (no runs/ directory): its one-line message."""
+    with pytest.raises(error or fpmd.USER_ERRORS) as caught:
+        fpmd.main(args)
+    message = str(caught.value)
+    assert "\n" not in message and not Path("runs").exists(), message
+    return message
+
+
+def test_broken_checkpoint_files_are_refused_in_one_line(in_tmp, saved_checkpoint):
+    data = Path(saved_checkpoint).read_bytes()
+    Path("empty.pt").write_bytes(b"")
+    Path("garbage.pt").write_bytes(b"this is not a torch file\n" * 10)
+    Path("truncated.pt").write_bytes(data[: len(data) // 2])
+    Path("folder.pt").mkdir()
+    torch.save([1, 2, 3], "list.pt")
+    cases = {"missing.pt": "does not exist", "empty.pt": "is empty", "garbage.pt": "is not a readable torch file",
+             "truncated.pt": "is not a readable torch file", "folder.pt": "is a directory",
+             "list.pt": "is not an fpmd checkpoint: it holds a list"}
+    for name, expected in cases.items():
+        message = refused(tiny(total_timesteps=600, checkpoint=name), fpmd.CheckpointError)
+        assert message.startswith(f"--checkpoint {name} ") and expected in message, message
+
+
+def test_a_checkpoint_of_another_script_or_without_fpmd_entries_is_refused(in_tmp, saved_checkpoint):
+    torch.save({"script": "fql", "actor_bc_flow": {}, "step": 10, "args": {}}, "fql.pt")
+    state = torch.load(saved_checkpoint)
+    del state["script"], state["critic"]
+    torch.save(state, "partial.pt")
+    assert "it was saved by fql.py" in refused(tiny(total_timesteps=600, checkpoint="fql.pt"), fpmd.CheckpointError)
+    assert "it has no critic" in refused(tiny(total_timesteps=600, checkpoint="partial.pt"), fpmd.CheckpointError)
+
+
+def test_a_checkpoint_of_other_networks_lists_every_mismatch(in_tmp, saved_checkpoint):
+    message = refused(tiny(total_timesteps=600, checkpoint=saved_checkpoint, hidden_dim=64, variant="mf"),
+                      fpmd.CheckpointError)
+    assert "--variant mf (checkpoint: rf)" in message and "--hidden-dim 64 (checkpoint: 32)" in message, message
+    assert "--num-layers 3 (checkpoint: 2)" in refused(tiny(total_timesteps=600, checkpoint=saved_checkpoint,
+                                                            num_layers=3))
+    message = refused(tiny(env_id="Pendulum-v1", total_timesteps=600, checkpoint=saved_checkpoint), fpmd.CheckpointError)
+    assert "--env-id Pendulum-v1 with 3-D observations and 1-D actions (checkpoint: FPMDPointGoal-v0 with 2-D and 2-D)" \
+        in message, message
+
+
+def test_a_checkpoint_without_recorded_dims_that_does_not_fit_is_one_line(in_tmp, saved_checkpoint):
+    state = torch.load(saved_checkpoint)
+    del state["obs_dim"], state["act_dim"], state["script"]  # as checkpoints saved before the dims were recorded
+    torch.save(state, "old.pt")
+    message = refused(tiny(env_id="Pendulum-v1", total_timesteps=600, checkpoint="old.pt"), fpmd.CheckpointError)
+    assert "does not load into these networks (RuntimeError" in message, message
+
+
+def test_a_checkpoint_past_the_budget_or_too_close_to_it_to_train_is_refused(in_tmp, saved_checkpoint):
+    message = refused(tiny(total_timesteps=298, checkpoint=saved_checkpoint), fpmd.CheckpointError)
+    assert message == (f"--checkpoint {saved_checkpoint} is at env step 300, past --total-timesteps 298; pass a larger "
+                       "--total-timesteps (or 300 to only evaluate it)")
+    # 100 steps left, learning_starts 100: the (unsaved) buffer is refilled first, training would never start
+    message = refused(tiny(total_timesteps=400, checkpoint=saved_checkpoint), fpmd.ArgumentError)
+    assert "leaves 100 env steps after the checkpoint's 300, not more than --learning-starts 100" in message, message
+
+
+def test_a_run_whose_budget_ends_inside_the_last_vector_step_evaluates_its_final_checkpoint(in_tmp, capsys):
+    # 2 envs, --total-timesteps 301: the run takes 151 vector steps and ends (and saves) at env step 302; the same
+    # command with that checkpoint only evaluates it
+    args = tiny(total_timesteps=301, eval_freq=1000, eval_episodes=1, save_model=True)
+    first = fpmd.main(args)
+    path = next(in_tmp.glob("runs/*/fpmd.pt"))
+    assert torch.load(path)["step"] == 302
+    capsys.readouterr()
+    again = fpmd.main(replace(args, checkpoint=str(path), save_model=False))
+    assert "is at env step 302, the end of --total-timesteps 301: evaluating it only" in capsys.readouterr().out
+    assert again["eval/episodic_return"] == pytest.approx(first["eval/episodic_return"])
+
+
+def test_a_checkpoint_resumes_its_run_up_to_the_total_budget(in_tmp, saved_checkpoint):
+    before = torch.load(saved_checkpoint)
+    fpmd.main(tiny(total_timesteps=600, checkpoint=saved_checkpoint, eval_freq=600, eval_episodes=1, save_model=True))
+    after = torch.load(next(in_tmp.glob("runs/*/fpmd.pt")))
+    # 150 more vector steps of 2 envs; updates once the refilled buffer holds 100 transitions: iterations 50..150
+    assert after["step"] == 600 and after["num_updates"] == before["num_updates"] + 101, (before["num_updates"],
+                                                                                        after["num_updates"])
+
+
+def test_a_bad_checkpoint_on_the_command_line_is_one_error_line(in_tmp):
+    Path("garbage.pt").write_bytes(b"\x00garbage")
+    result = run_script("fpmd", "--checkpoint", "garbage.pt", "--no-cuda", env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        "error: --checkpoint garbage.pt is not a readable torch file (UnpicklingError)"], result.stderr
