@@ -1002,6 +1002,38 @@ def load_checkpoint(path: str, args: Args, modules: dict, optimizer: torch.optim
     return step
 
 
+def chunk_coverage(ends: np.ndarray, horizon: int) -> tuple:
+    """(share, longest): the share of the chunk starts 0..N-H whose H transitions lie within one episode (the chunks
+    ReplayBuffer.sample_chunks marks valid; the others are masked out of the critic and BC losses), and the length
+    of the longest episode (`ends` marks each episode's last transition)."""
+    n = len(ends)
+    edges = np.concatenate([[-1], np.flatnonzero(ends), [n - 1]])
+    lengths = np.diff(edges)
+    longest = int(lengths.max(initial=0))
+    starts = n - horizon + 1
+    if starts <= 0:
+        return 0.0, longest
+    crossings = np.concatenate([[0], np.cumsum(ends > 0)])  # an episode ends within [s, s + H - 2]: invalid
+    return float(np.mean(crossings[horizon - 1: horizon - 1 + starts] == crossings[:starts])), longest
+
+
+def check_chunks(ends: np.ndarray, horizon: int, env_id: str) -> None:
+    """No valid chunk: one DatasetError line suggesting a --horizon-length that fits; under half valid: a one-line
+    warning on stderr (the critic and the BC flow then learn from that share of the data only)."""
+    share, longest = chunk_coverage(ends, horizon)
+    if longest == 0:
+        raise DatasetError(f"dataset {env_id!r} has no transitions")
+    if share == 0:
+        raise DatasetError(f"no action chunk of --horizon-length {horizon} fits in one episode of {env_id!r} (its longest "
+                           f"episode has {longest} step{'s' if longest > 1 else ''}), so the critic and the BC flow would "
+                           f"never be trained; pass --horizon-length {longest}{' or less' if longest > 1 else ''}")
+    if share < 0.5:
+        fits = next((h for h in range(horizon - 1, 0, -1) if chunk_coverage(ends, h)[0] >= 0.5), 1)
+        print(f"warning: only {share:.0%} of the action chunks of --horizon-length {horizon} fit in one episode of "
+              f"{env_id!r}; the others are masked out of the critic and BC losses (--horizon-length {fits} keeps "
+              f"{chunk_coverage(ends, fits)[0]:.0%})", file=sys.stderr, flush=True)
+
+
 class LogParam(nn.Module):
     """A positive scalar stored as its log (QAM-EDIT's entropy temperature, initialised to 1)."""
 
@@ -1029,8 +1061,7 @@ def main(args: Args) -> dict:
     obs_dim = data.transitions["observations"].shape[1]
     act_dim = data.transitions["actions"].shape[1]
     H = args.horizon_length
-    if len(data.transitions["rewards"]) < H:
-        raise DatasetError(f"dataset {args.env_id!r} has fewer transitions than --horizon-length {H}")
+    check_chunks(data.transitions["ends"], H, args.env_id)  # error if no chunk lies within an episode, warning < 50%
     chunk_dim = act_dim * H if args.action_chunking else act_dim  # what the critic and the policies see
     dims = dict(obs_dim=obs_dim, act_dim=act_dim)
     buffer = ReplayBuffer(data.transitions, len(data.transitions["rewards"]) + args.online_steps, device)

@@ -357,8 +357,9 @@ def test_ogbench_file_loads_and_trains_with_action_chunks(ogbench_dir, in_tmp):
 
 
 @pytest.mark.parametrize("variant", [dict(fql_alpha=10.0), dict(edit_scale=0.1), dict(best_of_n=4)])
-def test_variants_train_offline_then_online_with_action_chunks(variant, bandit_dataset, in_tmp):
-    metrics = qam.main(tiny(env_id=str(bandit_dataset), total_steps=20, online_steps=20, eval_freq=40, log_freq=10,
+def test_variants_train_offline_then_online_with_action_chunks(variant, random_start_dataset, in_tmp):
+    # 5-step Pendulum episodes: 80% of the chunks of 2 actions lie within one episode (the one-step bandit has none)
+    metrics = qam.main(tiny(env_id=str(random_start_dataset), total_steps=20, online_steps=20, eval_freq=40, log_freq=10,
                             eval_episodes=3, horizon_length=2, **variant))
     assert np.isfinite(metrics["eval/episodic_return"])
     assert list(in_tmp.glob("runs/*/events.out.tfevents.*"))
@@ -615,7 +616,7 @@ def test_resolved_settings_are_saved_with_the_checkpoint(bandit_dataset, in_tmp)
 
 
 # ---------------------------------------------------------------------------------------------- issue 23: bad input
-# (the flag table is TABLES["qam"] in tests/test_bad_input.py; here: dataset files and checkpoints)
+# (the flag table is TABLES["qam"] in tests/test_bad_input.py; here: files, checkpoints, the share of valid chunks)
 @pytest.fixture(scope="module")
 def small_bandit(make_bandit_dataset):
     """The one-step bandit with 100 episodes (loads in a fraction of the 2000-episode fixture's time)."""
@@ -630,6 +631,53 @@ def test_every_numeric_flag_has_a_row_in_the_bad_input_table():
     numeric = {f.name.replace("_", "-") for f in fields(qam.Args) if "int" in str(f.type) or "float" in str(f.type)}
     covered = {arg[2:] for argv, _ in TABLES["qam"] for arg in argv if arg.startswith("--")}
     assert numeric and numeric <= covered, sorted(numeric - covered)
+
+
+def test_chunk_coverage_is_the_share_of_valid_chunks_of_the_sampler():
+    rng = np.random.default_rng(0)
+    ends = (rng.random(300) < 0.15).astype(np.float32)
+    ends[-1] = 1.0
+    for horizon in (1, 2, 4, 7):
+        starts = range(len(ends) - horizon + 1)
+        reference = np.mean([not ends[s:s + horizon - 1].any() for s in starts])
+        share, longest = qam.chunk_coverage(ends, horizon)
+        assert share == pytest.approx(reference, abs=1e-12)
+        # the sampler marks the same chunks valid (uniform starts: its mean valid is that share)
+        buffer = qam.ReplayBuffer({"ends": ends, "rewards": np.zeros(300, np.float32), "masks": np.ones(300, np.float32),
+                                   "actions": np.zeros((300, 1), np.float32), "observations": np.zeros((300, 1), np.float32),
+                                   "next_observations": np.zeros((300, 1), np.float32)}, 300, torch.device("cpu"))
+        torch.manual_seed(0)
+        assert buffer.sample_chunks(40_000, horizon, 0.99, True)["valid"].mean().item() == pytest.approx(share, abs=0.01)
+    lengths = np.diff(np.concatenate([[-1], np.flatnonzero(ends)]))
+    assert longest == lengths.max()
+    assert qam.chunk_coverage(np.ones(5, np.float32), 2) == (0.0, 1)
+    assert qam.chunk_coverage(np.array([0, 0, 1], np.float32), 4) == (0.0, 3)  # fewer transitions than H
+
+
+@pytest.mark.parametrize("horizon", [2, None])  # None: the generic default H = 5
+def test_one_step_episodes_with_a_longer_horizon_stop_before_any_work(horizon, small_bandit, in_tmp):
+    # the bandit's episodes have one step: every chunk of H >= 2 crosses an episode end, so every chunk is masked
+    # out and the BC flow and the critic would never be trained
+    with pytest.raises(qam.DatasetError) as caught:
+        qam.main(tiny(env_id=str(small_bandit), horizon_length=horizon))
+    message = str(caught.value)
+    assert "\n" not in message and f"no action chunk of --horizon-length {horizon or 5} fits in one episode" in message
+    assert message.endswith("pass --horizon-length 1"), message
+    assert not (in_tmp / "runs").exists()
+
+
+def test_less_than_half_of_the_chunks_valid_warns_in_one_line(random_start_dataset, in_tmp, capsys):
+    # 20 episodes of 5 steps: chunks of 4 fit at 2 of 5 starts (41%), of 3 at 3 of 5 (61%)
+    args = tiny(env_id=str(random_start_dataset), total_steps=4, eval_freq=4, log_freq=2, eval_episodes=1,
+                eval_bc_flow=False)
+    metrics = qam.main(replace(args, horizon_length=4))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: only 41% of the action chunks of --horizon-length 4 fit in one episode of "
+                        f"{str(random_start_dataset)!r}; the others are masked out of the critic and BC losses "
+                        f"(--horizon-length 3 keeps 61%)"], warnings
+    assert np.isfinite(metrics["eval/episodic_return"])  # a warning: the run goes on
+    qam.main(replace(args, horizon_length=3))
+    assert "warning" not in capsys.readouterr().err
 
 
 # corrupted Minari datasets, built from a copy of the bandit dataset: (what to do to the copy, expected text)
