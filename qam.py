@@ -65,6 +65,7 @@ See docs/qam.md for the paper <-> code map, the per-task settings, logged metric
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -220,6 +221,90 @@ def resolve_task_settings(args: Args) -> Args:
     where = f"paper row {row!r}, {variant}" if row is not None else "not a paper task: generic defaults"
     print(f"task settings for {args.env_id} ({where}): {shown}", flush=True)
     return resolved
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: every flag checked once, before any work; each user error is one line and exit 1
+# ---------------------------------------------------------------------------------------------
+class ArgumentError(ValueError):
+    """A flag value outside the range the method needs (one line, exit 1)."""
+
+
+class CheckpointError(ValueError):
+    """A --checkpoint that is missing, unreadable, not qam's, made for other networks or past the budget (one line,
+    exit 1)."""
+
+
+class DatasetError(ValueError):
+    """Bad --env-id or dataset contents; reported as one line and a non-zero exit."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+USER_ERRORS = (ArgumentError, CheckpointError, DatasetError, NonFiniteLossError)
+EVAL_SEED = 10_000  # evaluation episode k of a run with --seed s is seeded with EVAL_SEED * s + k (NumPy: < 2**32)
+MAX_SEED = (2**32 - 1) // EVAL_SEED
+
+
+def check_args(args: Args) -> None:
+    """Every field of the (resolved) Args checked once, before any work: the first value outside its range raises
+    ArgumentError, one line `--flag must be <rule> (got <value>)`; conflicting flags are named together."""
+
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise ArgumentError(f"--{flag.replace('_', '-')} must be {rule} (got {getattr(args, flag)!r})")
+
+    def finite(flag: str) -> bool:
+        return math.isfinite(getattr(args, flag))
+
+    # generic (torch_deterministic, cuda, eval_bc_flow, save_model: booleans, any value is fine)
+    need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
+         "a non-empty file name without '/'")  # it names the run directory and the checkpoint file
+    need(0 <= args.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}] ({EVAL_SEED} * seed seeds the evaluation's NumPy RNG)")
+    need(bool(args.env_id.strip()), "env_id", "a dataset folder, an embedded id, an OGBench or a Minari id")
+    # ogbench_dataset_dir: any folder (read by load_ogbench); checkpoint: a path, read and checked by load_checkpoint
+    need(args.checkpoint != "", "checkpoint", "a path")
+    need(args.total_steps >= 0, "total_steps", ">= 0")
+    need(args.online_steps >= 0, "online_steps", ">= 0")
+    need(args.start_training >= 0, "start_training", ">= 0")
+    if args.online_steps > 0 and args.start_training > args.online_steps:
+        raise ArgumentError(f"--start-training {args.start_training} and --online-steps {args.online_steps} cannot be "
+                            "used together: the online phase would end before its first update (pass --start-training "
+                            "<= --online-steps)")
+    need(args.batch_size >= 1, "batch_size", ">= 1")
+    need(finite("learning_rate") and args.learning_rate > 0, "learning_rate", "finite and > 0")
+    need(finite("max_grad_norm"), "max_grad_norm", "finite (<= 0 disables the clip)")
+    need(finite("gamma") and 0 < args.gamma <= 1, "gamma", "in (0, 1]")
+    need(finite("tau") and 0 < args.tau <= 1, "tau", "in (0, 1]")
+    need(args.hidden_dim >= 1, "hidden_dim", ">= 1")
+    need(args.num_layers >= 1, "num_layers", ">= 1")
+    need(args.eval_freq >= 1, "eval_freq", ">= 1")
+    need(args.eval_episodes >= 1, "eval_episodes", ">= 1")
+    if EVAL_SEED * args.seed + args.eval_episodes > 2**32:
+        raise ArgumentError(f"--seed {args.seed} and --eval-episodes {args.eval_episodes} cannot be used together: "
+                            f"evaluation episode k is seeded with {EVAL_SEED} * seed + k, which must stay below 2**32")
+    need(args.eval_envs >= 1, "eval_envs", ">= 1")
+    need(args.log_freq >= 1, "log_freq", ">= 1")
+    # algorithm (action_chunking, sparse: booleans; variant: one of its Literal values, checked by tyro)
+    need(finite("inv_temp") and args.inv_temp >= 0, "inv_temp", "finite and >= 0 (0: the BC flow)")
+    need(args.flow_steps >= 1, "flow_steps", ">= 1")
+    need(args.num_critics >= 1, "num_critics", ">= 1")
+    need(finite("rho") and args.rho >= 0, "rho", "finite and >= 0 (the TD target's pessimism)")
+    need(args.horizon_length >= 1, "horizon_length", ">= 1")
+    need(args.best_of_n >= 1, "best_of_n", ">= 1")
+    need(finite("fql_alpha") and args.fql_alpha >= 0, "fql_alpha", "finite and >= 0 (0: no one-step policy)")
+    need(finite("edit_scale") and args.edit_scale >= 0, "edit_scale", "finite and >= 0 (0: no edit policy)")
+    # the target entropy -multiplier x dim may have either sign (a tanh-Gaussian's entropy is at most dim x log 2)
+    need(finite("edit_target_entropy_multiplier"), "edit_target_entropy_multiplier", "finite")
+    if args.fql_alpha > 0 and args.edit_scale > 0:
+        raise ArgumentError(f"--fql-alpha {args.fql_alpha} and --edit-scale {args.edit_scale} cannot both be > 0 "
+                            "(QAM-FQL and QAM-EDIT are two variants)")
+    for flag, value, other in (("fql_alpha", args.fql_alpha, "qam-fql"), ("edit_scale", args.edit_scale, "qam-edit")):
+        if value > 0 and args.variant != other:
+            raise ArgumentError(f"--variant {args.variant} and --{flag.replace('_', '-')} {value} cannot both be given "
+                                f"(--{flag.replace('_', '-')} > 0 is --variant {other})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,14 +571,6 @@ def qam_edit_losses(edit: EditPolicy, log_alpha: torch.Tensor, fine_field: Calla
 # ---------------------------------------------------------------------------------------------
 # Data: datasets, replay buffer with chunked sampling, environments, evaluation
 # ---------------------------------------------------------------------------------------------
-class DatasetError(ValueError):
-    """Bad --env-id or dataset contents; reported as one line and a non-zero exit."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
-
-
 ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) as the official envs/env_utils.py:139-141
 
 
@@ -544,7 +621,13 @@ def load_minari(dataset, env_id: str) -> OfflineData:
     check_spaces(dataset.observation_space, dataset.action_space)
     obs_space = dataset.observation_space
     parts = {k: [] for k in ("observations", "actions", "rewards", "terminations", "next_observations", "ends")}
-    for episode in dataset.iterate_episodes():
+    folder = Path(dataset.storage.data_path)
+    where = str(folder / "main_data.hdf5") if (folder / "main_data.hdf5").exists() else f"the Minari dataset in {folder}"
+    for n, episode in enumerate(read_episodes(dataset, where)):
+        lengths = [entry_length(getattr(episode, k)) for k in ("observations", "actions", "rewards", "terminations")]
+        if lengths[1:] != [lengths[0] - 1] * 3:
+            raise DatasetError(f"episode {n} of {where} is inconsistent: {lengths[0]} observations, {lengths[1]} actions, "
+                               f"{lengths[2]} rewards, {lengths[3]} terminations (a Minari episode has one observation more)")
         obs = flatten_obs(obs_space, episode.observations)
         parts["observations"].append(obs[:-1])
         parts["next_observations"].append(obs[1:])
@@ -571,12 +654,93 @@ def load_minari(dataset, env_id: str) -> OfflineData:
     return OfflineData(data, make_env, lambda obs: flatten_obs(obs_space, obs), score)
 
 
+def read_episodes(dataset, where: str):
+    """The episodes of a Minari dataset (its data file: `where`); a truncated, empty or foreign data file, or an episode
+    without one of its entries, is one DatasetError line naming the file."""
+    episodes = iter(dataset.iterate_episodes())
+    for n in range(dataset.total_episodes):
+        try:
+            yield next(episodes)
+        except StopIteration:
+            return
+        except OSError as e:  # h5py: truncated, empty or not an HDF5 file
+            raise DatasetError(f"{where} is unreadable: truncated, empty or not HDF5 ({first_line(e)})") from e
+        except KeyError as e:  # an episode group without 'actions', 'observations', ...
+            raise DatasetError(f"episode {n} of {where} is incomplete ({e.args[0] if e.args else e})") from e
+        except Exception as e:
+            raise DatasetError(f"episode {n} of {where} cannot be read ({type(e).__name__}: {first_line(e)})") from e
+
+
+def entry_length(x) -> int:
+    """Number of steps of an episode entry (of the first leaf of a Dict observation)."""
+    while isinstance(x, dict) and x:
+        x = next(iter(x.values()))
+    return len(x)
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def open_minari(data_dir: Path):
+    """minari.MinariDataset(data_dir); a missing, empty or broken metadata.json (or data file) is one DatasetError line."""
+    import minari
+
+    metadata = data_dir / "metadata.json"
+    if not metadata.is_file():
+        raise DatasetError(f"Minari dataset folder {data_dir} has no metadata.json")
+    if metadata.stat().st_size == 0:
+        raise DatasetError(f"{metadata} is empty")
+    try:
+        return minari.MinariDataset(data_dir)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{metadata} is not valid JSON ({e})") from e
+    except Exception as e:  # no data file, unknown data format, a space that does not decode, ...
+        raise DatasetError(f"cannot open the Minari dataset in {data_dir} ({type(e).__name__}: {first_line(e)})") from e
+
+
+def ogbench_files(name: str, dataset_dir: str) -> list:
+    """The two .npz files ogbench.make_env_and_datasets reads for a singletask name (its naming rule: drop
+    'singletask' and 'task<k>'), train then validation."""
+    splits = name.split("-")
+    pos = splits.index("singletask")
+    stem = "-".join(splits[:pos] + splits[-1:])
+    folder = Path(os.path.expanduser(dataset_dir))
+    return [folder / f"{stem}.npz", folder / f"{stem}-val.npz"]
+
+
+def check_npz(path: Path) -> None:
+    """An OGBench file that exists must be a readable .npz with observations, actions and terminals (one line if not).
+    Only the zip directory is read, not the arrays."""
+    if path.is_dir():
+        raise DatasetError(f"OGBench dataset file {path} is a directory")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"OGBench dataset file {path} is empty")
+    try:
+        with np.load(path) as f:
+            missing = [k for k in ("observations", "actions", "terminals") if k not in f.files]
+    except Exception as e:  # truncated (BadZipFile), garbage (pickle refused), ...
+        raise DatasetError(f"OGBench dataset file {path} is not a readable .npz ({type(e).__name__}: {first_line(e)})") from e
+    if missing:
+        raise DatasetError(f"OGBench dataset file {path} has no {', '.join(repr(k) for k in missing)}")
+
+
 def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
     import ogbench
 
     if "singletask" not in name.split("-"):
         raise DatasetError(f"QAM needs a reward-labelled OGBench dataset (e.g. cube-double-play-singletask-task2-v0); got {name!r}")
-    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir))
+    files = ogbench_files(name, dataset_dir)
+    for path in files:
+        if path.exists() or path.is_symlink():
+            check_npz(path)
+    try:
+        env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir))
+    except Exception as e:
+        if all(path.is_file() for path in files):  # both files were there: no download; reading them (or the env) failed
+            raise DatasetError(f"ogbench cannot load {name!r} from {files[0].parent} ({type(e).__name__}: {first_line(e)})") from e
+        raise  # a download that failed: load_offline_data reports it with the other places it tried
     check_spaces(env.observation_space, env.action_space)
     data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
     data["ends"] = np.asarray(train["terminals"], dtype=np.float32)  # OGBench: 1 on each trajectory's last transition
@@ -590,13 +754,11 @@ def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
 
 def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
     """Resolve --env-id: a local Minari dataset dir, an embedded dataset, an OGBench name, a Minari id."""
-    import minari
-
     tried = []
     for path in (Path(env_id), Path(__file__).resolve().parent / "datasets" / env_id):
         for data_dir in (path / "data", path):
             if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
-                return validated(load_minari(minari.MinariDataset(data_dir), env_id), env_id)
+                return validated(load_minari(open_minari(data_dir), env_id), env_id)
         tried.append(f"no Minari dataset in {path}")
     if "/" not in env_id and env_id.endswith("-v0"):
         try:
@@ -777,13 +939,104 @@ def evaluate(data: OfflineData, envs: list, policy: Callable, action_dim: int, e
     return metrics
 
 
-def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer, step: int, args: Args) -> None:
-    """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
+def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer, step: int, args: Args,
+                    dims: dict) -> None:
+    """Atomic save: write a temporary file, then rename it over the previous checkpoint. The state names its script
+    and holds the (resolved) args and the dataset's dims, which load_checkpoint compares with the current ones."""
     state = {name: m.state_dict() for name, m in modules.items()}
-    state.update(optimizer=optimizer.state_dict(), step=step, args=asdict(args))
+    state.update(optimizer=optimizer.state_dict(), step=step, args=asdict(args), script="qam", **dims)
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+NETWORK_ARGS = ("hidden_dim", "num_layers", "num_critics", "horizon_length", "action_chunking", "variant")  # shape the nets
+
+
+def load_checkpoint(path: str, args: Args, modules: dict, optimizer: torch.optim.Optimizer, dims: dict,
+                    device: torch.device) -> int:
+    """Load a qam checkpoint into `modules` and `optimizer` and return its step. Every failure is one CheckpointError
+    line: a missing, empty or unreadable file, another script's file, other network settings or dataset dims (each
+    listed against the checkpoint's, compared before anything is loaded), entries that do not load, a step past
+    the budget (--total-steps + --online-steps). A checkpoint exactly at the budget is only evaluated (one notice)."""
+    file = Path(path)
+    if file.is_dir():
+        raise CheckpointError(f"--checkpoint {path} is a directory, not a file")
+    if not file.is_file():
+        raise CheckpointError(f"--checkpoint {path} does not exist")
+    if file.stat().st_size == 0:
+        raise CheckpointError(f"--checkpoint {path} is empty")
+    try:
+        state = torch.load(file, map_location=device)
+    except Exception as e:  # garbage: UnpicklingError; truncated: RuntimeError (zip), EOFError, ...
+        raise CheckpointError(f"--checkpoint {path} is not a readable torch file ({type(e).__name__})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--checkpoint {path} is not a qam checkpoint: it holds a {type(state).__name__}")
+    if state.get("script", "qam") != "qam":  # checkpoints from before `script` was saved are qam's if they have its entries
+        raise CheckpointError(f"--checkpoint {path} is not a qam checkpoint: it was saved by {state['script']}.py")
+    missing = [k for k in ("critic", "actor_fast", "optimizer", "step", "args") if k not in state]
+    if missing:
+        raise CheckpointError(f"--checkpoint {path} is not a qam checkpoint: it has no {', '.join(missing)}")
+    saved = state["args"]
+    differ = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"
+              for k in NETWORK_ARGS if k in saved and saved[k] != getattr(args, k)]
+    differ += [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"  # the variant's own networks
+               for k in ("fql_alpha", "edit_scale") if saved.get(k) is not None and (saved[k] > 0) != (getattr(args, k) > 0)]
+    if differ:
+        raise CheckpointError(f"--checkpoint {path} holds other networks: {', '.join(differ)}; pass the checkpoint's values")
+    differ = [f"{k} {dims[k]} (checkpoint: {state[k]})" for k in dims if k in state and state[k] != dims[k]]
+    if differ:
+        raise CheckpointError(f"--checkpoint {path} was trained on another dataset: --env-id {args.env_id} has "
+                              f"{', '.join(differ)}")
+    step, total = int(state["step"]), args.total_steps + args.online_steps
+    budget = f"--total-steps {args.total_steps}" + (f" + --online-steps {args.online_steps}" if args.online_steps else "")
+    if step > total:
+        raise CheckpointError(f"--checkpoint {path} is at step {step}, past {budget}; pass a larger "
+                              + ("--total-steps" if not args.online_steps else "--total-steps or --online-steps"))
+    absent = [name for name in modules if name not in state]
+    if absent:
+        raise CheckpointError(f"--checkpoint {path} holds other networks: it has no {', '.join(absent)}")
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as e:  # missing / unexpected entries, other shapes
+        raise CheckpointError(f"--checkpoint {path}: its networks do not load ({first_line(e)})") from e
+    if step == total:
+        print(f"--checkpoint {path} is at step {step}, the end of {budget}: evaluating only", flush=True)
+    return step
+
+
+def chunk_coverage(ends: np.ndarray, horizon: int) -> tuple:
+    """(share, longest): the share of the chunk starts 0..N-H whose H transitions lie within one episode (the chunks
+    ReplayBuffer.sample_chunks marks valid; the others are masked out of the critic and BC losses), and the length
+    of the longest episode (`ends` marks each episode's last transition)."""
+    n = len(ends)
+    edges = np.concatenate([[-1], np.flatnonzero(ends), [n - 1]])
+    lengths = np.diff(edges)
+    longest = int(lengths.max(initial=0))
+    starts = n - horizon + 1
+    if starts <= 0:
+        return 0.0, longest
+    crossings = np.concatenate([[0], np.cumsum(ends > 0)])  # an episode ends within [s, s + H - 2]: invalid
+    return float(np.mean(crossings[horizon - 1: horizon - 1 + starts] == crossings[:starts])), longest
+
+
+def check_chunks(ends: np.ndarray, horizon: int, env_id: str) -> None:
+    """No valid chunk: one DatasetError line suggesting a --horizon-length that fits; under half valid: a one-line
+    warning on stderr (the critic and the BC flow then learn from that share of the data only)."""
+    share, longest = chunk_coverage(ends, horizon)
+    if longest == 0:
+        raise DatasetError(f"dataset {env_id!r} has no transitions")
+    if share == 0:
+        raise DatasetError(f"no action chunk of --horizon-length {horizon} fits in one episode of {env_id!r} (its longest "
+                           f"episode has {longest} step{'s' if longest > 1 else ''}), so the critic and the BC flow would "
+                           f"never be trained; pass --horizon-length {longest}{' or less' if longest > 1 else ''}")
+    if share < 0.5:
+        fits = next((h for h in range(horizon - 1, 0, -1) if chunk_coverage(ends, h)[0] >= 0.5), 1)
+        print(f"warning: only {share:.0%} of the action chunks of --horizon-length {horizon} fit in one episode of "
+              f"{env_id!r}; the others are masked out of the critic and BC losses (--horizon-length {fits} keeps "
+              f"{chunk_coverage(ends, fits)[0]:.0%})", file=sys.stderr, flush=True)
 
 
 class LogParam(nn.Module):
@@ -799,10 +1052,7 @@ class LogParam(nn.Module):
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
     args = resolve_task_settings(args)  # fills the per-task fields left at None (TASK_SETTINGS)
-    if args.fql_alpha > 0 and args.edit_scale > 0:
-        raise DatasetError("only one of --fql-alpha and --edit-scale can be > 0")
-    if args.horizon_length < 1 or args.flow_steps < 1 or args.best_of_n < 1 or args.eval_envs < 1:
-        raise DatasetError("--horizon-length, --flow-steps, --best-of-n and --eval-envs must be >= 1")
+    check_args(args)  # the resolved values, before any work
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -816,15 +1066,10 @@ def main(args: Args) -> dict:
     obs_dim = data.transitions["observations"].shape[1]
     act_dim = data.transitions["actions"].shape[1]
     H = args.horizon_length
-    if len(data.transitions["rewards"]) < H:
-        raise DatasetError(f"dataset {args.env_id!r} has fewer transitions than --horizon-length {H}")
+    check_chunks(data.transitions["ends"], H, args.env_id)  # error if no chunk lies within an episode, warning < 50%
     chunk_dim = act_dim * H if args.action_chunking else act_dim  # what the critic and the policies see
+    dims = dict(obs_dim=obs_dim, act_dim=act_dim)
     buffer = ReplayBuffer(data.transitions, len(data.transitions["rewards"]) + args.online_steps, device)
-
-    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     # networks: critic ensemble (+ target), BC flow actor_slow (+ EMA target = base field b), fine field actor_fast
     def field():
@@ -848,13 +1093,7 @@ def main(args: Args) -> dict:
     params = [p for m in trained for p in m.parameters()]
     # one Adam over all networks after one global gradient-norm clip, as the official optax chain (agents/qam.py:387-389)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
-    start_step = 0
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location=device)
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = int(state["step"])
+    start_step = load_checkpoint(args.checkpoint, args, modules, optimizer, dims, device) if args.checkpoint else 0
     polyak = ([p for m in (critic, actor_slow) for p in m.parameters()],
               [p for m in (target_critic, target_actor_slow) for p in m.parameters()])
     target_entropy = -args.edit_target_entropy_multiplier * chunk_dim
@@ -913,10 +1152,14 @@ def main(args: Args) -> dict:
         return {k: v.detach() for k, v in out.items()}
 
     eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
+    online_env = data.make_env() if args.online_steps > 0 else None
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name  # created only now: every check above comes first
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
     total = args.total_steps + args.online_steps
     progress = Progress(total, start_step)
-    online_env = data.make_env() if args.online_steps > 0 else None
     online_obs, online_queue, episode_return, episode_length = None, [], 0.0, 0
     online_seeded = False  # the online env is seeded once, at its first reset; later resets continue its RNG
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -929,7 +1172,7 @@ def main(args: Args) -> dict:
         policies = {"": policy, "bc_flow_": bc_flow_policy} if args.eval_bc_flow else {"": policy}
         result = {}
         for prefix, pol in policies.items():
-            m = evaluate(data, eval_envs, pol, act_dim, args.eval_episodes, 10_000 * args.seed, device)
+            m = evaluate(data, eval_envs, pol, act_dim, args.eval_episodes, EVAL_SEED * args.seed, device)
             result.update({f"eval/{prefix}{k}": v for k, v in m.items()})
         for k, v in result.items():
             writer.add_scalar(k, v, step)
@@ -980,7 +1223,7 @@ def main(args: Args) -> dict:
         if eval_now:
             metrics = run_evaluation(step)
             if args.save_model:
-                save_checkpoint(checkpoint_path, modules, optimizer, step, args)
+                save_checkpoint(checkpoint_path, modules, optimizer, step, args, dims)
     if total == start_step:  # nothing to train (e.g. --total-steps 0 with a checkpoint): just evaluate
         metrics = run_evaluation(start_step)
     progress.close()
@@ -1029,6 +1272,6 @@ class Progress:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (DatasetError, NonFiniteLossError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

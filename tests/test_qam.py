@@ -357,8 +357,9 @@ def test_ogbench_file_loads_and_trains_with_action_chunks(ogbench_dir, in_tmp):
 
 
 @pytest.mark.parametrize("variant", [dict(fql_alpha=10.0), dict(edit_scale=0.1), dict(best_of_n=4)])
-def test_variants_train_offline_then_online_with_action_chunks(variant, bandit_dataset, in_tmp):
-    metrics = qam.main(tiny(env_id=str(bandit_dataset), total_steps=20, online_steps=20, eval_freq=40, log_freq=10,
+def test_variants_train_offline_then_online_with_action_chunks(variant, random_start_dataset, in_tmp):
+    # 5-step Pendulum episodes: 80% of the chunks of 2 actions lie within one episode (the one-step bandit has none)
+    metrics = qam.main(tiny(env_id=str(random_start_dataset), total_steps=20, online_steps=20, eval_freq=40, log_freq=10,
                             eval_episodes=3, horizon_length=2, **variant))
     assert np.isfinite(metrics["eval/episodic_return"])
     assert list(in_tmp.glob("runs/*/events.out.tfevents.*"))
@@ -377,11 +378,16 @@ def test_same_seed_gives_the_same_networks_on_cpu(bandit_dataset, tmp_path, monk
             assert torch.equal(value, states[1][name][key]), (name, key)
 
 
-def test_checkpoint_reloads_and_evaluates(bandit_dataset, in_tmp):
+def test_checkpoint_reloads_and_evaluates(bandit_dataset, in_tmp, capsys):
     first = qam.main(tiny(env_id=str(bandit_dataset), total_steps=30, eval_freq=30, save_model=True, eval_bc_flow=False))
     path = next(in_tmp.glob("runs/*/qam.pt"))
+    capsys.readouterr()
     again = qam.main(tiny(env_id=str(bandit_dataset), total_steps=30, checkpoint=str(path), eval_bc_flow=False))
     assert again["eval/episodic_return"] == pytest.approx(first["eval/episodic_return"])
+    # exactly at the budget: evaluated only, with a one-line notice (and no training step logged)
+    out = capsys.readouterr().out.splitlines()
+    assert f"--checkpoint {path} is at step 30, the end of --total-steps 30: evaluating only" in out, out
+    assert not any(line.startswith("step 30/30") for line in out), out
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -391,11 +397,6 @@ def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
     result = run_script("qam", "--env-id", "nosuch/dataset-v0", "--no-cuda")
     last = last_error_line(result)
     assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
-
-
-def test_both_variants_at_once_are_rejected(bandit_dataset, in_tmp):
-    with pytest.raises(qam.DatasetError, match="only one of --fql-alpha and --edit-scale"):
-        qam.main(tiny(env_id=str(bandit_dataset), fql_alpha=1.0, edit_scale=0.1))
 
 
 def test_non_finite_dataset_values_are_rejected(bandit_dataset, monkeypatch):
@@ -441,7 +442,7 @@ def test_online_env_is_seeded_once_so_consecutive_episodes_start_from_different_
                                                                                        in_tmp, monkeypatch):
     # the env draws each start from its own RNG (self.np_random); one-step episodes, so every transition is a start
     added = record_online_transitions(monkeypatch)
-    qam.main(tiny(env_id=str(qam_random_start_dataset), total_steps=5, online_steps=6, start_training=100,
+    qam.main(tiny(env_id=str(qam_random_start_dataset), total_steps=5, online_steps=6, start_training=6,
                   eval_freq=10**6, eval_episodes=1, eval_bc_flow=False, inv_temp=1.0))
     starts = np.stack([t["observations"] for t in added])
     assert len(starts) == 6 and all(t["ends"] == 1 for t in added)
@@ -466,7 +467,7 @@ def test_d4rl_antmaze_reward_shift_is_one_function_for_the_dataset_and_the_onlin
 
     monkeypatch.setattr(qam.ReplayBuffer, "__init__", init)
     added = record_online_transitions(monkeypatch)
-    qam.main(tiny(env_id=str(dataset), total_steps=5, online_steps=20, start_training=100, eval_freq=10**6,
+    qam.main(tiny(env_id=str(dataset), total_steps=5, online_steps=20, start_training=20, eval_freq=10**6,
                   eval_episodes=1, eval_bc_flow=False, inv_temp=1.0))
     np.testing.assert_allclose(offline["rewards"], raw - 1.0, atol=1e-6)
     assert len(added) == 20
@@ -625,3 +626,276 @@ def test_gelu_and_layer_norm_are_those_of_the_official_flax_networks():
     h[..., 0] = 1e-3  # variance ~1e-7: the epsilon decides the scale
     expected = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-6)
     assert torch.allclose(critic.net[2](h), expected, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- issue 23: bad input
+# (the flag table is TABLES["qam"] in tests/test_bad_input.py; here: files, checkpoints, the share of valid chunks)
+@pytest.fixture(scope="module")
+def small_bandit(make_bandit_dataset):
+    """The one-step bandit with 100 episodes (loads in a fraction of the 2000-episode fixture's time)."""
+    return make_bandit_dataset("qam-small-bandit", n_episodes=100)
+
+
+def test_every_numeric_flag_has_a_row_in_the_bad_input_table():
+    from dataclasses import fields
+
+    from test_bad_input import TABLES
+
+    numeric = {f.name.replace("_", "-") for f in fields(qam.Args) if "int" in str(f.type) or "float" in str(f.type)}
+    covered = {arg[2:] for argv, _ in TABLES["qam"] for arg in argv if arg.startswith("--")}
+    assert numeric and numeric <= covered, sorted(numeric - covered)
+
+
+def test_chunk_coverage_is_the_share_of_valid_chunks_of_the_sampler():
+    rng = np.random.default_rng(0)
+    ends = (rng.random(300) < 0.15).astype(np.float32)
+    ends[-1] = 1.0
+    for horizon in (1, 2, 4, 7):
+        starts = range(len(ends) - horizon + 1)
+        reference = np.mean([not ends[s:s + horizon - 1].any() for s in starts])
+        share, longest = qam.chunk_coverage(ends, horizon)
+        assert share == pytest.approx(reference, abs=1e-12)
+        # the sampler marks the same chunks valid (uniform starts: its mean valid is that share)
+        buffer = qam.ReplayBuffer({"ends": ends, "rewards": np.zeros(300, np.float32), "masks": np.ones(300, np.float32),
+                                   "actions": np.zeros((300, 1), np.float32), "observations": np.zeros((300, 1), np.float32),
+                                   "next_observations": np.zeros((300, 1), np.float32)}, 300, torch.device("cpu"))
+        torch.manual_seed(0)
+        assert buffer.sample_chunks(40_000, horizon, 0.99, True)["valid"].mean().item() == pytest.approx(share, abs=0.01)
+    lengths = np.diff(np.concatenate([[-1], np.flatnonzero(ends)]))
+    assert longest == lengths.max()
+    assert qam.chunk_coverage(np.ones(5, np.float32), 2) == (0.0, 1)
+    assert qam.chunk_coverage(np.array([0, 0, 1], np.float32), 4) == (0.0, 3)  # fewer transitions than H
+
+
+@pytest.mark.parametrize("horizon", [2, None])  # None: the generic default H = 5
+def test_one_step_episodes_with_a_longer_horizon_stop_before_any_work(horizon, small_bandit, in_tmp):
+    # the bandit's episodes have one step: every chunk of H >= 2 crosses an episode end, so every chunk is masked
+    # out and the BC flow and the critic would never be trained
+    with pytest.raises(qam.DatasetError) as caught:
+        qam.main(tiny(env_id=str(small_bandit), horizon_length=horizon))
+    message = str(caught.value)
+    assert "\n" not in message and f"no action chunk of --horizon-length {horizon or 5} fits in one episode" in message
+    assert message.endswith("pass --horizon-length 1"), message
+    assert not (in_tmp / "runs").exists()
+
+
+def test_less_than_half_of_the_chunks_valid_warns_in_one_line(random_start_dataset, in_tmp, capsys):
+    # 20 episodes of 5 steps: chunks of 4 fit at 2 of 5 starts (41%), of 3 at 3 of 5 (61%)
+    args = tiny(env_id=str(random_start_dataset), total_steps=4, eval_freq=4, log_freq=2, eval_episodes=1,
+                eval_bc_flow=False)
+    metrics = qam.main(replace(args, horizon_length=4))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: only 41% of the action chunks of --horizon-length 4 fit in one episode of "
+                        f"{str(random_start_dataset)!r}; the others are masked out of the critic and BC losses "
+                        f"(--horizon-length 3 keeps 61%)"], warnings
+    assert np.isfinite(metrics["eval/episodic_return"])  # a warning: the run goes on
+    qam.main(replace(args, horizon_length=3))
+    assert "warning" not in capsys.readouterr().err
+
+
+# corrupted Minari datasets, built from a copy of the bandit dataset: (what to do to the copy, expected text)
+def _remove(path):
+    path.unlink()
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _drop_entry(group, entry):
+    def drop(path):
+        import h5py
+
+        with h5py.File(path, "a") as f:
+            del f[group][entry]
+    return drop
+
+
+def _shorten_actions(path):
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        actions = f["episode_2"]["actions"][:]
+        del f["episode_2"]["actions"]
+        f["episode_2"].create_dataset("actions", data=actions[:0])
+
+
+MINARI_DAMAGE = {
+    "no metadata.json": ("metadata.json", _remove, "has no metadata.json"),
+    "empty metadata.json": ("metadata.json", lambda p: p.write_text(""), "metadata.json is empty"),
+    "broken metadata.json": ("metadata.json", lambda p: p.write_text(p.read_text()[:60]), "metadata.json is not valid JSON"),
+    "no data file": ("main_data.hdf5", _remove, "cannot open the Minari dataset in"),
+    "empty hdf5": ("main_data.hdf5", lambda p: p.write_bytes(b""), "main_data.hdf5 is unreadable: truncated, empty or not HDF5"),
+    "truncated hdf5": ("main_data.hdf5", _truncate, "main_data.hdf5 is unreadable: truncated, empty or not HDF5"),
+    "garbage hdf5": ("main_data.hdf5", lambda p: p.write_bytes(b"not hdf5\n" * 100), "main_data.hdf5 is unreadable"),
+    "episode without actions": ("main_data.hdf5", _drop_entry("episode_3", "actions"),
+                                "episode 3 of {file} is incomplete (Unable to synchronously open object (object 'actions'"),
+    "episode without rewards": ("main_data.hdf5", _drop_entry("episode_0", "rewards"), "episode 0 of {file} is incomplete"),
+    "episode of other lengths": ("main_data.hdf5", _shorten_actions,
+                                 "episode 2 of {file} is inconsistent: 2 observations, 0 actions, 1 rewards"),
+}
+
+
+@pytest.mark.parametrize("damage", list(MINARI_DAMAGE))
+def test_a_corrupted_minari_dataset_is_one_line_naming_the_file(damage, small_bandit, tmp_path, monkeypatch):
+    import shutil
+
+    name, corrupt, expected = MINARI_DAMAGE[damage]
+    copy = tmp_path / "dataset"
+    shutil.copytree(small_bandit, copy)
+    corrupt(copy / "data" / name)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(qam.DatasetError) as caught:
+        qam.main(tiny(env_id=str(copy)))
+    message = str(caught.value)
+    assert "\n" not in message and expected.format(file=copy / "data" / name) in message, message
+    assert str(copy / "data") in message  # names the file (or its folder)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_corrupted_dataset_on_the_command_line_is_one_line(small_bandit, tmp_path):
+    import shutil
+
+    copy = tmp_path / "dataset"
+    shutil.copytree(small_bandit, copy)
+    _truncate(copy / "data" / "main_data.hdf5")
+    result = run_script("qam", "--env-id", str(copy), "--no-cuda", "--horizon-length", "1")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {copy / 'data' / 'main_data.hdf5'} is unreadable")
+
+
+def _npz_without_actions(path):
+    arrays = dict(np.load(path))
+    arrays.pop("actions")
+    np.savez(path, **arrays)
+
+
+def _npz_to_dir(path):
+    path.unlink()
+    path.mkdir()
+
+
+OGBENCH_DAMAGE = {
+    "empty": (lambda p: p.write_bytes(b""), "is empty"),
+    "truncated": (_truncate, "is not a readable .npz (BadZipFile"),
+    "garbage": (lambda p: p.write_bytes(b"x" * 1000), "is not a readable .npz"),
+    "no actions": (_npz_without_actions, "has no 'actions'"),
+    "a directory": (_npz_to_dir, "is a directory"),
+}
+
+
+@pytest.mark.parametrize("split", ["", "-val"])
+@pytest.mark.parametrize("damage", list(OGBENCH_DAMAGE))
+def test_a_corrupted_ogbench_file_is_one_line_naming_the_file(damage, split, ogbench_dir, tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "ogbench"
+    shutil.copytree(ogbench_dir, folder)
+    corrupt, expected = OGBENCH_DAMAGE[damage]
+    path = folder / f"pointmaze-medium-navigate-v0{split}.npz"
+    corrupt(path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(qam.DatasetError) as caught:
+        qam.main(tiny(env_id=OGBENCH_TINY, ogbench_dataset_dir=str(folder)))
+    assert str(caught.value) == f"OGBench dataset file {path} {expected}" or \
+        str(caught.value).startswith(f"OGBench dataset file {path} {expected}"), caught.value
+    assert "\n" not in str(caught.value) and not (tmp_path / "runs").exists()
+
+
+# checkpoints: one trained on the bandit (tiny(): 64x2 networks, 2 critics, H = 1), then damaged or mismatched copies
+@pytest.fixture(scope="module")
+def bandit_checkpoint(small_bandit, tmp_path_factory) -> "Path":
+    import os
+
+    folder = tmp_path_factory.mktemp("qam_checkpoint")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        qam.main(tiny(env_id=str(small_bandit), total_steps=10, eval_freq=10, eval_episodes=1, save_model=True,
+                      eval_bc_flow=False))
+    finally:
+        os.chdir(cwd)
+    path = next(folder.glob("runs/*/qam.pt"))
+    state = torch.load(path)
+    assert state["script"] == "qam" and (state["obs_dim"], state["act_dim"], state["step"]) == (2, 2, 10)
+    return path
+
+
+def _edited(edit):
+    def make(src, dst):
+        state = torch.load(src)
+        edit(state)
+        torch.save(state, dst)
+    return make
+
+
+def _resize_critic_weight(state):
+    key = next(k for k in state["critic"] if k.endswith("weight"))
+    state["critic"][key] = torch.zeros(1)
+    del state["obs_dim"], state["act_dim"]
+
+
+CHECKPOINT_CASES = {  # (make the file from the real checkpoint, Args overrides, expected text)
+    "missing": (None, {}, "{path} does not exist"),
+    "a directory": (lambda src, dst: dst.mkdir(), {}, "{path} is a directory, not a file"),
+    "empty": (lambda src, dst: dst.write_bytes(b""), {}, "{path} is empty"),
+    "garbage": (lambda src, dst: dst.write_bytes(b"not a checkpoint\n" * 50), {}, "{path} is not a readable torch file"),
+    "truncated": (lambda src, dst: dst.write_bytes(src.read_bytes()[: src.stat().st_size // 2]), {},
+                  "{path} is not a readable torch file"),
+    "another script": (lambda src, dst: torch.save({"script": "fql", "actor": {}, "args": {}, "step": 3}, dst), {},
+                       "{path} is not a qam checkpoint: it was saved by fql.py"),
+    "a tensor": (lambda src, dst: torch.save(torch.zeros(3), dst), {}, "{path} is not a qam checkpoint: it holds a Tensor"),
+    "an unrelated dict": (lambda src, dst: torch.save({"weights": torch.zeros(3)}, dst), {},
+                          "{path} is not a qam checkpoint: it has no critic, actor_fast, optimizer, step, args"),
+    "other sizes": ("copy", dict(hidden_dim=32, num_critics=3),
+                    "{path} holds other networks: --hidden-dim 32 (checkpoint: 64), --num-critics 3 (checkpoint: 2); "
+                    "pass the checkpoint's values"),
+    "other layers": ("copy", dict(num_layers=3), "--num-layers 3 (checkpoint: 2)"),
+    "no chunking": ("copy", dict(action_chunking=False), "--action-chunking False (checkpoint: True)"),
+    "other variant": ("copy", dict(fql_alpha=1.0), "--variant qam-fql (checkpoint: qam), --fql-alpha 1.0 (checkpoint: 0.0)"),
+    "other dataset": (_edited(lambda s: s.update(obs_dim=5)), {},
+                      "{path} was trained on another dataset: --env-id {env_id} has obs_dim 2 (checkpoint: 5)"),
+    "entries of other shapes": (_edited(_resize_critic_weight), {}, "{path}: its networks do not load (Error(s) in loading"),
+    "past the budget": ("copy", dict(total_steps=5), "{path} is at step 10, past --total-steps 5; pass a larger --total-steps"),
+    "past the online budget": ("copy", dict(total_steps=4, online_steps=3),
+                               "{path} is at step 10, past --total-steps 4 + --online-steps 3; pass a larger --total-steps "
+                               "or --online-steps"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
+def test_a_bad_checkpoint_is_one_line_before_any_training(case, bandit_checkpoint, small_bandit, tmp_path, monkeypatch):
+    import shutil
+
+    make, overrides, expected = CHECKPOINT_CASES[case]
+    path = tmp_path / "checkpoint.pt"
+    if make == "copy":
+        shutil.copy(bandit_checkpoint, path)
+    elif make is not None:
+        make(bandit_checkpoint, path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(qam.CheckpointError) as caught:
+        qam.main(tiny(**{"env_id": str(small_bandit), "total_steps": 20, "checkpoint": str(path), **overrides}))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"--checkpoint {path}"), message
+    assert expected.format(path=path, env_id=small_bandit) in message, message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_checkpoint_on_the_command_line_is_one_line(small_bandit, tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_text("not a checkpoint")
+    result = run_script("qam", "--env-id", str(small_bandit), "--no-cuda", "--horizon-length", "1", "--checkpoint",
+                        str(path), "--hidden-dim", "8", "--num-layers", "1", "--num-critics", "2")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0] == f"error: --checkpoint {path} is not a readable torch file (UnpicklingError)"
+
+
+def test_a_checkpoint_saved_before_the_script_and_dims_were_stored_still_loads(bandit_checkpoint, small_bandit, in_tmp):
+    path = in_tmp / "old.pt"
+    _edited(lambda s: [s.pop(k) for k in ("script", "obs_dim", "act_dim")])(bandit_checkpoint, path)
+    metrics = qam.main(tiny(env_id=str(small_bandit), total_steps=12, eval_freq=12, eval_episodes=1,
+                            checkpoint=str(path), eval_bc_flow=False))
+    assert np.isfinite(metrics["eval/episodic_return"])
