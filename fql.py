@@ -43,6 +43,9 @@ Differences from the official code, all deliberate:
   * no image encoders (state-based tasks only; image observations are rejected with an error), no
     validation-set losses, TensorBoard instead of wandb/CSV.
 
+Bad input (a flag out of range: check_args; an unreadable or malformed dataset file; a bad --checkpoint:
+load_checkpoint) ends the run before any training with one `error: ...` line and exit 1; see docs/fql.md.
+
 Usage:
   python fql.py --alpha 0.3 --total-steps 10000 --hidden-dim 256 --num-layers 3   # embedded Reacher, CPU, minutes
   python fql.py --env-id cube-single-play-singletask-task2-v0                      # OGBench, paper setting (alpha 300)
@@ -215,6 +218,63 @@ def resolve_task_settings(args: Args) -> Args:
 
 
 # ---------------------------------------------------------------------------------------------
+# Bad input: one line (`error: <message>`) and exit 1, caught before any work
+# ---------------------------------------------------------------------------------------------
+class DatasetError(ValueError):
+    """A bad --env-id, or a dataset file that is missing, unreadable or malformed; one line, exit 1."""
+
+
+class ArgumentError(ValueError):
+    """A flag value outside the range the method needs (one line, exit 1)."""
+
+
+class CheckpointError(ValueError):
+    """A --checkpoint that is missing, unreadable, not fql's, made for other networks or past the budget; one line, exit 1."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+USER_ERRORS = (DatasetError, ArgumentError, CheckpointError, NonFiniteLossError)  # __main__: `error: <message>`, exit 1
+
+
+def check_args(args: Args) -> None:
+    """Every flag checked once, on the resolved per-task values, before any work: the first value outside its range
+    raises ArgumentError (`--flag must be <rule> (got <value>)`)."""
+
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise ArgumentError(f"--{flag.replace('_', '-')} must be {rule} (got {getattr(args, flag)!r})")
+
+    finite = math.isfinite
+    # generic (torch_deterministic, cuda, eval_bc_flow, save_model, compile: booleans, any value is fine)
+    need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
+         "a non-empty file name without '/'")
+    need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
+    need(args.env_id.strip() != "", "env_id", "a dataset (a folder, an embedded id, an OGBench name or a Minari id)")
+    need(args.ogbench_dataset_dir.strip() != "", "ogbench_dataset_dir", "a folder")
+    need(args.total_steps >= 0, "total_steps", ">= 0")
+    need(args.online_steps >= 0, "online_steps", ">= 0")
+    need(args.batch_size >= 1, "batch_size", ">= 1")
+    need(finite(args.learning_rate) and args.learning_rate > 0, "learning_rate", "finite and > 0")
+    need(finite(args.gamma) and 0 < args.gamma <= 1, "gamma", "in (0, 1]")
+    need(finite(args.tau) and 0 < args.tau <= 1, "tau", "in (0, 1]")
+    need(args.hidden_dim >= 1, "hidden_dim", ">= 1")
+    need(args.num_layers >= 1, "num_layers", ">= 1")
+    need(args.eval_freq >= 1, "eval_freq", ">= 1")
+    need(args.eval_episodes >= 1, "eval_episodes", ">= 1")
+    need(args.eval_envs >= 1, "eval_envs", ">= 1")
+    need(args.log_freq >= 1, "log_freq", ">= 1")
+    need(args.checkpoint != "", "checkpoint", "a path")  # the file itself is checked by load_checkpoint
+    # algorithm (normalize_q_loss: a boolean, any value is fine)
+    need(args.flow_steps >= 1, "flow_steps", ">= 1")
+    need(finite(args.alpha) and args.alpha >= 0, "alpha", "finite and >= 0 (0: no distillation)")
+    need(args.q_agg in ("mean", "min"), "q_agg", "mean or min")
+    need(args.num_critics >= 1, "num_critics", ">= 1")
+
+
+# ---------------------------------------------------------------------------------------------
 # Networks (official utils/networks.py: GELU, LayerNorm after the activation in the critic only,
 # Glorot-uniform kernels, zero biases; time t enters the velocity field as a raw scalar). flax's nn.gelu is
 # jax.nn.gelu, whose default is the tanh approximation, and flax's LayerNorm has epsilon 1e-6: fql.py uses both.
@@ -362,18 +422,6 @@ def onestep_losses(actor_onestep_flow: OneStepPolicy, actor_bc_flow: VectorField
 # ---------------------------------------------------------------------------------------------
 # Data: datasets, replay buffer, environments, evaluation
 # ---------------------------------------------------------------------------------------------
-class DatasetError(ValueError):
-    """Bad --env-id or dataset contents; reported as one line and a non-zero exit."""
-
-
-class ArgsError(ValueError):
-    """A flag with an impossible value; reported as one line and a non-zero exit."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
-
-
 ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) as in the official code
 
 
@@ -431,19 +479,83 @@ def unit_box_env(env: gym.Env) -> gym.Env:
     return gym.wrappers.RescaleAction(env, -1.0, 1.0)
 
 
-def load_minari(dataset, env_id: str) -> OfflineData:
+def one_line(e: BaseException) -> str:
+    """An exception as `Type: message` on one line (h5py, torch and gymnasium messages can span several)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
+def open_minari(data_dir: Path):
+    """minari.MinariDataset of a dataset folder (the one holding metadata.json and main_data.hdf5). A missing, empty
+    or broken metadata.json, and a missing, empty, truncated or non-HDF5 main_data.hdf5, is one DatasetError line
+    naming the file."""
+    import json
+
     import minari
 
+    meta_path = data_dir / "metadata.json"
+    if not meta_path.is_file():
+        raise DatasetError(f"Minari dataset {data_dir} has no metadata.json")
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise DatasetError(f"{meta_path} is not valid JSON ({one_line(e)})") from None
+    if not isinstance(metadata, dict):
+        raise DatasetError(f"{meta_path} is not Minari metadata (it holds a JSON {type(metadata).__name__})")
+    if metadata.get("data_format", "hdf5") == "hdf5":
+        import h5py
+
+        h5_path = data_dir / "main_data.hdf5"
+        if not h5_path.is_file():
+            raise DatasetError(f"Minari dataset {data_dir} has no main_data.hdf5")
+        if h5_path.stat().st_size == 0:
+            raise DatasetError(f"{h5_path} is empty")
+        try:
+            h5py.File(h5_path, "r").close()
+        except OSError as e:  # h5py: file signature not found, truncated file, ...
+            raise DatasetError(f"{h5_path} is not a readable HDF5 file (truncated or corrupted: {one_line(e)})") from None
+    try:
+        return minari.MinariDataset(data_dir)
+    except Exception as e:  # a missing metadata entry, an unsupported Minari version, an unreadable space
+        raise DatasetError(f"Minari dataset {data_dir} cannot be read ({one_line(e)})") from None
+
+
+def load_minari(dataset, env_id: str, where: str = "") -> OfflineData:
+    """Transitions of a Minari dataset. An episode that cannot be read (an entry missing from the file, e.g. no
+    'actions') or whose arrays do not line up (T + 1 observations, T actions, rewards and terminations) is one
+    DatasetError line naming the dataset (`where`: its folder) and the episode."""
+    import minari
+
+    where = where or repr(env_id)
     check_spaces(dataset.observation_space, dataset.action_space)
-    obs_space = dataset.observation_space
+    obs_space, act_shape = dataset.observation_space, dataset.action_space.shape
+    obs_dim = int(gym.spaces.flatdim(obs_space))
     parts = {k: [] for k in ("observations", "actions", "rewards", "terminations", "next_observations")}
-    for episode in dataset.iterate_episodes():
-        obs = flatten_obs(obs_space, episode.observations)
+    episodes, number = iter(dataset.iterate_episodes()), 0
+    while True:
+        try:
+            episode = next(episodes)
+            obs = flatten_obs(obs_space, episode.observations)
+            actions = np.asarray(episode.actions, dtype=np.float32)
+            rewards = np.asarray(episode.rewards, dtype=np.float32)
+            terminations = np.asarray(episode.terminations, dtype=np.float32)
+        except StopIteration:
+            break
+        except Exception as e:  # h5py KeyError for a missing entry, a short array, a Dict key that is not there
+            raise DatasetError(f"Minari dataset {where}: episode {number} cannot be read ({one_line(e)})") from None
+        steps = len(actions)
+        if not (obs.ndim == 2 and len(obs) == steps + 1 and rewards.shape == (steps,) and terminations.shape == (steps,)):
+            raise DatasetError(f"Minari dataset {where}: episode {number} has {len(obs)} observations, {steps} actions, "
+                               f"{len(rewards)} rewards and {len(terminations)} terminations (needs T + 1, T, T, T)")
+        if obs.shape[1] != obs_dim or actions.shape[1:] != act_shape:
+            raise DatasetError(f"Minari dataset {where}: episode {number} has observations of size {obs.shape[1]} and "
+                               f"actions of shape {actions.shape[1:]}; its spaces say {obs_dim} and {act_shape}")
         parts["observations"].append(obs[:-1])
         parts["next_observations"].append(obs[1:])
-        parts["actions"].append(np.asarray(episode.actions, dtype=np.float32))
-        parts["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
-        parts["terminations"].append(np.asarray(episode.terminations, dtype=np.float32))
+        parts["actions"].append(actions)
+        parts["rewards"].append(rewards)
+        parts["terminations"].append(terminations)
+        number += 1
     if not parts["actions"]:
         raise DatasetError(f"dataset {env_id!r} has no episodes")
     data = {k: np.concatenate(v) for k, v in parts.items()}
@@ -455,7 +567,7 @@ def load_minari(dataset, env_id: str) -> OfflineData:
         try:
             return unit_box_env(dataset.recover_environment(eval_env=True))
         except Exception as e:  # a missing env package, an env id unknown to this gymnasium
-            raise DatasetError(f"cannot recreate the evaluation env of {env_id!r}: {type(e).__name__}: {e}") from e
+            raise DatasetError(f"cannot recreate the evaluation env of {env_id!r}: {one_line(e)}") from e
 
     has_ref = dataset.storage.metadata.get("ref_min_score") is not None and dataset.storage.metadata.get("ref_max_score") is not None
     score = (lambda returns: 100.0 * minari.get_normalized_score(dataset, np.asarray(returns))) if has_ref else (lambda r: None)
@@ -469,18 +581,58 @@ def load_minari(dataset, env_id: str) -> OfflineData:
 OGBENCH_ENV_KWARGS = dict(success_timing="post")
 
 
+def ogbench_files(name: str, dataset_dir: str) -> list:
+    """The train and validation .npz files ogbench.make_env_and_datasets reads for a singletask name (its own rule:
+    `cube-single-play-singletask-task2-v0` -> `<dir>/cube-single-play-v0.npz` and `...-v0-val.npz`)."""
+    splits = name.split("-")
+    pos = splits.index("singletask")
+    base = Path(os.path.expanduser(dataset_dir)) / "-".join(splits[:pos] + splits[-1:])
+    return [base.with_name(base.name + ".npz"), base.with_name(base.name + "-val.npz")]
+
+
+def check_npz(path: Path) -> None:
+    """An OGBench dataset file that is empty, not a readable .npz (truncated, garbage) or lacks an entry is one line."""
+    if path.is_dir():
+        raise DatasetError(f"OGBench dataset file {path} is a directory")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"OGBench dataset file {path} is empty")
+    try:
+        with np.load(path) as npz:
+            keys = set(npz.files)
+    except Exception as e:  # EOFError, BadZipFile (truncated), ValueError (not an .npz: pickled data)
+        raise DatasetError(f"OGBench dataset file {path} is not a readable .npz (truncated or corrupted: {one_line(e)})") from None
+    missing = [k for k in ("observations", "actions", "terminals") if k not in keys]
+    if missing:
+        raise DatasetError(f"OGBench dataset file {path} has no {', '.join(repr(k) for k in missing)} (it holds "
+                           f"{', '.join(sorted(keys)) or 'nothing'})")
+
+
 def load_ogbench(name: str, dataset_dir: str) -> OfflineData:
     import ogbench
 
     if "singletask" not in name.split("-"):
         raise DatasetError(f"FQL needs a reward-labelled OGBench dataset (e.g. cube-single-play-singletask-task2-v0); got {name!r}")
-    env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir), **OGBENCH_ENV_KWARGS)
+    make_env = lambda: ogbench.make_env_and_datasets(name, env_only=True, **OGBENCH_ENV_KWARGS)  # noqa: E731
+    env = make_env()  # an unknown task name fails here (load_offline_data reports it with what else it tried)
+    files = ogbench_files(name, dataset_dir)
+    for path in files:
+        if path.exists():
+            check_npz(path)
+    try:  # ogbench downloads the files that are not there
+        train, _ = ogbench.make_env_and_datasets(name, dataset_dir=os.path.expanduser(dataset_dir), dataset_only=True,
+                                                 cur_env=env)
+    except Exception as e:
+        absent = [str(p) for p in files if not p.exists()]
+        if absent:
+            raise DatasetError(f"OGBench dataset file {' and '.join(absent)} is not there and could not be downloaded "
+                               f"({one_line(e)}); put it in --ogbench-dataset-dir") from None
+        raise DatasetError(f"OGBench dataset file {files[0]} (or {files[1].name}) cannot be read ({one_line(e)})") from None
     check_spaces(env.observation_space, env.action_space)
     data = {k: np.asarray(train[k], dtype=np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")}
     data["actions"] = to_unit_box(data["actions"], env.action_space)
     env.close()
-    make_env = lambda: unit_box_env(ogbench.make_env_and_datasets(name, env_only=True, **OGBENCH_ENV_KWARGS))  # noqa: E731
-    return OfflineData(data, make_env, lambda obs: flatten_obs(env.observation_space, obs), lambda r: None)
+    return OfflineData(data, lambda: unit_box_env(make_env()), lambda obs: flatten_obs(env.observation_space, obs),
+                       lambda r: None)
 
 
 def download_minari(env_id: str):
@@ -512,14 +664,15 @@ def download_minari(env_id: str):
 
 
 def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
-    """Resolve --env-id: a local Minari dataset dir, an embedded dataset, an OGBench name, a Minari id."""
-    import minari
+    """Resolve --env-id: a local Minari dataset dir, an embedded dataset, an OGBench name, a Minari id (already under
+    MINARI_DATASETS_PATH, else downloaded). A dataset file that is found but cannot be read is one DatasetError line."""
+    from minari.storage.datasets_root_dir import get_dataset_path
 
     tried = []
     for path in (Path(env_id), Path(__file__).resolve().parent / "datasets" / env_id):
         for data_dir in (path / "data", path):
             if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
-                return validated(load_minari(minari.MinariDataset(data_dir), env_id), env_id)
+                return validated(load_minari(open_minari(data_dir), env_id, str(data_dir)), env_id)
         tried.append(f"no Minari dataset in {path}")
     if "/" not in env_id and env_id.endswith("-v0"):
         try:
@@ -527,16 +680,19 @@ def load_offline_data(env_id: str, ogbench_dataset_dir: str) -> OfflineData:
         except DatasetError:
             raise
         except Exception as e:
-            tried.append(f"OGBench: {type(e).__name__}: {e}")
+            tried.append(f"OGBench: {one_line(e)}")
     else:
+        local = get_dataset_path(env_id) / "data"
+        if local.exists():  # downloaded before: read (and check) the local copy
+            return validated(load_minari(open_minari(local), env_id, str(local)), env_id)
         try:
             dataset = download_minari(env_id)
         except DatasetError as e:  # not local and the hub is off or unreachable: its own message, in one line
             raise DatasetError(f"cannot load --env-id {env_id!r}: {e}; list ids with `minari list remote`") from None
         except Exception as e:
-            tried.append(f"Minari: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            tried.append(f"Minari: {one_line(e)}")
         else:
-            return validated(load_minari(dataset, env_id), env_id)
+            return validated(load_minari(dataset, env_id, str(local)), env_id)
     raise DatasetError(f"cannot load --env-id {env_id!r} ({'; '.join(tried)}). List ids with "
                        f"`minari list remote`, see datasets/ for the embedded ones, or pass an OGBench "
                        f"singletask name such as cube-single-play-singletask-task2-v0")
@@ -620,13 +776,88 @@ def evaluate(data: OfflineData, envs: list, policy: Callable, act_dim: int, epis
     return metrics
 
 
-def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer, step: int, args: Args) -> None:
-    """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
+def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer, step: int, args: Args,
+                    obs_dim: int, act_dim: int) -> None:
+    """Atomic save: write a temporary file, then rename it over the previous checkpoint. The state records the script,
+    the (resolved) args and the data's sizes, which load_checkpoint compares with the run that loads it."""
     state = {name: m.state_dict() for name, m in modules.items()}
-    state.update(optimizer=optimizer.state_dict(), step=step, args=asdict(args))
+    state.update(script="fql", optimizer=optimizer.state_dict(), step=step, args=asdict(args), obs_dim=obs_dim,
+                 act_dim=act_dim)
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+NETWORK_ARGS = ("hidden_dim", "num_layers", "num_critics")  # the shapes of the networks
+# FQL has no variant flag: alpha, gamma, q_agg, flow_steps, normalize_q_loss and the learning rate change the training,
+# not the networks, and may differ on purpose when a checkpoint is resumed (the README's offline->online alphas differ
+# from the offline ones)
+CHECKPOINT_ENTRIES = ("actor_bc_flow", "actor_onestep_flow", "critic", "target_critic", "optimizer", "step", "args")
+
+
+def load_checkpoint(path: str, args: Args, modules: dict, optimizer: torch.optim.Optimizer, obs_dim: int,
+                    act_dim: int, device: torch.device) -> int:
+    """Load an fql checkpoint into `modules` and `optimizer`; returns its step. Every failure is one CheckpointError
+    line: a missing, empty or unreadable file, a file of another script, other network sizes (each listed against the
+    checkpoint's), data of other sizes, entries that do not load, a step past the budget (--total-steps +
+    --online-steps). At exactly the budget the run evaluates only (a one-line notice)."""
+    file = Path(path)
+    if file.is_dir():
+        raise CheckpointError(f"--checkpoint {path} is a directory, not a file")
+    if not file.is_file():
+        raise CheckpointError(f"--checkpoint {path} does not exist")
+    if file.stat().st_size == 0:
+        raise CheckpointError(f"--checkpoint {path} is empty")
+    try:
+        state = torch.load(file, map_location=device, weights_only=True)
+    except Exception as e:  # garbage: UnpicklingError; truncated: RuntimeError (zip archive), EOFError, ...
+        raise CheckpointError(f"--checkpoint {path} is not a readable torch file ({type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--checkpoint {path} is not an fql checkpoint (it holds a {type(state).__name__})")
+    if state.get("script", "fql") != "fql":  # checkpoints from before `script` was recorded are fql's if complete
+        raise CheckpointError(f"--checkpoint {path} is not an fql checkpoint: it was saved by {state['script']}.py")
+    missing = [k for k in CHECKPOINT_ENTRIES if k not in state]
+    if missing or not isinstance(state["args"], dict):
+        raise CheckpointError(f"--checkpoint {path} is not an fql checkpoint: it has no {', '.join(missing or ['args'])}")
+    saved = state["args"]
+    differ = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"
+              for k in NETWORK_ARGS if k in saved and saved[k] != getattr(args, k)]
+    if differ:
+        raise CheckpointError(f"--checkpoint {path} was made with other settings: {', '.join(differ)}; pass the "
+                              "checkpoint's values")
+    if (state.get("obs_dim", obs_dim), state.get("act_dim", act_dim)) != (obs_dim, act_dim):
+        raise CheckpointError(f"--checkpoint {path} was made for observations of size {state['obs_dim']} and actions of "
+                              f"size {state['act_dim']} (--env-id {saved.get('env_id')}); this dataset has {obs_dim} "
+                              f"and {act_dim}")
+    step, total = state["step"], args.total_steps + args.online_steps
+    if not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"--checkpoint {path} has no valid step (step: {step!r})")
+    if step > total:
+        budget = f"--total-steps {args.total_steps}" + (f" + --online-steps {args.online_steps}" if args.online_steps else "")
+        raise CheckpointError(f"--checkpoint {path} is at step {step}, past {budget}; pass a larger --total-steps"
+                              + (" or --online-steps" if args.online_steps else ""))
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as e:  # missing/unexpected entries, other shapes (a checkpoint from before obs_dim was saved)
+        raise CheckpointError(f"--checkpoint {path}: its networks do not load ({one_line(e)})") from None
+    if step == total:
+        print(f"--checkpoint {path} is at step {step}, the budget: evaluating it, no training", flush=True)
+    return step
+
+
+def fresh_run_dir(run_name: str) -> Path:
+    """runs/<run_name>, or runs/<run_name>_<k> when a run of the same name (same second) already has it: a run never
+    writes into (or overwrites the checkpoint of) another run's directory."""
+    run_dir, k = Path("runs") / run_name, 0
+    while True:
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            k += 1
+            run_dir = Path("runs") / f"{run_name}_{k}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,8 +865,7 @@ def save_checkpoint(path: Path, modules: dict, optimizer: torch.optim.Optimizer,
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
     args = resolve_task_settings(args)  # fills alpha, gamma, q_agg, total_steps left at None
-    if args.eval_envs < 1:
-        raise ArgsError(f"--eval-envs must be >= 1; got {args.eval_envs}")
+    check_args(args)  # every flag, before any work
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -649,11 +879,6 @@ def main(args: Args) -> dict:
     act_dim = data.transitions["actions"].shape[1]
     buffer = ReplayBuffer(data.transitions, len(data.transitions["rewards"]) + args.online_steps, device)
 
-    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-
     # networks: BC flow v_theta, one-step policy mu_omega, critic ensemble Q_phi (+ target)
     actor_bc_flow = VectorField(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
     actor_onestep_flow = OneStepPolicy(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
@@ -666,12 +891,13 @@ def main(args: Args) -> dict:
     # one Adam over all networks, as the official code (Adam is per-parameter: same as one per network)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     start_step = 0
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location=device)
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = int(state["step"])
+    if args.checkpoint is not None:
+        start_step = load_checkpoint(args.checkpoint, args, modules, optimizer, obs_dim, act_dim, device)
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = fresh_run_dir(run_name)
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     critic_params, target_params = list(critic.parameters()), list(target_critic.parameters())
 
     def update(batch: dict) -> dict:
@@ -759,7 +985,7 @@ def main(args: Args) -> dict:
         if eval_now:
             metrics = run_evaluation(step)
             if args.save_model:
-                save_checkpoint(checkpoint_path, modules, optimizer, step, args)
+                save_checkpoint(checkpoint_path, modules, optimizer, step, args, obs_dim, act_dim)
     if total == start_step:  # nothing to train (e.g. --total-steps 0 with a checkpoint): just evaluate
         metrics = run_evaluation(start_step)
     progress.close()
@@ -808,6 +1034,6 @@ class Progress:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (DatasetError, ArgsError, NonFiniteLossError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -28,6 +28,49 @@ TABLES: dict[str, list[tuple[list[str], str]]] = {}
 # fql
 # ----------------------------------------------------------------------------------------------------------
 TABLES["fql"] = [
+    # negative budgets (the first row is also run through the real command line; unchecked, it trained 17 of 20 steps)
+    (["--total-steps", "20", "--online-steps", "-3"], "--online-steps must be >= 0 (got -3)"),
+    (["--total-steps", "-3"], "--total-steps must be >= 0 (got -3)"),
+    # counts and sizes below 1
+    (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--hidden-dim", "0"], "--hidden-dim must be >= 1 (got 0)"),
+    (["--num-layers", "0"], "--num-layers must be >= 1 (got 0)"),
+    (["--num-layers", "-1"], "--num-layers must be >= 1 (got -1)"),
+    (["--flow-steps", "0"], "--flow-steps must be >= 1 (got 0)"),
+    (["--num-critics", "0"], "--num-critics must be >= 1 (got 0)"),
+    (["--eval-episodes", "0"], "--eval-episodes must be >= 1 (got 0)"),
+    (["--eval-envs", "0"], "--eval-envs must be >= 1 (got 0)"),
+    # zero frequencies
+    (["--eval-freq", "0"], "--eval-freq must be >= 1 (got 0)"),
+    (["--log-freq", "0"], "--log-freq must be >= 1 (got 0)"),
+    # learning rate: nan, inf, negative, 0
+    (["--learning-rate", "nan"], "--learning-rate must be finite and > 0 (got nan)"),
+    (["--learning-rate", "inf"], "--learning-rate must be finite and > 0 (got inf)"),
+    (["--learning-rate", "-1"], "--learning-rate must be finite and > 0 (got -1.0)"),
+    (["--learning-rate", "0"], "--learning-rate must be finite and > 0 (got 0.0)"),
+    # discount and Polyak rate outside (0, 1]
+    (["--gamma", "2"], "--gamma must be in (0, 1] (got 2.0)"),
+    (["--gamma", "0"], "--gamma must be in (0, 1] (got 0.0)"),
+    (["--gamma", "nan"], "--gamma must be in (0, 1] (got nan)"),
+    (["--tau", "-1"], "--tau must be in (0, 1] (got -1.0)"),
+    (["--tau", "0"], "--tau must be in (0, 1] (got 0.0)"),
+    (["--tau", "1.5"], "--tau must be in (0, 1] (got 1.5)"),
+    # the distillation weight: negative or non-finite
+    (["--alpha", "-1"], "--alpha must be finite and >= 0 (0: no distillation) (got -1.0)"),
+    (["--alpha", "nan"], "--alpha must be finite and >= 0 (0: no distillation) (got nan)"),
+    (["--alpha", "inf"], "--alpha must be finite and >= 0 (0: no distillation) (got inf)"),
+    # seed, names and paths
+    (["--seed", "-1"], "--seed must be in [0, 2**32) (numpy's seed range) (got -1)"),
+    (["--seed", "4294967296"], "--seed must be in [0, 2**32)"),
+    (["--exp-name", "a/b"], "--exp-name must be a non-empty file name without '/' (got 'a/b')"),
+    (["--exp-name", ""], "--exp-name must be a non-empty file name without '/' (got '')"),
+    (["--env-id", ""], "--env-id must be a dataset"),
+    (["--ogbench-dataset-dir", ""], "--ogbench-dataset-dir must be a folder (got '')"),
+    (["--checkpoint", ""], "--checkpoint must be a path (got '')"),  # the files: tests/test_fql.py (after the data)
+    # the per-task values are resolved first, then checked (D4RL antmaze's row, offline->online: alpha 3, 1M steps)
+    (["--env-id", "D4RL/antmaze/large-play-v1", "--online-steps", "-3"], "--online-steps must be >= 0 (got -3)"),
+    (["--env-id", "cube-single-play-singletask-task2-v0", "--alpha", "-300"],
+     "--alpha must be finite and >= 0 (0: no distillation) (got -300.0)"),
 ]
 
 

@@ -4,6 +4,8 @@ bad input, NaN handling, determinism, and every data path (Minari dir, embedded 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from dataclasses import replace
 
@@ -12,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import OGBENCH_TINY, import_script, last_error_line, run_script
+from conftest import (BROKEN_MINARI, BROKEN_TORCH, OGBENCH_TINY, broken_minari_copy, broken_torch_file, import_script,
+                      last_error_line, run_script)
 import toy_envs
 from toy_envs import GOOD_MODE
 
@@ -197,8 +200,8 @@ def test_discrete_action_dataset_is_rejected(minari_root):
 def test_non_finite_dataset_values_are_rejected(bandit_dataset, monkeypatch):
     original = fql.load_minari
 
-    def poisoned(dataset, env_id):
-        data = original(dataset, env_id)
+    def poisoned(dataset, env_id, *where):
+        data = original(dataset, env_id, *where)
         data.transitions["rewards"][3] = np.nan
         return data
 
@@ -342,11 +345,6 @@ def test_eval_metrics_do_not_depend_on_the_number_of_eval_envs(monkeypatch, in_t
         assert results[0][key] == pytest.approx(results[1][key], rel=1e-5, abs=1e-6), key
 
 
-def test_eval_envs_below_one_exits_with_one_clear_line(in_tmp):
-    last = last_error_line(run_script("fql", "--eval-envs", "0", "--no-cuda", "--total-steps", "1"))
-    assert last == "error: --eval-envs must be >= 1; got 0"
-
-
 # ---------------------------------------------------------------------------------------------- per-task settings
 @pytest.mark.parametrize("env_id, online, expected", [
     ("cube-single-play-singletask-task2-v0", False, dict(alpha=300.0, gamma=0.99, q_agg="mean", total_steps=1_000_000)),
@@ -404,3 +402,240 @@ def test_gelu_and_layer_norm_are_those_of_the_official_flax_networks():
     h[..., 0] = 1e-3  # variance ~1e-7: the epsilon decides the scale
     expected = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-6)
     assert torch.allclose(critic.net[2](h), expected, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- bad input: flags
+# (the table of bad flag values is TABLES["fql"] in tests/test_bad_input.py)
+@pytest.mark.parametrize("pattern", fql.TASK_SETTINGS)
+@pytest.mark.parametrize("online", [False, True])
+def test_every_paper_row_passes_check_args(pattern, online, capsys):
+    """check_args validates the RESOLVED per-task values: none of the README's rows is refused."""
+    fql.check_args(fql.resolve_task_settings(fql.Args(env_id=pattern, online_steps=1000 if online else 0)))
+
+
+def test_the_generic_defaults_pass_check_args(capsys):
+    fql.check_args(fql.resolve_task_settings(fql.Args()))
+
+
+def test_check_args_runs_before_any_work(in_tmp, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was read before the flags were checked")
+
+    monkeypatch.setattr(fql, "load_offline_data", no_data)
+    with pytest.raises(fql.ArgumentError, match="--batch-size must be >= 1 \\(got 0\\)"):
+        fql.main(tiny(batch_size=0))
+    assert not (in_tmp / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------- bad input: datasets
+@pytest.fixture(scope="module")
+def small_bandit(make_bandit_dataset):
+    """The two-mode bandit with 300 episodes (loads ~7x faster than the 2000-episode one), for plumbing checks."""
+    return make_bandit_dataset("small-bandit", n_episodes=300)
+
+
+MINARI_CASES = {  # conftest.BROKEN_MINARI kind (or "no hdf5"): what the one line says after the file's path
+    "empty hdf5": "main_data.hdf5 is empty",
+    "garbage hdf5": "main_data.hdf5 is not a readable HDF5 file (truncated or corrupted",
+    "truncated hdf5": "main_data.hdf5 is not a readable HDF5 file (truncated or corrupted",
+    "episode without actions": "data: episode 3 cannot be read (KeyError",
+    "episode cut short": "data: episode 3 has 1 observations, 1 actions, 1 rewards and 1 terminations (needs T + 1, T, T, T)",
+    "broken metadata.json": "metadata.json is not valid JSON (JSONDecodeError",
+    "no metadata.json": "has no metadata.json",
+    "no hdf5": "has no main_data.hdf5",
+}
+
+
+@pytest.mark.parametrize("kind", list(MINARI_CASES))
+def test_a_corrupted_minari_dataset_gives_one_line_naming_the_file(kind, small_bandit, tmp_path, monkeypatch):
+    assert kind in BROKEN_MINARI or kind == "no hdf5"
+    folder = tmp_path / "dataset"
+    if kind == "no hdf5":
+        shutil.copytree(small_bandit, folder)
+        (folder / "data" / "main_data.hdf5").unlink()
+    else:
+        broken_minari_copy(small_bandit, folder, kind)
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(fql.DatasetError) as caught:
+        fql.main(tiny(env_id=str(folder)))
+    message = str(caught.value)
+    assert "\n" not in message and str(folder / "data") in message and MINARI_CASES[kind] in message, message
+    assert time.perf_counter() - start < 10 and not (tmp_path / "runs").exists()
+
+
+def test_a_corrupted_minari_dataset_under_minari_datasets_path_is_named(small_bandit, minari_root):
+    """A Minari id already downloaded is read from MINARI_DATASETS_PATH with the same checks (not a traceback)."""
+    folder = minari_root / "test" / "fql-broken-v0"
+    if not folder.exists():
+        shutil.copytree(small_bandit, folder)
+        (folder / "data" / "metadata.json").write_text("")
+    with pytest.raises(fql.DatasetError, match="fql-broken-v0/data/metadata.json is not valid JSON"):
+        fql.load_offline_data("test/fql-broken-v0", "")
+
+
+def test_a_corrupted_dataset_on_the_command_line_is_one_line(small_bandit, tmp_path):
+    folder = broken_minari_copy(small_bandit, tmp_path / "dataset", "episode without actions")
+    last = last_error_line(run_script("fql", "--env-id", str(folder), "--no-cuda"))
+    assert last.startswith(f"error: Minari dataset {folder / 'data'}: episode 3 cannot be read"), last
+
+
+@pytest.mark.parametrize("how,expected", [
+    ("empty", "pointmaze-medium-navigate-v0.npz is empty"),
+    ("truncated", "pointmaze-medium-navigate-v0.npz is not a readable .npz (truncated or corrupted: BadZipFile"),
+    ("no actions", "pointmaze-medium-navigate-v0.npz has no 'actions'")])
+def test_a_corrupted_ogbench_file_gives_one_line_naming_the_file(how, expected, ogbench_dir, tmp_path):
+    folder = tmp_path / "ogbench"
+    shutil.copytree(ogbench_dir, folder)
+    npz = folder / "pointmaze-medium-navigate-v0.npz"
+    if how == "empty":
+        npz.write_bytes(b"")
+    elif how == "truncated":
+        os.truncate(npz, npz.stat().st_size // 2)
+    else:
+        arrays = dict(np.load(npz))
+        del arrays["actions"]
+        np.savez(npz, **arrays)
+    with pytest.raises(fql.DatasetError) as caught:
+        fql.load_offline_data(OGBENCH_TINY, str(folder))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"OGBench dataset file {folder}") and expected in message, message
+
+
+def test_a_missing_ogbench_file_that_cannot_be_downloaded_is_named(ogbench_dir, tmp_path, monkeypatch):
+    import ogbench.utils
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(ogbench.utils, "download_datasets", offline)
+    folder = tmp_path / "ogbench"
+    shutil.copytree(ogbench_dir, folder)
+    (folder / "pointmaze-medium-navigate-v0-val.npz").unlink()
+    with pytest.raises(fql.DatasetError, match="pointmaze-medium-navigate-v0-val.npz is not there and could not be "
+                                               "downloaded \\(ConnectionError: no network\\); put it in --ogbench-dataset-dir"):
+        fql.load_offline_data(OGBENCH_TINY, str(folder))
+
+
+# ---------------------------------------------------------------------------------------------- bad input: checkpoints
+@pytest.fixture(scope="module")
+def checkpoint(small_bandit, tmp_path_factory):
+    """An fql checkpoint of tiny() networks (hidden 64, 2 layers, 2 critics) at step 60, on the small bandit
+    (observations 2, actions 2)."""
+    folder = tmp_path_factory.mktemp("fql-checkpoint")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        fql.main(tiny(env_id=str(small_bandit), total_steps=60, eval_freq=60, save_model=True, eval_bc_flow=False))
+    finally:
+        os.chdir(cwd)
+    return next(folder.glob("runs/*/fql.pt"))
+
+
+def write_state(path, state) -> str:
+    torch.save(state, path)
+    return str(path)
+
+
+def test_a_checkpoint_records_the_script_the_args_and_the_data_sizes(checkpoint):
+    state = torch.load(checkpoint)
+    assert state["script"] == "fql" and state["step"] == 60 and (state["obs_dim"], state["act_dim"]) == (2, 2)
+    assert (state["args"]["hidden_dim"], state["args"]["num_layers"], state["args"]["num_critics"]) == (64, 2, 2)
+
+
+TORCH_CASES = {  # conftest.BROKEN_TORCH kind: what the one line says after `--checkpoint <path>`
+    "missing": "does not exist", "empty": "is empty", "garbage": "is not a readable torch file (UnpicklingError)",
+    "text": "is not a readable torch file (", "truncated": "is not a readable torch file (",
+    "a directory": "is a directory, not a file", "a tensor": "is not an fql checkpoint (it holds a Tensor)",
+}
+
+
+def checkpoint_case(name: str, checkpoint, folder):
+    """(path to load, args overrides, expected text) for each bad checkpoint, built in `folder`."""
+    if name in TORCH_CASES:
+        return str(broken_torch_file(folder / "bad.pt", name, valid=checkpoint)), {}, TORCH_CASES[name]
+    state = torch.load(checkpoint)
+    old = {k: v for k, v in state.items() if k not in ("script", "obs_dim", "act_dim")}  # saved before this format
+    cases = {
+        "another script": lambda: (write_state(folder / "gfp.pt", {"script": "gfp", "actor": {}, "step": 5}), {},
+                                   "is not an fql checkpoint: it was saved by gfp.py"),
+        "entries missing": lambda: (write_state(folder / "partial.pt", {"critic": state["critic"], "step": 60}), {},
+                                    "is not an fql checkpoint: it has no actor_bc_flow, actor_onestep_flow, target_critic, "
+                                    "optimizer, args"),
+        "other sizes": lambda: (str(checkpoint), dict(hidden_dim=32, num_layers=3),
+                                "was made with other settings: --hidden-dim 32 (checkpoint: 64), --num-layers 3 "
+                                "(checkpoint: 2); pass the checkpoint's values"),
+        "other critics": lambda: (str(checkpoint), dict(num_critics=3), "--num-critics 3 (checkpoint: 2)"),
+        "other dataset": lambda: (str(checkpoint), dict(env_id="flowrl/reacher/mixed-v0"),
+                                  "was made for observations of size 2 and actions of size 2 (--env-id "
+                                  f"{state['args']['env_id']}); this dataset has "),
+        "other dataset, old format": lambda: (write_state(folder / "old.pt", old), dict(env_id="flowrl/reacher/mixed-v0"),
+                                              "its networks do not load (RuntimeError: Error(s) in loading state_dict for "
+                                              "VectorField: size mismatch"),
+        "past the budget": lambda: (str(checkpoint), dict(total_steps=20),
+                                    "is at step 60, past --total-steps 20; pass a larger --total-steps"),
+        "past the budget with online steps": lambda: (str(checkpoint), dict(total_steps=20, online_steps=10),
+                                                      "is at step 60, past --total-steps 20 + --online-steps 10; pass a "
+                                                      "larger --total-steps or --online-steps"),
+    }
+    return cases[name]()
+
+
+CHECKPOINT_CASES = list(TORCH_CASES) + ["another script", "entries missing", "other sizes", "other critics",
+                                        "other dataset", "other dataset, old format", "past the budget",
+                                        "past the budget with online steps"]
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_a_bad_checkpoint_gives_one_line_before_training(case, checkpoint, small_bandit, tmp_path, monkeypatch):
+    assert case not in TORCH_CASES or case in BROKEN_TORCH
+    folder = tmp_path / "files"
+    folder.mkdir()
+    path, overrides, expected = checkpoint_case(case, checkpoint, folder)
+    monkeypatch.chdir(tmp_path)
+    trained = []
+    monkeypatch.setattr(fql, "critic_loss", lambda *a, **k: trained.append(1))  # the first update would call it
+    start = time.perf_counter()
+    with pytest.raises(fql.CheckpointError) as caught:
+        fql.main(tiny(**{"env_id": str(small_bandit), "checkpoint": path, **overrides}))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"--checkpoint {path}") and expected in message, message
+    assert not trained and time.perf_counter() - start < 10
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that cannot start
+
+
+def test_a_bad_checkpoint_on_the_command_line_is_one_line(checkpoint, small_bandit, tmp_path):
+    """The issue's example: a checkpoint past --total-steps used to exit 0 having done nothing."""
+    result = run_script("fql", "--env-id", str(small_bandit), "--no-cuda", "--checkpoint", str(checkpoint),
+                        "--hidden-dim", "64", "--num-layers", "2", "--total-steps", "20")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0] == f"error: --checkpoint {checkpoint} is at step 60, past --total-steps 20; pass a larger --total-steps"
+
+
+def test_a_checkpoint_at_the_budget_is_evaluated_with_a_notice(checkpoint, small_bandit, in_tmp, capsys, monkeypatch):
+    trained = []
+    original = fql.critic_loss
+    monkeypatch.setattr(fql, "critic_loss", lambda *a, **k: trained.append(1) or original(*a, **k))
+    metrics = fql.main(tiny(env_id=str(small_bandit), total_steps=60, checkpoint=str(checkpoint), eval_bc_flow=False))
+    assert not trained and "eval/episodic_return" in metrics
+    assert f"--checkpoint {checkpoint} is at step 60, the budget: evaluating it, no training" in capsys.readouterr().out
+
+
+def test_a_checkpoint_saved_before_the_script_was_recorded_still_loads(checkpoint, small_bandit, in_tmp):
+    state = torch.load(checkpoint)
+    old = write_state(in_tmp / "old.pt", {k: v for k, v in state.items() if k not in ("script", "obs_dim", "act_dim")})
+    metrics = fql.main(tiny(env_id=str(small_bandit), total_steps=70, eval_freq=70, checkpoint=old, eval_bc_flow=False))
+    assert np.isfinite(metrics["eval/episodic_return"])
+
+
+def test_two_runs_started_in_the_same_second_keep_their_own_directory(small_bandit, in_tmp, monkeypatch):
+    """A run never writes into another run's directory, so it never overwrites that run's checkpoint."""
+    clock = iter(1_700_000_000.0 + 1e-6 * np.arange(1, 100_000))  # the same second throughout, still increasing
+    monkeypatch.setattr(fql.time, "time", lambda: float(next(clock)))
+    for _ in range(2):
+        fql.main(tiny(env_id=str(small_bandit), total_steps=10, eval_freq=10, eval_episodes=1, save_model=True,
+                      eval_bc_flow=False))
+    runs = sorted(p.name for p in (in_tmp / "runs").iterdir())
+    assert len(runs) == 2 and runs[1] == runs[0] + "_1", runs
+    assert all((in_tmp / "runs" / run / "fql.pt").exists() for run in runs)
