@@ -64,13 +64,18 @@ Usage:
   python streaming_flow.py --policy chunk                             # flow-matching chunk baseline
   python streaming_flow.py --env-id toy/crossing --variant deterministic --sigma0 0.05 --total-steps 2000 \
       --batch-size 256 --hidden-dim 64 --num-blocks 2 --learning-rate 1e-3  # toy, saves trajectories.png
-See docs/streaming_flow.md for the paper <-> code map, logged metrics and results.
+Bad input (a flag out of its range, a broken dataset file or checkpoint, --target-dims that do not fit the dataset)
+ends the run before any work with one `error: ...` line (check_args, load_checkpoint); --target-dims the demos'
+actions do not explain warn in one line. See docs/streaming_flow.md for the paper <-> code map, logged metrics and
+results.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import random
 import sys
 import time
@@ -172,12 +177,97 @@ class Args:
     target_dims: Tuple[int, ...] = (6, 7)
     """next-state: flattened-observation indices whose next value is the action, one per env action dim ((6, 7): the
     velocity in PointMaze's flattened observation achieved_goal, desired_goal, (x, y, vx, vy); other datasets need
-    their own dims, or --action-space env)"""
+    their own dims, or --action-space env; dims the actions do not move stop the run, dims the fitted controller
+    does not explain warn)"""
     sample_start: bool = True
     """action-space variant: inference starts at a(0) ~ N(last action, sigma0^2) as in the paper (off: exactly at the last
     action, as the official Push-T code). The latent variant always starts exactly at the last action (paper, official code)"""
     toy_samples: int = 200
     """toy mode: trajectories sampled for the figure and the metrics"""
+
+
+class ArgumentError(ValueError):
+    """A flag value outside the range the method needs (one line, exit 1)."""
+
+
+class DatasetError(ValueError):
+    """Bad --env-id or dataset contents (a missing, empty, truncated or foreign file); one line, exit 1."""
+
+
+class CheckpointError(ValueError):
+    """A --checkpoint that is missing, unreadable, not streaming_flow's, made for other networks or data, or past the
+    requested --total-steps; one line, exit 1."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+USER_ERRORS = (ArgumentError, DatasetError, CheckpointError, NonFiniteLossError)
+
+
+def check_args(args: Args) -> None:
+    """Every flag checked once, before any work: the first value outside its range raises ArgumentError (one line,
+    `--flag must be <rule> (got <value>)`); conflicting flags are named together. (The flags that need the dataset,
+    --env-id and the count/range of --target-dims, are checked when it is read: DatasetError.)"""
+
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise ArgumentError(f"--{flag.replace('_', '-')} must be {rule} (got {getattr(args, flag)!r})")
+
+    def finite(*values: float) -> bool:
+        return all(math.isfinite(v) for v in values)
+
+    # generic (torch_deterministic, cuda, save_model, sample_start: booleans; policy, variant, action_space: tyro
+    # checks their choices)
+    need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
+         "a non-empty file name without '/'")
+    need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
+    need(bool(args.env_id), "env_id", "a toy task, a dataset dir or a Minari id")
+    need(args.checkpoint != "", "checkpoint", "a path")  # the file itself: load_checkpoint
+    need(args.total_steps >= 0, "total_steps", ">= 0")
+    need(args.batch_size >= 1, "batch_size", ">= 1")
+    need(finite(args.learning_rate) and args.learning_rate > 0, "learning_rate", "finite and > 0")
+    need(finite(args.weight_decay) and args.weight_decay >= 0, "weight_decay", "finite and >= 0")
+    need(args.lr_warmup_steps >= 0, "lr_warmup_steps", ">= 0")
+    need(args.eval_freq >= 1, "eval_freq", ">= 1")
+    need(args.eval_episodes >= 1, "eval_episodes", ">= 1")
+    need(args.eval_envs >= 1, "eval_envs", ">= 1")
+    need(args.log_freq >= 1, "log_freq", ">= 1")
+    # EMA (diffusers' EMAModel schedule)
+    need(finite(args.ema_max_decay) and 0 <= args.ema_max_decay <= 1, "ema_max_decay", "in [0, 1]")
+    need(finite(args.ema_min_decay) and 0 <= args.ema_min_decay <= 1, "ema_min_decay", "in [0, 1]")
+    if args.ema_min_decay > args.ema_max_decay:
+        raise ArgumentError(f"--ema-min-decay {args.ema_min_decay} and --ema-max-decay {args.ema_max_decay} cannot be "
+                            "used together (the lower bound of the decay is above its upper bound)")
+    need(args.ema_update_after_step >= 0, "ema_update_after_step", ">= 0")
+    need(finite(args.ema_inv_gamma) and args.ema_inv_gamma > 0, "ema_inv_gamma", "finite and > 0 (the warm-up divides by it)")
+    need(finite(args.ema_power) and args.ema_power > 0, "ema_power", "finite and > 0 (0: the warm-up decay is always 0)")
+    # network (time_emb_dim: sin/cos pairs, so the embedding has exactly time_emb_dim entries)
+    need(args.hidden_dim >= 1, "hidden_dim", ">= 1")
+    need(args.num_blocks >= 1, "num_blocks", ">= 1 (the FiLM blocks are the only path of t and the observations)")
+    need(args.time_emb_dim >= 2 and args.time_emb_dim % 2 == 0, "time_emb_dim", "even and >= 2 (sin/cos pairs)")
+    need(finite(args.time_emb_scale) and args.time_emb_scale > 0, "time_emb_scale", "finite and > 0 (0: no flow time)")
+    # chunks and receding horizon (toy tasks use their whole demo and one observation, but the ranges still hold)
+    need(args.obs_horizon >= 1, "obs_horizon", ">= 1")
+    need(args.pred_horizon >= 2, "pred_horizon", ">= 2 (the chunk's first knot is its start)")
+    need(args.action_horizon >= 1, "action_horizon", ">= 1")
+    if args.action_horizon > args.pred_horizon - 1:
+        raise ArgumentError(f"--action-horizon {args.action_horizon} and --pred-horizon {args.pred_horizon} cannot be "
+                            "used together (at most --pred-horizon - 1 actions of a chunk can be executed)")
+    # the flows: sigma0 = 0 is the official Push-T start (no noise); k = 0 the non-stabilizing flow
+    need(finite(args.sigma0) and args.sigma0 >= 0, "sigma0", "finite and >= 0")
+    need(finite(args.sigma1) and args.sigma1 >= 0, "sigma1", "finite and >= 0")
+    need(finite(args.k) and args.k >= 0, "k", "finite and >= 0 (0: the non-stabilizing flow)")
+    if args.policy == "sfp" and args.variant == "stochastic" and not valid_sigmas(args.sigma0, args.sigma1, args.k):
+        raise ArgumentError(f"--sigma0 {args.sigma0}, --sigma1 {args.sigma1} and --k {args.k} cannot be used together "
+                            "with --variant stochastic (the latent SFP needs sigma0 e^-k <= sigma1)")
+    need(args.integration_steps_per_action >= 1, "integration_steps_per_action", ">= 1")
+    need(args.flow_steps >= 1, "flow_steps", ">= 1")
+    # next-state actions (their count and range against the dataset's observation: next_state_actions)
+    need(len(args.target_dims) >= 1 and all(d >= 0 for d in args.target_dims)
+         and len(set(args.target_dims)) == len(args.target_dims), "target_dims", "distinct observation indices >= 0")
+    need(args.toy_samples >= 1, "toy_samples", ">= 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,10 +343,15 @@ def conditional_velocity(a: torch.Tensor, t: torch.Tensor, knots: torch.Tensor, 
     return xi_dot - k * (a - xi)
 
 
+def valid_sigmas(sigma0: float, sigma1: float, k: float) -> bool:
+    """The latent SFP's condition sigma0 e^-k <= sigma1 (so that sigma_r is real)."""
+    return sigma1 ** 2 - sigma0 ** 2 * math.exp(-2.0 * k) >= -1e-12
+
+
 def sigma_r(sigma0: float, sigma1: float, k: float) -> float:
     """Latent SFP: std added through z so that a(1) has std sigma1: sigma_r = sqrt(sigma1^2 - sigma0^2 e^{-2k})."""
     var = sigma1 ** 2 - sigma0 ** 2 * math.exp(-2.0 * k)
-    if var < -1e-12:
+    if not valid_sigmas(sigma0, sigma1, k):
         raise ValueError(f"the stochastic variant needs sigma0 e^-k <= sigma1; got sigma0={sigma0}, sigma1={sigma1}, k={k}")
     return math.sqrt(max(var, 0.0))
 
@@ -352,14 +447,6 @@ def stream_chunk(net: nn.Module, obs_cond: torch.Tensor, num_actions: int, pred_
 # ---------------------------------------------------------------------------------------------
 # Data: demonstrations as chunks, toy tasks, environments, evaluation
 # ---------------------------------------------------------------------------------------------
-class DatasetError(ValueError):
-    """Bad --env-id or dataset contents; reported as one line and a non-zero exit."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
-
-
 ACTION_CLIP = 1.0 - 1e-5
 
 
@@ -540,13 +627,22 @@ class NextStateController(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+PLAUSIBLE_FIT = 0.5  # R^2 of the demos' actions given back by the fitted controller, below which --target-dims warn
+# (measured: PointMaze velocity 0.92, Reacher joint velocities 1.00 / 0.93; PointMaze positions -0.11, Reacher angles -3.8)
+
+
+def check_target_dims(dims: tuple, obs_dim: int, act_dim: int, env_id: str) -> None:
+    """--target-dims must name one flattened-observation index per action dim (DatasetError otherwise)."""
+    if len(dims) != act_dim or any(not 0 <= d < obs_dim for d in dims):
+        raise DatasetError(f"--target-dims {list(dims)} must name {act_dim} of the {obs_dim} observation dims of {env_id!r}, "
+                           f"one per action dim (the default 6 7 is PointMaze's velocity), or use --action-space env")
+
+
 def next_state_actions(episodes: list, dims: tuple, env_id: str) -> tuple:
     """Replace each action a_t by x_{t+1} = o_{t+1}[dims] (normalised to [-1, 1]); fit x_{t+1} = gamma x_t + c a_t per dim.
     Returns (episodes, state_action, controller parameters)."""
     obs_dim, act_dim = episodes[0][0].shape[1], episodes[0][1].shape[1]
-    if len(dims) != act_dim or any(not 0 <= d < obs_dim for d in dims):
-        raise DatasetError(f"--target-dims {list(dims)} must name {act_dim} of the {obs_dim} observation dims of {env_id!r} "
-                           f"(or use --action-space env)")
+    check_target_dims(dims, obs_dim, act_dim, env_id)
     if any(len(obs) != len(acts) + 1 for obs, acts in episodes):
         raise DatasetError(f"--action-space next-state needs the final observation of every episode in {env_id!r}")
     x = np.concatenate([obs[:-1][:, dims] for obs, _ in episodes])
@@ -557,6 +653,14 @@ def next_state_actions(episodes: list, dims: tuple, env_id: str) -> tuple:
         (gamma[i], c[i]), *_ = np.linalg.lstsq(np.stack([x[:, i], u[:, i]], 1), x_next[:, i], rcond=None)
     if np.any(np.abs(c) * u.std(0) < 1e-3 * (x_next - gamma * x).std(0).clip(min=1e-8)) or np.any(np.abs(c) < 1e-8):
         raise DatasetError(f"the actions of {env_id!r} do not move observation dims {list(dims)}; choose --target-dims")
+    # plausibility: the controller (the inverse of the fit) applied to the demos' own transitions should give back the
+    # demos' actions; dims the actions move only a little or through other dims (positions, angles) do not
+    fit = 1.0 - ((np.clip((x_next - gamma * x) / c, -1.0, 1.0) - u) ** 2).mean(0) / u.var(0).clip(min=1e-12)
+    if np.any(fit < PLAUSIBLE_FIT):
+        print(f"warning: --target-dims {list(dims)} of {env_id!r} look implausible: the controller fitted to the demos "
+              f"gives back their own actions with R^2 {', '.join(f'{r:.2f}' for r in fit)} (below {PLAUSIBLE_FIT}), so "
+              f"the policy's next-state targets may be out of the actions' reach; pass the observation dims the actions "
+              f"drive (e.g. velocities) or use --action-space env", file=sys.stderr, flush=True)
     all_x = np.concatenate([obs[:, dims] for obs, _ in episodes])
     low, high = all_x.min(0), all_x.max(0)
     span = np.where(high - low > 1e-6, high - low, 2.0)
@@ -568,18 +672,66 @@ def next_state_actions(episodes: list, dims: tuple, env_id: str) -> tuple:
     return episodes, state_action, (gamma, c, low, low + span)
 
 
+def dataset_problem(data_dir: Path, e: Exception) -> str:
+    """What is wrong with the files of the Minari dataset in `data_dir`, from the exception reading it raised."""
+    hdf5, meta = data_dir / "main_data.hdf5", data_dir / "metadata.json"
+    text = str(e).splitlines()[0].strip() if str(e).strip() else type(e).__name__
+    if not meta.is_file():
+        return f"{meta} does not exist"
+    if meta.stat().st_size == 0:
+        return f"{meta} is empty"
+    if isinstance(e, json.JSONDecodeError):
+        return f"{meta} is not valid JSON ({e.msg}: line {e.lineno} column {e.colno})"
+    if not hdf5.is_file():
+        return f"{hdf5} does not exist"
+    if hdf5.stat().st_size == 0:
+        return f"{hdf5} is empty"
+    if isinstance(e, OSError) and "truncated" in text:
+        return f"{hdf5} is truncated ({text})"
+    if isinstance(e, OSError):
+        return f"{hdf5} is not a readable HDF5 file ({text})"
+    return f"{meta} or {hdf5} is not a Minari dataset ({type(e).__name__}: {text})"
+
+
+def read_episodes(dataset, env_id: str) -> list:
+    """The episodes of a Minari dataset as [(flat observations, actions in [-1, 1])], empty ones dropped. An episode
+    without observations or actions (h5py's KeyError) is one DatasetError line naming it and the file."""
+    obs_space, episodes, read = dataset.observation_space, [], 0
+    stream = dataset.iterate_episodes()
+    while True:
+        try:
+            episode = next(stream)
+        except StopIteration:
+            break
+        except KeyError as e:
+            missing = re.search(r"object '([^']+)' doesn't exist", str(e))
+            what = f"no {missing.group(1)!r} entry" if missing else f"a missing entry ({str(e).strip()})"
+            raise DatasetError(f"dataset {env_id!r}: episode {int(dataset.episode_indices[read])} of "
+                               f"{Path(dataset.storage.data_path) / 'main_data.hdf5'} has {what}") from e
+        read += 1
+        obs = flatten_obs(obs_space, episode.observations)
+        acts = to_unit_box(np.asarray(episode.actions, dtype=np.float32), dataset.action_space)
+        if len(acts) > 0:
+            episodes.append((obs, acts))
+    return episodes
+
+
 def load_minari(dataset, env_id: str, target_dims: Optional[tuple] = None) -> Task:
     """Demos of a Minari dataset; with `target_dims` the actions become next-state targets (--action-space next-state)."""
     import minari
 
     check_spaces(dataset.observation_space, dataset.action_space)
     obs_space = dataset.observation_space
-    episodes = []
-    for episode in dataset.iterate_episodes():
-        obs = flatten_obs(obs_space, episode.observations)
-        acts = to_unit_box(np.asarray(episode.actions, dtype=np.float32), dataset.action_space)
-        if len(acts) > 0:
-            episodes.append((obs, acts))
+    if target_dims is not None:  # from the metadata, before the episodes are read
+        spaces = obs_space.spaces.values() if isinstance(obs_space, gym.spaces.Dict) else [obs_space]
+        check_target_dims(tuple(target_dims), sum(int(np.prod(sp.shape)) for sp in spaces), dataset.action_space.shape[0],
+                          env_id)
+    try:
+        episodes = read_episodes(dataset, env_id)
+    except DatasetError:
+        raise
+    except Exception as e:  # a file that opened but whose contents do not read (OSError from h5py, ...)
+        raise DatasetError(f"cannot read dataset {env_id!r}: {dataset_problem(Path(dataset.storage.data_path), e)}") from e
     if not episodes:
         raise DatasetError(f"dataset {env_id!r} has no episodes")
     for obs, acts in episodes:
@@ -682,7 +834,11 @@ def load_task(env_id: str, target_dims: Optional[tuple] = None) -> Task:
     for path in (Path(env_id), Path(__file__).resolve().parent / "datasets" / env_id):
         for data_dir in (path / "data", path):
             if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
-                return load_minari(minari.MinariDataset(data_dir), env_id, target_dims)
+                try:
+                    dataset = minari.MinariDataset(data_dir)
+                except Exception as e:  # metadata.json: missing, empty, not JSON; main_data.hdf5: missing, truncated
+                    raise DatasetError(f"cannot read dataset {env_id!r}: {dataset_problem(data_dir, e)}") from e
+                return load_minari(dataset, env_id, target_dims)
     return load_minari(download_minari(env_id), env_id, target_dims)
 
 
@@ -829,25 +985,107 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+CHECKPOINT_ENTRIES = ("net", "ema", "optimizer", "scheduler", "step", "args", "obs_low", "obs_high")
+
+
+def network_args(args: Args) -> list:
+    """The flags that shape the networks, or fix what their inputs mean, for this run's policy and task."""
+    names = ["policy", "hidden_dim", "num_blocks", "time_emb_dim", "time_emb_scale"]
+    if args.policy == "sfp":
+        names.append("variant")
+    if args.env_id.startswith("toy/"):  # the toys' chunk is the whole demo; both toys have the same shapes and data range
+        return names + ["env_id"]
+    names += ["obs_horizon", "pred_horizon", "action_space"]  # pred_horizon: flow time t = i / (pred_horizon - 1)
+    return names + (["target_dims"] if args.action_space == "next-state" else [])
+
+
+def value_text(value) -> str:
+    """A flag value as it is written on the command line: `64`, `6 7`, `toy/crossing`."""
+    return " ".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
+
+
+def read_torch_file(path: Path, flag: str, error: type, device: torch.device):
+    """torch.load of a user's file; every failure (a directory, an empty or unreadable file) is one `error` line."""
+    if path.is_dir():
+        raise error(f"{flag} {path} is a directory, not a file")
+    if not path.is_file():
+        raise error(f"{flag} {path} does not exist")
+    if path.stat().st_size == 0:
+        raise error(f"{flag} {path} is empty")
+    try:
+        return torch.load(path, map_location=device)
+    except Exception as e:  # garbage: UnpicklingError, KeyError (text), RuntimeError (truncated zip), EOFError, ...
+        raise error(f"{flag} {path} is not a readable torch file ({type(e).__name__})") from e
+
+
+def load_checkpoint(path: str, args: Args, device: torch.device) -> dict:
+    """The state of a streaming_flow checkpoint made with the current network flags (network_args) and within the
+    budget. Every failure is one CheckpointError line: a missing, empty or unreadable file, a file of another script,
+    missing entries, other network flags (each listed against the checkpoint's), a step past --total-steps. (The
+    networks and the data range are checked by restore_checkpoint once the dataset is read.)"""
+    state = read_torch_file(Path(path), "--checkpoint", CheckpointError, device)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--checkpoint {path} is not a streaming_flow checkpoint: it holds a {type(state).__name__}")
+    if state.get("script", "streaming_flow") != "streaming_flow":
+        raise CheckpointError(f"--checkpoint {path} is not a streaming_flow checkpoint: it was saved by {state['script']}.py")
+    missing = [k for k in CHECKPOINT_ENTRIES if k not in state]
+    if missing or not isinstance(state["args"], dict) or not isinstance(state["step"], int):
+        raise CheckpointError(f"--checkpoint {path} is not a streaming_flow checkpoint: it has no "
+                              f"{', '.join(missing) or 'valid args and step'}")
+    saved = state["args"]
+    differ = [f"--{k.replace('_', '-')} {value_text(getattr(args, k))} (checkpoint: {value_text(saved[k])})"
+              for k in network_args(args) if k in saved and value_text(saved[k]) != value_text(getattr(args, k))]
+    if differ:
+        raise CheckpointError(f"--checkpoint {path} holds other networks: {', '.join(differ)}; pass the checkpoint's values")
+    if state["step"] > args.total_steps:
+        raise CheckpointError(f"--checkpoint {path} is at step {state['step']}, past --total-steps {args.total_steps}; "
+                              "pass a larger --total-steps")
+    return state
+
+
+def restore_checkpoint(state: dict, path: str, demos: "Demos", net: nn.Module, ema: nn.Module, optimizer, scheduler) -> None:
+    """Load a checked checkpoint into the networks, optimizer and schedule: one CheckpointError line when it was trained
+    on data of another observation range (the normalisation) or its entries do not load."""
+    low, high = (np.asarray(torch.as_tensor(state[k]).cpu(), dtype=np.float64) for k in ("obs_low", "obs_high"))
+    if low.shape != demos.obs_low.shape or not (np.allclose(low, demos.obs_low, atol=1e-5)
+                                                 and np.allclose(high, demos.obs_high, atol=1e-5)):
+        raise CheckpointError(f"--checkpoint {path} was trained on other data: its observation range differs from the "
+                              f"dataset's (checkpoint's --env-id: {state['args'].get('env_id')!r})")
+    try:
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except Exception as e:  # missing/unexpected entries, shapes (another dataset's observation or action dims)
+        raise CheckpointError(f"--checkpoint {path}: its networks do not load ({str(e).strip().splitlines()[0].strip()})") from e
+
+
+def fresh_run_dir(run_name: str) -> Path:
+    """runs/<run_name>, or runs/<run_name>_<k> when a run of the same name (same second) already has it."""
+    run_dir, k = Path("runs") / run_name, 0
+    while True:
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            k += 1
+            run_dir = Path("runs") / f"{run_name}_{k}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
+    # every input checked before any work: the flags, then the checkpoint file (its networks: once they are built)
+    check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    state = load_checkpoint(args.checkpoint, args, device) if args.checkpoint else None
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
-    if not 1 <= args.action_horizon <= args.pred_horizon - 1 or args.obs_horizon < 1:
-        raise DatasetError(f"need obs_horizon >= 1 and 1 <= action_horizon <= pred_horizon - 1; got "
-                           f"{args.obs_horizon}, {args.action_horizon}, {args.pred_horizon}")
-    if args.policy == "sfp" and args.variant == "stochastic":
-        try:
-            sigma_r(args.sigma0, args.sigma1, args.k)
-        except ValueError as e:
-            raise DatasetError(str(e)) from e
 
     next_state = args.action_space == "next-state" and not args.env_id.startswith("toy/")  # toys have no state
     task = load_task(args.env_id, args.target_dims if next_state else None)
@@ -860,11 +1098,6 @@ def main(args: Args) -> dict:
     obs_dim, act_dim = demos.obs_dim, demos.act_dim
     cond_dim = obs_horizon * obs_dim
     x_dim = (horizon * act_dim if args.policy == "chunk" else act_dim * (2 if args.variant == "stochastic" else 1))
-
-    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     net = VelocityNet(x_dim, cond_dim, args.hidden_dim, args.num_blocks, args.time_emb_dim,
                       args.time_emb_scale).to(device)
@@ -883,13 +1116,18 @@ def main(args: Args) -> dict:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     start_step = 0
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location=device)
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    if state is not None:
+        restore_checkpoint(state, args.checkpoint, demos, net, ema, optimizer, scheduler)
         start_step = int(state["step"])
+        if start_step == args.total_steps:
+            print(f"--checkpoint {args.checkpoint} is at step {start_step} = --total-steps: evaluating only "
+                  "(pass a larger --total-steps to train on)", flush=True)
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = fresh_run_dir(run_name)
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
     params, ema_params = list(net.parameters()), list(ema.parameters())
 
     def update(step: int) -> torch.Tensor:
@@ -945,7 +1183,7 @@ def main(args: Args) -> dict:
         return result
 
     def checkpoint_state(step: int) -> dict:
-        return dict(net=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+        return dict(script="streaming_flow", net=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), step=step, args=asdict(args),
                     obs_low=torch.as_tensor(demos.obs_low), obs_high=torch.as_tensor(demos.obs_high))
 
@@ -1019,6 +1257,6 @@ class Progress:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (DatasetError, NonFiniteLossError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

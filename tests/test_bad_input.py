@@ -344,6 +344,76 @@ TABLES["swfp"] = [
 # streaming_flow
 # ----------------------------------------------------------------------------------------------------------
 TABLES["streaming_flow"] = [
+    # negative budgets (the first row is also run through the real command line)
+    (["--total-steps", "-3"], "--total-steps must be >= 0 (got -3)"),
+    (["--lr-warmup-steps", "-1"], "--lr-warmup-steps must be >= 0 (got -1)"),
+    (["--ema-update-after-step", "-5"], "--ema-update-after-step must be >= 0 (got -5)"),
+    # counts and sizes 0 (or below what the method needs)
+    (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--hidden-dim", "0"], "--hidden-dim must be >= 1 (got 0)"),
+    (["--num-blocks", "0"], "--num-blocks must be >= 1"),
+    (["--time-emb-dim", "0"], "--time-emb-dim must be even and >= 2 (sin/cos pairs) (got 0)"),
+    (["--time-emb-dim", "33"], "--time-emb-dim must be even and >= 2 (sin/cos pairs) (got 33)"),
+    (["--obs-horizon", "0"], "--obs-horizon must be >= 1 (got 0)"),
+    (["--pred-horizon", "1"], "--pred-horizon must be >= 2 (the chunk's first knot is its start) (got 1)"),
+    (["--action-horizon", "0"], "--action-horizon must be >= 1 (got 0)"),
+    (["--integration-steps-per-action", "0"], "--integration-steps-per-action must be >= 1 (got 0)"),
+    (["--flow-steps", "0"], "--flow-steps must be >= 1 (got 0)"),
+    (["--policy", "chunk", "--flow-steps", "-2"], "--flow-steps must be >= 1 (got -2)"),
+    (["--eval-episodes", "0"], "--eval-episodes must be >= 1 (got 0)"),
+    (["--eval-envs", "0"], "--eval-envs must be >= 1 (got 0)"),
+    (["--env-id", "toy/crossing", "--toy-samples", "0"], "--toy-samples must be >= 1 (got 0)"),
+    (["--exp-name", "a/b"], "--exp-name must be a non-empty file name without '/' (got 'a/b')"),
+    (["--exp-name", ""], "--exp-name must be a non-empty file name without '/' (got '')"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--env-id", ""], "--env-id must be a toy task, a dataset dir or a Minari id (got '')"),
+    (["--checkpoint", ""], "--checkpoint must be a path (got '')"),
+    # zero frequencies
+    (["--eval-freq", "0"], "--eval-freq must be >= 1 (got 0)"),
+    (["--log-freq", "0"], "--log-freq must be >= 1 (got 0)"),
+    # learning rate and weight decay: nan, inf, negative, 0
+    (["--learning-rate", "nan"], "--learning-rate must be finite and > 0 (got nan)"),
+    (["--learning-rate", "-1"], "--learning-rate must be finite and > 0 (got -1.0)"),
+    (["--learning-rate", "0"], "--learning-rate must be finite and > 0 (got 0.0)"),
+    (["--learning-rate", "inf"], "--learning-rate must be finite and > 0 (got inf)"),
+    (["--weight-decay", "-1e-6"], "--weight-decay must be finite and >= 0 (got -1e-06)"),
+    (["--weight-decay", "nan"], "--weight-decay must be finite and >= 0 (got nan)"),
+    # EMA decays (probabilities) outside [0, 1], its warm-up's divisor and exponent
+    (["--ema-max-decay", "1.5"], "--ema-max-decay must be in [0, 1] (got 1.5)"),
+    (["--ema-max-decay", "nan"], "--ema-max-decay must be in [0, 1] (got nan)"),
+    (["--ema-min-decay", "-0.1"], "--ema-min-decay must be in [0, 1] (got -0.1)"),
+    (["--ema-inv-gamma", "0"], "--ema-inv-gamma must be finite and > 0"),
+    (["--ema-warmup", "--ema-power", "-1"], "--ema-power must be finite and > 0"),
+    (["--ema-power", "0"], "--ema-power must be finite and > 0"),
+    # network: the time embedding's scale
+    (["--time-emb-scale", "0"], "--time-emb-scale must be finite and > 0 (0: no flow time) (got 0.0)"),
+    (["--time-emb-scale", "inf"], "--time-emb-scale must be finite and > 0 (0: no flow time) (got inf)"),
+    # the flows: std, the stabilizing gain (negative: a destabilizing flow), both variants and the toys
+    (["--sigma0", "-1"], "--sigma0 must be finite and >= 0 (got -1.0)"),
+    (["--sigma0", "nan"], "--sigma0 must be finite and >= 0 (got nan)"),
+    (["--variant", "stochastic", "--sigma1", "-0.5"], "--sigma1 must be finite and >= 0 (got -0.5)"),
+    (["--sigma1", "inf"], "--sigma1 must be finite and >= 0 (got inf)"),
+    (["--k", "-1"], "--k must be finite and >= 0 (0: the non-stabilizing flow) (got -1.0)"),
+    (["--env-id", "toy/wine-glass", "--k", "nan"], "--k must be finite and >= 0 (0: the non-stabilizing flow) (got nan)"),
+    # conflicting flags, named together
+    (["--action-horizon", "16", "--pred-horizon", "16"],
+     "--action-horizon 16 and --pred-horizon 16 cannot be used together (at most --pred-horizon - 1 actions"),
+    (["--ema-min-decay", "0.5", "--ema-max-decay", "0.4"], "--ema-min-decay 0.5 and --ema-max-decay 0.4 cannot be used together"),
+    (["--variant", "stochastic", "--sigma0", "0.5", "--sigma1", "0.1", "--k", "0"],
+     "--sigma0 0.5, --sigma1 0.1 and --k 0.0 cannot be used together with --variant stochastic (the latent SFP needs "
+     "sigma0 e^-k <= sigma1)"),
+    (["--env-id", "toy/crossing", "--variant", "stochastic", "--sigma0", "0.2", "--sigma1", "0.05", "--k", "1"],
+     "--sigma0 0.2, --sigma1 0.05 and --k 1.0 cannot be used together with --variant stochastic"),
+    # next-state targets: indices, and against the dataset's observation space (read from its metadata, no episode read)
+    (["--target-dims", "-1", "7"], "--target-dims must be distinct observation indices >= 0 (got (-1, 7))"),
+    (["--target-dims", "6", "6"], "--target-dims must be distinct observation indices >= 0 (got (6, 6))"),
+    (["--target-dims"], "--target-dims must be distinct observation indices >= 0 (got ())"),
+    (["--target-dims", "6", "7", "9"], "--target-dims [6, 7, 9] must name 2 of the 8 observation dims of "
+     "'flowrl/pointmaze/demos-v0', one per action dim"),
+    (["--target-dims", "6", "8"], "--target-dims [6, 8] must name 2 of the 8 observation dims of "
+     "'flowrl/pointmaze/demos-v0', one per action dim (the default 6 7 is PointMaze's velocity)"),
+    (["--env-id", "flowrl/reacher/mixed-v0", "--target-dims", "6", "10"],
+     "--target-dims [6, 10] must name 2 of the 10 observation dims of 'flowrl/reacher/mixed-v0', one per action dim"),
 ]
 
 

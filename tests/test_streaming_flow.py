@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -483,13 +484,255 @@ def test_id_unknown_to_a_reachable_hub_gives_one_line(tmp_path):
     assert "download failed: ValueError: Couldn't find any version for dataset nosuch/dataset" in lines[0], lines[0]
 
 
+def test_unknown_toy_task_is_one_line(in_tmp):
+    with pytest.raises(sfp.DatasetError, match="unknown toy task 'toy/nosuch'; choose toy/crossing or toy/wine-glass"):
+        sfp.main(tiny(env_id="toy/nosuch"))
+
+
 def test_target_dims_that_do_not_fit_the_dataset_exit_with_one_clear_line(in_tmp):
     result = run_script("streaming_flow", "--target-dims", "6", "7", "9", "--no-cuda")
     assert last_error_line(result).startswith("error: --target-dims [6, 7, 9] must name 2 of the 8 observation dims")
 
 
-def test_invalid_latent_sigmas_and_unknown_toy_are_rejected(in_tmp):
-    with pytest.raises(sfp.DatasetError, match="sigma0 e\\^-k <= sigma1"):
-        sfp.main(tiny(env_id="toy/crossing", variant="stochastic", sigma0=0.5, sigma1=0.1, k=0.0))
-    with pytest.raises(sfp.DatasetError, match="unknown toy task"):
-        sfp.main(tiny(env_id="toy/nosuch"))
+# ---------------------------------------------------------------------------------------------- --target-dims on Reacher
+@pytest.fixture(scope="module")
+def reacher_episodes():
+    return sfp.load_task("flowrl/reacher/mixed-v0").episodes  # the dataset's own actions, scaled to [-1, 1]
+
+
+def test_reacher_with_pointmaze_default_target_dims_is_plausible_and_quiet(reacher_episodes, capsys):
+    """The default (6, 7) is PointMaze's velocity; in Reacher-v5's observation (cos q, sin q, target, qvel, fingertip -
+    target) the same indices are the two joint velocities, which the two torques drive: the fitted controller gives the
+    demos' own actions back (R^2 1.00, 0.93), so the run goes on without a word."""
+    _, _, (gamma, c, _, _) = sfp.next_state_actions(reacher_episodes, (6, 7), "flowrl/reacher/mixed-v0")
+    assert np.all(np.abs(c) > 1.0)  # one torque unit changes a joint velocity by ~4 rad/s
+    assert capsys.readouterr().err == ""
+
+
+def test_reacher_target_dims_the_torques_barely_move_warn_in_one_line(reacher_episodes, capsys):
+    """(0, 1) are cos q1, cos q2: in range and moved a little by the torques (through the velocity), so the old check
+    passed; the controller inverting the fit does not give the demos' actions back: one warning line, the run goes on."""
+    sfp.next_state_actions(reacher_episodes, (0, 1), "flowrl/reacher/mixed-v0")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("warning: --target-dims [0, 1] of 'flowrl/reacher/mixed-v0' look implausible: the "
+                               "controller fitted to the demos gives back their own actions with R^2 "), lines[0]
+    assert "or use --action-space env" in lines[0]
+    r2 = [float(v) for v in lines[0].split("R^2 ")[1].split(" (below")[0].split(", ")]
+    assert max(r2) < sfp.PLAUSIBLE_FIT, r2
+
+
+def test_reacher_target_dims_the_torques_do_not_move_stop(reacher_episodes):
+    """(4, 5) are the target's position: the actions never move it, so no controller exists: stop in one line."""
+    with pytest.raises(sfp.DatasetError, match=r"the actions of 'flowrl/reacher/mixed-v0' do not move observation "
+                                               r"dims \[4, 5\]; choose --target-dims"):
+        sfp.next_state_actions(reacher_episodes, (4, 5), "flowrl/reacher/mixed-v0")
+
+
+def test_reacher_run_with_implausible_target_dims_warns_before_training(in_tmp, capsys, monkeypatch):
+    """The whole path: main() on the embedded Reacher data prints the one warning line while reading the dataset,
+    before the first gradient step, and then runs."""
+    original, seen = sfp.sfp_loss, []
+
+    def loss(*args, **kwargs):
+        seen.append(capsys.readouterr().err)  # what stderr holds when training starts
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sfp, "sfp_loss", loss)
+    metrics = sfp.main(tiny(env_id="flowrl/reacher/mixed-v0", target_dims=(0, 1), total_steps=1, eval_freq=1,
+                            eval_episodes=1, eval_envs=1))
+    assert "eval/normalized_score" in metrics
+    warnings = [line for line in seen[0].splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: --target-dims [0, 1] of 'flowrl/reacher/mixed-v0'")
+
+
+def test_target_dims_count_is_checked_from_the_metadata_before_any_episode_is_read(monkeypatch):
+    """Reacher with 3 target dims for its 2 torques, or an index past its 10 dims: one line, before reading episodes."""
+    monkeypatch.setattr(sfp, "read_episodes", lambda *a: pytest.fail("episodes read before the dims were checked"))
+    for dims, count in (((6, 7, 8), "[6, 7, 8]"), ((6, 10), "[6, 10]")):
+        with pytest.raises(sfp.DatasetError, match=rf"--target-dims \{count[:-1]}\] must name 2 of the 10 observation "
+                                                   r"dims of 'flowrl/reacher/mixed-v0', one per action dim"):
+            sfp.load_task("flowrl/reacher/mixed-v0", dims)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def toy_checkpoint(tmp_path_factory) -> "Path":
+    """A real checkpoint: 4 steps of the action-space SFP on toy/crossing, saved at step 4."""
+    import os
+
+    folder = tmp_path_factory.mktemp("sfp_checkpoint")
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        sfp.main(tiny(env_id="toy/crossing", total_steps=4, eval_freq=4, log_freq=2, save_model=True, toy_samples=10))
+    finally:
+        os.chdir(old)
+    return next(folder.glob("runs/*/streaming_flow.pt"))
+
+
+def write_checkpoint(tmp_path, toy_checkpoint, kind: str) -> "Path":
+    path = tmp_path / f"{kind}.pt"
+    if kind == "missing":
+        return path
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "garbage":
+        path.write_bytes(b"not a checkpoint\n" * 10)
+    elif kind == "truncated":
+        data = toy_checkpoint.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "another script":
+        torch.save({"script": "fql", "actor": {}, "args": {"hidden_dim": 64}, "step": 4}, path)
+    elif kind == "not a dict":
+        torch.save([1, 2, 3], path)
+    elif kind == "missing entries":
+        state = torch.load(toy_checkpoint)
+        del state["ema"], state["obs_low"]
+        torch.save(state, path)
+    elif kind == "other data":
+        state = torch.load(toy_checkpoint)
+        state["obs_high"] = state["obs_high"] + 1.0
+        torch.save(state, path)
+    elif kind == "broken networks":
+        state = torch.load(toy_checkpoint)
+        state["net"].pop(next(iter(state["net"])))
+        torch.save(state, path)
+    return path
+
+
+CHECKPOINT_CASES = [  # (file kind, overrides of the run that loads it, expected message)
+    ("missing", {}, "--checkpoint {path} does not exist"),
+    ("directory", {}, "--checkpoint {path} is a directory, not a file"),
+    ("empty", {}, "--checkpoint {path} is empty"),
+    ("garbage", {}, "--checkpoint {path} is not a readable torch file (UnpicklingError)"),
+    ("truncated", {}, "--checkpoint {path} is not a readable torch file"),
+    ("another script", {}, "--checkpoint {path} is not a streaming_flow checkpoint: it was saved by fql.py"),
+    ("not a dict", {}, "--checkpoint {path} is not a streaming_flow checkpoint: it holds a list"),
+    ("missing entries", {}, "--checkpoint {path} is not a streaming_flow checkpoint: it has no ema, obs_low"),
+    ("real", dict(hidden_dim=32, num_blocks=1), "--checkpoint {path} holds other networks: --hidden-dim 32 (checkpoint: "
+     "64), --num-blocks 1 (checkpoint: 2); pass the checkpoint's values"),
+    ("real", dict(variant="stochastic"), "holds other networks: --variant stochastic (checkpoint: deterministic)"),
+    ("real", dict(policy="chunk"), "holds other networks: --policy chunk (checkpoint: sfp)"),
+    ("real", dict(time_emb_dim=16), "holds other networks: --time-emb-dim 16 (checkpoint: 32)"),
+    ("real", dict(env_id="toy/wine-glass"), "holds other networks: --env-id toy/wine-glass (checkpoint: toy/crossing)"),
+    ("real", dict(total_steps=2), "--checkpoint {path} is at step 4, past --total-steps 2; pass a larger --total-steps"),
+    ("other data", {}, "--checkpoint {path} was trained on other data: its observation range differs from the dataset's"),
+    ("broken networks", {}, "--checkpoint {path}: its networks do not load (Error(s) in loading state_dict"),
+]
+
+
+@pytest.mark.parametrize("kind, overrides, expected", CHECKPOINT_CASES,
+                         ids=[f"{k}:{','.join(o) or '-'}" for k, o, _ in CHECKPOINT_CASES])
+def test_bad_checkpoint_gives_one_line_before_training(kind, overrides, expected, toy_checkpoint, tmp_path, monkeypatch):
+    path = toy_checkpoint if kind == "real" else write_checkpoint(tmp_path, toy_checkpoint, kind)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sfp, "sfp_loss", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(sfp, "chunk_fm_loss", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(sfp.CheckpointError) as caught:
+        sfp.main(tiny(**{"env_id": "toy/crossing", "total_steps": 8, "checkpoint": str(path), **overrides}))
+    message = str(caught.value)
+    assert "\n" not in message and expected.format(path=path) in message, message
+    assert not (tmp_path / "runs").exists()  # refused before the run directory is made
+
+
+def test_checkpoint_exactly_at_the_budget_evaluates_only_with_a_notice(toy_checkpoint, in_tmp, capsys, monkeypatch):
+    monkeypatch.setattr(sfp, "sfp_loss", lambda *a, **k: pytest.fail("training started"))
+    metrics = sfp.main(tiny(env_id="toy/crossing", total_steps=4, checkpoint=str(toy_checkpoint), toy_samples=10))
+    assert "eval/mode_fraction" in metrics
+    notices = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--checkpoint")]
+    assert notices == [f"--checkpoint {toy_checkpoint} is at step 4 = --total-steps: evaluating only (pass a larger "
+                       "--total-steps to train on)"]
+
+
+def test_checkpoint_records_the_script_and_its_args(toy_checkpoint):
+    state = torch.load(toy_checkpoint)
+    assert state["script"] == "streaming_flow" and state["step"] == 4
+    assert state["args"]["hidden_dim"] == 64 and state["args"]["env_id"] == "toy/crossing"
+
+
+def test_bad_checkpoint_on_the_command_line_is_one_line(tmp_path):
+    (tmp_path / "c.pt").write_bytes(b"garbage")
+    result = run_script("streaming_flow", "--env-id", "toy/crossing", "--checkpoint", str(tmp_path / "c.pt"), "--no-cuda")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0] == f"error: --checkpoint {tmp_path / 'c.pt'} is not a readable torch file (UnpicklingError)"
+
+
+def test_a_run_never_reuses_another_runs_directory(in_tmp, monkeypatch):
+    """Two runs of the same name, seed and second: the second gets runs/<name>_1, the first's files stay as they are."""
+    clock = iter(1234567890.0 + 1e-4 * i for i in range(10_000))  # the same second for both runs, yet time passes
+    monkeypatch.setattr(sfp.time, "time", lambda: next(clock))
+    args = tiny(env_id="toy/crossing", total_steps=2, eval_freq=2, save_model=True, toy_samples=10)
+    first = Path(sfp.main(args)["run_dir"])
+    saved = (first / "streaming_flow.pt").read_bytes()
+    second = Path(sfp.main(args)["run_dir"])
+    assert second == first.parent / f"{first.name}_1"
+    assert (first / "streaming_flow.pt").read_bytes() == saved
+
+
+# ---------------------------------------------------------------------------------------------- corrupted datasets
+def corrupt_dataset(root, kind: str) -> "Path":
+    """A copy of the embedded PointMaze demos (its data/ folder) with one thing broken."""
+    import shutil
+
+    import h5py
+
+    folder = root / kind.replace(" ", "_")
+    shutil.copytree(ROOT / "datasets/flowrl/pointmaze/demos-v0", folder)
+    data = folder / "data"
+    hdf5, meta = data / "main_data.hdf5", data / "metadata.json"
+    if kind == "empty hdf5":
+        hdf5.write_bytes(b"")
+    elif kind == "truncated hdf5":
+        hdf5.write_bytes(hdf5.read_bytes()[: hdf5.stat().st_size // 2])
+    elif kind == "garbage hdf5":
+        hdf5.write_bytes(b"not hdf5" * 100)
+    elif kind == "missing hdf5":
+        hdf5.unlink()
+    elif kind == "broken metadata":
+        meta.write_text(meta.read_text()[:40])
+    elif kind == "empty metadata":
+        meta.write_text("")
+    elif kind == "missing metadata":
+        meta.unlink()
+    elif kind in ("episode without actions", "episode without observations"):
+        with h5py.File(hdf5, "a") as f:
+            del f["episode_3"][kind.split()[-1]]
+    return folder
+
+
+DATASET_CASES = [
+    ("empty hdf5", "{data}/main_data.hdf5 is empty"),
+    ("truncated hdf5", "{data}/main_data.hdf5 is truncated (Unable to synchronously open file (truncated file"),
+    ("garbage hdf5", "{data}/main_data.hdf5 is not a readable HDF5 file (Unable to synchronously open file (file "
+     "signature not found))"),
+    ("missing hdf5", "{data}/main_data.hdf5 does not exist"),
+    ("broken metadata", "{data}/metadata.json is not valid JSON (Expecting value: line 1 column 41)"),
+    ("empty metadata", "{data}/metadata.json is empty"),
+    ("missing metadata", "{data}/metadata.json does not exist"),
+    ("episode without actions", "episode 3 of {data}/main_data.hdf5 has no 'actions' entry"),
+    ("episode without observations", "episode 3 of {data}/main_data.hdf5 has no 'observations' entry"),
+]
+
+
+@pytest.mark.parametrize("kind, expected", DATASET_CASES, ids=[k for k, _ in DATASET_CASES])
+def test_corrupted_dataset_gives_one_line_naming_the_file(kind, expected, tmp_path, monkeypatch):
+    folder = corrupt_dataset(tmp_path, kind)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sfp, "sfp_loss", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(sfp.DatasetError) as caught:
+        sfp.main(tiny(env_id=str(folder)))
+    message = str(caught.value)
+    assert "\n" not in message and expected.format(data=folder / "data") in message, message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_corrupted_dataset_on_the_command_line_is_one_line(tmp_path):
+    folder = corrupt_dataset(tmp_path, "truncated hdf5")
+    result = run_script("streaming_flow", "--env-id", str(folder), "--no-cuda")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: cannot read dataset '{folder}': {folder}/data/main_data.hdf5 is truncated")
