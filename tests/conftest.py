@@ -85,7 +85,9 @@ def make_bandit_dataset(minari_root):
     made = {}
 
     def make(name: str = "bandit", n_episodes: int = 2000, **env_kwargs) -> Path:
-        if name not in made:
+        if name in made:  # one dataset per name for the whole session: the same name must mean the same data
+            assert made[name][1] == (n_episodes, env_kwargs), f"bandit dataset {name!r} was made with other settings"
+        else:
             spec = gym.envs.registration.EnvSpec(id="TwoModeBandit-v0", entry_point="toy_envs:TwoModeBanditEnv",
                                                  max_episode_steps=1, kwargs=env_kwargs)
             dataset_id = f"test/{name}-v0"
@@ -93,8 +95,8 @@ def make_bandit_dataset(minari_root):
                 dataset_id=dataset_id, buffer=bandit_buffers(n_episodes, seed=0), env=spec, eval_env=spec,
                 ref_min_score=0.0, ref_max_score=1.0, author="flowrl tests", author_email="tests@flowrl",
                 algorithm_name="two-mode behaviour", code_permalink="tests/conftest.py")
-            made[name] = minari_root / dataset_id
-        return made[name]
+            made[name] = (minari_root / dataset_id, (n_episodes, env_kwargs))
+        return made[name][0]
 
     return make
 

@@ -320,7 +320,7 @@ def test_dataset_rewards_go_through_the_reward_transform(make_bandit_dataset):
     """Local copies named like a D4RL AntMaze task are shifted by -1; an 'antmaze' name that the official FQL does not
     treat as D4RL AntMaze (no diverse / play / umaze) is not."""
     reference = dfm.load_offline_data(str(make_bandit_dataset("plain-bandit", n_episodes=50)), "").transitions["rewards"]
-    for name, shift in (("antmaze-umaze-bandit", -1.0), ("antmaze-navigate-bandit", 0.0)):
+    for name, shift in (("df-antmaze-umaze-bandit", -1.0), ("df-antmaze-navigate-bandit", 0.0)):
         rewards = dfm.load_offline_data(str(make_bandit_dataset(name, n_episodes=50)), "").transitions["rewards"]
         np.testing.assert_allclose(rewards, reference + shift)
 
