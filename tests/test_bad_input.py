@@ -541,3 +541,23 @@ def test_command_line_exits_with_one_line(script, in_tmp):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert time.perf_counter() - start < 60.0  # the interpreter and torch import included
+
+
+# A Minari id that is not local, with the Hugging Face hub unreachable (a closed local port, HF_HUB_OFFLINE unset):
+# one line within seconds, not huggingface_hub's ~25 s of retries. streaming_flow has its own probe and test.
+HUB_SCRIPTS = ["fql", "gfp", "qam", "decision_flow", "swfp"]
+
+
+@pytest.mark.parametrize("script", HUB_SCRIPTS)
+def test_minari_id_with_the_hub_unreachable_fails_fast_in_one_line(script, tmp_path):
+    start = time.perf_counter()
+    result = run_script(script, "--env-id", "D4RL/antmaze/large-play-v1", "--no-cuda",
+                        env={"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9",
+                             "MINARI_DATASETS_PATH": str(tmp_path / "empty")})
+    wall = time.perf_counter() - start
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "'D4RL/antmaze/large-play-v1'" in lines[0] and "unreachable" in lines[0], lines[0]
+    assert "point --env-id at a local Minari dataset folder" in lines[0], lines[0]
+    assert wall < 10, wall

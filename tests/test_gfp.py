@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
@@ -564,22 +562,6 @@ def test_checkpoint_reloads_and_evaluates(small_bandit, in_tmp):
 def test_unknown_env_id_exits_with_one_clear_line(in_tmp):
     last = last_error_line(run_script("gfp", "--env-id", "nosuch/dataset-v0", "--no-cuda"))
     assert last.startswith("error: cannot load --env-id 'nosuch/dataset-v0'") and "minari list remote" in last
-
-
-def test_minari_id_with_an_unreachable_hub_fails_fast_in_one_line(tmp_path):
-    empty = tmp_path / "minari"
-    empty.mkdir()
-    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "MINARI_DATASETS_PATH": str(empty)}
-    env.pop("HF_HUB_OFFLINE", None)
-    start = time.time()
-    result = subprocess.run([sys.executable, str(ROOT / "gfp.py"), "--env-id", "D4RL/pen/expert-v2", "--no-cuda"],
-                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    wall = time.time() - start
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert len(lines) == 1, result.stderr
-    assert "'D4RL/pen/expert-v2'" in lines[0] and "unreachable" in lines[0] and "point --env-id at a local Minari dataset folder" in lines[0]
-    assert wall < 10, wall
 
 
 def test_negative_eta_is_rejected(small_bandit, in_tmp):
