@@ -49,12 +49,19 @@ def test_throughput_job_of_the_runner(tmp_path):
     assert row["script"] == "fql" and row["size"] == "16x1" and row["updates_per_s"] > 0
 
 
-def test_docs_results_holds_exactly_what_the_quick_suite_writes():
-    """docs/results/ is reproduced by `python benchmarks/run.py --suite quick`: no file there that it does not write."""
+def test_docs_results_holds_exactly_what_the_quick_suite_and_the_parity_benchmarks_write():
+    """docs/results/ is reproduced by `python benchmarks/run.py --suite quick` and the parity benchmarks: no file there
+    that they do not write. A parity_<name>_* file needs the benchmark that writes it (benchmarks/parity.py or
+    benchmarks/parity_<name>.py) to name its prefix."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import run
 
     groups = {e.group or e.name for e in run.SUITES["quick"]}
     written = {f"{g}.{ext}" for g in groups for ext in ("csv", "png")} | {"throughput_cpu.csv", "latency_cpu.csv", "quick_summary.md"}
     present = {p.name for p in (ROOT / "docs" / "results").iterdir()}
-    assert present == written, f"extra: {present - written}, missing: {written - present}"
+    parity = {n for n in present - written if n.startswith("parity_") and n.endswith((".csv", ".png"))}
+    for name in parity:
+        stem = name.split("_")[1]
+        writers = [ROOT / "benchmarks" / f"parity_{stem}.py", ROOT / "benchmarks" / "parity.py"]
+        assert any(w.exists() and f"parity_{stem}_" in w.read_text() for w in writers), f"{name}: no benchmark writes it"
+    assert present - parity == written, f"extra: {present - parity - written}, missing: {written - present}"
