@@ -121,7 +121,7 @@ def official_command(a, seed: int, settings: dict, python: str, driver: Path, sa
     return [python, str(driver), f"--env_name={a.task}", f"--seed={seed}", f"--save_dir={save_dir}",
             f"--run_group=parity", f"--offline_steps={a.total_steps}", f"--log_interval={a.log_every}",
             f"--eval_interval={a.eval_every}", f"--eval_episodes={a.eval_episodes}", "--video_episodes=0",
-            f"--agent={Path(a.official_dir) / OFFICIAL[a.script]['agent_config']}",
+            f"--agent={official_dir(a) / OFFICIAL[a.script]['agent_config']}",
             f"--agent.actor_hidden_dims={dims}", f"--agent.value_hidden_dims={dims}",
             f"--agent.alpha={settings['alpha']}", f"--agent.discount={settings['gamma']}",
             f"--agent.q_agg={settings['q_agg']}"]
@@ -135,6 +135,11 @@ def ours_command(a, seed: int, settings: dict) -> list:
             "--gamma", str(settings["gamma"]), "--q-agg", settings["q_agg"]]
 
 
+def official_dir(a) -> Path:
+    """The checkout (a placeholder where only finished runs or the CSV are read)."""
+    return Path(a.official_dir or "OFFICIAL_DIR")
+
+
 def jobs_for(a, settings: dict) -> list:
     """One dict per run; official and ours of a seed next to each other (they run at the same time)."""
     work = Path(a.work_dir)
@@ -146,7 +151,7 @@ def jobs_for(a, settings: dict) -> list:
             if side == "official":
                 cmd = official_command(a, seed, settings, str(Path(a.official_venv) / "bin" / "python"), driver, run_dir)
                 env = dict(ONE_THREAD, HOME=str(work / "home"), PYTHONNOUSERSITE="1")
-                cwd = Path(a.official_dir)
+                cwd = official_dir(a)
             else:
                 cmd, env, cwd = ours_command(a, seed, settings), dict(ONE_THREAD), run_dir
             jobs.append(dict(side=side, seed=seed, cmd=cmd, env=env, cwd=cwd, run_dir=run_dir))

@@ -115,3 +115,14 @@ def test_a_work_dir_with_runs_of_other_settings_is_refused(tmp_path):
     parity.check_work_dir(tmp_path, {"total_steps": 10, "alpha": 300.0})  # same settings: resumes
     with pytest.raises(parity.ArgumentError, match="total_steps: 10 -> 20"):
         parity.check_work_dir(tmp_path, {"total_steps": 20, "alpha": 300.0})
+
+
+def test_plot_only_redraws_the_table_and_plot_from_the_csv(tmp_path, capsys):
+    results = [dict(side=side, seed=seed, curve=[(5000, 0.0), (10000, value)], rates=[20.0], cpu_s=200.0)
+               for side, values in (("official", (0.2, 0.3, 0.4)), ("ours", (0.3, 0.4, 0.5)))
+               for seed, value in enumerate(values)]
+    parity.write_csv(tmp_path / "parity_fql_cube-single-play-singletask-task2-v0.csv", results)
+    summary = parity.main(["--plot-only", "--results-dir", str(tmp_path)])  # no --official-dir needed
+    assert summary["official_mean"] == pytest.approx(0.3) and summary["diff"] == pytest.approx(0.1)
+    assert (tmp_path / "parity_fql_cube-single-play-singletask-task2-v0.png").stat().st_size > 1000
+    assert "| fql | cube-single-play-singletask-task2-v0 | 0.300 ± 0.100 | 0.400 ± 0.100 |" in capsys.readouterr().out
