@@ -67,8 +67,8 @@ Data, environments and evaluation (shared with fql.py; not from the paper):
 Bad input ends the run before any work with one `error: ...` line and exit 1 (docs/swfp.md, "Bad input"): check_args
 validates every flag; load_checkpoint refuses a missing, unreadable or foreign checkpoint and one of other network
 sizes. The end of phase 1 fine-tunes with any phase-1 budget and any method; an online checkpoint must match
---naive-finetune, --naive-trust-region and --block-space and is refused past --total-timesteps (exactly at it: evaluate only, with a notice; below it: fine-tune
-on to --total-timesteps). A broken dataset file is named in the message.
+--naive-finetune, --naive-trust-region and --block-space and is refused past --total-timesteps (exactly at it:
+evaluate only, with a notice; below it: fine-tune on to --total-timesteps). A broken dataset file is named in the message.
 
 Usage:
   python swfp.py                                                     # embedded Reacher, this repo's defaults
