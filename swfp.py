@@ -12,26 +12,36 @@ critic through the whole sampler.
 
 What is known and what is not. The abstract (the only part of the paper we could read) fixes the pieces
 above. The per-block objective, the block architecture and every hyper-parameter are THIS REPO'S
-RECONSTRUCTION from that theory, kept minimal:
-  * blocks: block k is a small MLP u_k(s, a_k) (zero-initialised last layer) that refines the frozen
-    BC velocity of step k: a_{k+1} = a_k + h_e (v_theta(s, a_k, t_k) + u_k(s, a_k)), h_e = 1 / K;
-  * splitting: the frozen BC step a~_{k+1} = a_k + h_e v_theta(s, a_k, t_k) is the JKO step of the BC
-    part of F; the block then takes the JKO step of F_RL(pi) = -E_pi[Q] + beta E_pi[log pi] from that
-    iterate (Lie-Trotter splitting), with the W2^2 term bounded by the coupling a~_{k+1} -> a_{k+1}:
-        L_k = E[ -Q(s, a_{k+1}) - beta log|det d a_{k+1} / d a_k| + ||a_{k+1} - a~_{k+1}||^2 / (2h) ]
-    (change of variables: E log pi_{k+1}(a_{k+1}) = E log pi_k(a_k) - E log|det J_k|, and pi_k does not
-    depend on block k). With Q and beta off, the optimum is u_k = 0: the pretrained flow, unchanged.
-    With a quadratic Q the optimum is the proximal point (a~ + h c) / (1 + h) (tests/test_swfp.py);
-  * the Q term is divided by the batch's detached mean |Q| (`--normalize-q`), so h is scale-free;
-  * all K block losses are computed in one batched pass (blocks stored as stacked weights): each
-    update splits the batch of states into K chunks, chunk k trains block k, so an update costs one
-    pass over the batch; the input a_k of block k comes from the current cascade and is detached;
+RECONSTRUCTION from that theory, kept minimal. Reading: each block is one JKO step of
+F(pi) = -E_pi[Q] + beta E_pi[log pi] (whose W2 gradient flow is Fokker-Planck with fixed point pi* ~ exp(Q / beta)),
+of size h / K, so the K blocks are a JKO time h (`--jko-step-size`) whatever K. Q is evaluated only at actions, where
+the critic is trained (issue 20: it used to be evaluated at the noisy intermediate iterates of the sampler). Two
+block spaces (`--block-space`):
+  * flow (default): block k is a small MLP u_k(s, a_k) (zero-initialised last layer) that refines the frozen
+    BC velocity of Euler step k: a_{k+1} = a_k + h_e (v_theta(s, a_k, t_k) + u_k(s, a_k)), h_e = 1 / K. Splitting:
+    the frozen BC step a~_{k+1} = a_k + h_e v_theta is the JKO step of the BC part of F; the block takes the JKO
+    step of F_RL from that iterate (Lie-Trotter), with W2^2 bounded by the coupling a~_{k+1} -> a_{k+1}:
+        L_k = E[ -Q(s, a_K(a_{k+1})) - beta log|det d a_{k+1} / d a_k| + K ||a_{k+1} - a~_{k+1}||^2 / (2h) ]
+    where a_K(a_{k+1}) is the final action the iterate leads to through the rest of the current cascade (a
+    constant map, differentiated through), clipped as the policy clips it. All blocks train together: each update
+    splits the batch into K chunks, chunk k trains block k;
+  * action: the cascade starts from the BC policy's action a_0 (K Euler steps of the frozen flow) and block k maps
+    a_k -> a_{k+1} = a_k + u_k(s, a_k): every iterate is an action, and
+        L_k = E[ -Q(s, a_{k+1}) - beta log|det(I + du_k / da)| + K ||a_{k+1} - a_k||^2 / (2h) ],
+    the trust region literally between consecutive iterates. The blocks are trained one after another: block k
+    during the k-th of K equal parts of the online phase (fresh Adam moments per block), the later blocks still
+    the identity, so a_{k+1} is the current policy's action.
+  Change of variables: E log pi_{k+1}(a_{k+1}) = E log pi_k(a_k) - E log|det J_k|, and pi_k does not depend on
+  block k. With Q and beta off, the optimum is u_k = 0 (the pretrained flow, unchanged); with a quadratic Q and
+  K = 1 it is the proximal point (a~ + h c) / (1 + h); with a linear Q every final action moves by h grad Q for
+  any K (tests/test_swfp.py). The Q term is divided by the batch's detached mean |Q| (`--normalize-q`);
   * a TD critic ensemble (2 members, Polyak target, clipped double-Q target, next actions from the
     refined policy) learns online from a replay buffer that starts with the demonstrations; it is
     warmed up offline on them before the first environment step.
-`--naive-finetune` is the baseline: the same critic, data and number of updates, but the whole BC flow
-is trained to maximise Q of its final action with the gradient backpropagated through all K Euler steps
-(no trust region, no entropy term).
+Baselines. `--naive-finetune`: the same critic, data and number of updates, but the whole BC flow is trained to
+maximise Q of its final action with the gradient backpropagated through all K Euler steps (no trust region, no
+entropy term). `--naive-finetune --naive-trust-region`: the same plus the blocks' W2 bound in one piece,
+||a_K - a_K^BC||^2 / (2h) to the frozen pretrained flow's action from the same noise (the regularised rival).
 
 Data, environments and evaluation (shared with fql.py; not from the paper):
   * online episodes: the online env is seeded with --seed at its first reset only and reset unseeded
@@ -56,15 +66,16 @@ Data, environments and evaluation (shared with fql.py; not from the paper):
 
 Bad input ends the run before any work with one `error: ...` line and exit 1 (docs/swfp.md, "Bad input"): check_args
 validates every flag; load_checkpoint refuses a missing, unreadable or foreign checkpoint and one of other network
-sizes. The end of phase 1 fine-tunes with any phase-1 budget and either method; an online checkpoint must match
---naive-finetune and is refused past --total-timesteps (exactly at it: evaluate only, with a notice; below it: fine-tune
-on to --total-timesteps). A broken dataset file is named in the message.
+sizes. The end of phase 1 fine-tunes with any phase-1 budget and any method; an online checkpoint must match
+--naive-finetune, --naive-trust-region and --block-space and is refused past --total-timesteps (exactly at it:
+evaluate only, with a notice; below it: fine-tune on to --total-timesteps). A broken dataset file is named in the message.
 
 Usage:
   python swfp.py                                                     # embedded Reacher, this repo's defaults
-  python swfp.py --pretrain-steps 5000 --critic-warmup-steps 2000 --total-timesteps 1000 --hidden-dim 128 \
-      --num-layers 2 --eval-freq 500 --eval-episodes 100                  # the budget of docs/swfp.md
-  python swfp.py --naive-finetune ...                                # baseline with the same budget
+  python swfp.py --pretrain-steps 5000 --critic-warmup-steps 2000 --total-timesteps 300 --hidden-dim 128 \
+      --num-layers 2 --eval-freq 75 --eval-episodes 100                   # the budget of docs/swfp.md
+  python swfp.py --block-space action ...                            # the action-space cascade
+  python swfp.py --naive-finetune [--naive-trust-region] ...         # baselines with the same budget
 See docs/swfp.md for the paper <-> code map, logged metrics and results.
 """
 
@@ -82,7 +93,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -144,8 +155,11 @@ class Args:
     # Algorithm specific arguments
     blocks: int = 10
     """K: Euler steps of the flow = number of JKO blocks fine-tuned online"""
-    jko_step_size: float = 1.0
-    """h: JKO step size; the W2 trust-region term is ||a_{k+1} - a~_{k+1}||^2 / (2h) (Q normalised: h is scale-free)"""
+    block_space: Literal["flow", "action"] = "flow"
+    """flow: block k refines Euler step k of the BC flow, Q at the final action the iterate leads to (blocks trained
+    together); action: block k maps action a_k -> a_{k+1}, a_0 the BC sample (blocks trained one after another)"""
+    jko_step_size: float = 10.0
+    """h: JKO time of the whole cascade, h / K per block; block trust region K ||a_{k+1} - a_k'||^2 / (2h) (Q normalised)"""
     entropy_coef: float = 0.001
     """beta: weight of the entropic term E[log pi] in each block's JKO objective"""
     normalize_q: bool = True
@@ -158,6 +172,8 @@ class Args:
     """size of the critic ensemble (the TD target uses their minimum)"""
     naive_finetune: bool = False
     """baseline: fine-tune the whole BC flow by backpropagating Q through all Euler steps (no JKO blocks)"""
+    naive_trust_region: bool = False
+    """with --naive-finetune: add ||a_K - a_K^BC||^2 / (2h) to pretrained BC actions of the same noise (regularised baseline)"""
 
 
 class ArgumentError(ValueError):
@@ -182,8 +198,8 @@ USER_ERRORS = (ArgumentError, DatasetError, CheckpointError, NonFiniteLossError)
 def check_args(args: Args) -> None:
     """Every flag checked once, before any work: the first value outside its range raises ArgumentError, one line
     `--flag must be <rule> (got <value>)`, or names the flags that conflict. (torch_deterministic, cuda,
-    keep_offline_data, save_model, normalize_q, naive_finetune: booleans; env_id, ogbench_dataset_dir: read, and
-    checked, by load_offline_data; checkpoint: read, and checked, by load_checkpoint.)"""
+    keep_offline_data, save_model, normalize_q, naive_finetune, naive_trust_region: booleans; env_id,
+    ogbench_dataset_dir: read, and checked, by load_offline_data; checkpoint: read, and checked, by load_checkpoint.)"""
 
     def need(ok: bool, flag: str, rule: str) -> None:
         if not ok:
@@ -212,7 +228,9 @@ def check_args(args: Args) -> None:
     need(args.block_hidden_dim >= 1, "block_hidden_dim", ">= 1")
     need(args.block_num_layers >= 1, "block_num_layers", ">= 1")
     need(args.num_critics >= 1, "num_critics", ">= 1")
-    if not args.naive_finetune and args.batch_size < args.blocks:
+    if args.naive_trust_region and not args.naive_finetune:
+        raise ArgumentError("--naive-trust-region regularises the naive baseline: it needs --naive-finetune")
+    if not args.naive_finetune and args.block_space == "flow" and args.batch_size < args.blocks:
         raise ArgumentError(f"--batch-size {args.batch_size} and --blocks {args.blocks} cannot be used together: each "
                             "block trains on its own chunk of the batch (--batch-size must be >= --blocks)")
 
@@ -311,34 +329,59 @@ class FlowBlocks(nn.Module):
                 x = F.gelu(x)
         return x
 
-    def step(self, k: int, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_blocks(self) -> int:
+        return self.layers[0].weight.shape[0]
+
+    def step(self, k: int, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """Block k alone on (B, in); `detach`: its parameters as constants (no gradient reaches them)."""
         for i, layer in enumerate(self.layers):
-            x = torch.addmm(layer.bias[k], x, layer.weight[k])
+            weight, bias = (layer.weight[k].detach(), layer.bias[k].detach()) if detach else (layer.weight[k], layer.bias[k])
+            x = torch.addmm(bias, x, weight)
             if i < len(self.layers) - 1:
                 x = F.gelu(x)
         return x
 
 
 # ---------------------------------------------------------------------------------------------
-# Sampler: K fixed Euler steps of the (refined) flow, a_{k+1} = a_k + (v_theta + u_k) / K
+# Sampler: K fixed Euler steps of the BC flow, refined by the K blocks (in flow or in action space)
 # ---------------------------------------------------------------------------------------------
+def euler_step(flow: Callable, blocks: Optional[FlowBlocks], k: int, obs: torch.Tensor, x: torch.Tensor, dt: float,
+               detach_blocks: bool = False) -> torch.Tensor:
+    """Euler step k of the flow-space cascade, x + dt (v_theta(s, x, t_k) + u_k(s, x)), on x of any shape (..., d)."""
+    v = flow(obs, x, torch.full_like(x[..., :1], k * dt))
+    if blocks is not None:
+        inputs = torch.cat([obs, x], dim=-1)
+        v = v + blocks.step(k, inputs.reshape(-1, inputs.shape[-1]), detach=detach_blocks).view_as(x)
+    return x + dt * v
+
+
 def flow_rollout(flow: Callable, blocks: Optional[FlowBlocks], obs: torch.Tensor, z: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """All iterates a_0 = z, ..., a_K as a (K + 1, B, act_dim) tensor (unclipped); differentiable when called with grad."""
+    """Flow space: all iterates a_0 = z, ..., a_K as a (K + 1, B, act_dim) tensor (unclipped); differentiable with grad."""
     x, dt, xs = z, 1.0 / num_steps, [z]
     for k in range(num_steps):
-        t = torch.full_like(x[:, :1], k * dt)
-        v = flow(obs, x, t)
-        if blocks is not None:
-            v = v + blocks.step(k, torch.cat([obs, x], dim=-1))
-        x = x + dt * v
+        x = euler_step(flow, blocks, k, obs, x, dt)
+        xs.append(x)
+    return torch.stack(xs)
+
+
+def action_rollout(flow: Callable, blocks: Optional[FlowBlocks], obs: torch.Tensor, z: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Action space: a_0 = the BC flow's action from z (K Euler steps, clipped), then a_{k+1} = a_k + u_k(s, a_k) for
+    each block; all iterates (1 + number of blocks, B, act_dim), unclipped after a_0. Every iterate is an action."""
+    x = flow_rollout(flow, None, obs, z, num_steps)[-1].clamp(-1.0, 1.0)
+    xs = [x]
+    for k in range(0 if blocks is None else blocks.num_blocks):
+        x = x + blocks.step(k, torch.cat([obs, x], dim=-1))
         xs.append(x)
     return torch.stack(xs)
 
 
 @torch.no_grad()
-def sample_actions(flow: Callable, blocks: Optional[FlowBlocks], obs: torch.Tensor, z: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """The policy: Euler sample of the (refined) flow from noise z, clipped to [-1, 1]."""
-    return flow_rollout(flow, blocks, obs, z, num_steps)[-1].clamp(-1.0, 1.0)
+def sample_actions(flow: Callable, blocks: Optional[FlowBlocks], obs: torch.Tensor, z: torch.Tensor, num_steps: int,
+                   block_space: str = "flow") -> torch.Tensor:
+    """The policy: the (refined) cascade's final action from noise z, clipped to [-1, 1]."""
+    rollout = action_rollout if block_space == "action" else flow_rollout
+    return rollout(flow, blocks, obs, z, num_steps)[-1].clamp(-1.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,59 +415,120 @@ def jacobian_rows(outputs: torch.Tensor, inputs: torch.Tensor, create_graph: boo
     return torch.stack(rows, dim=-2)
 
 
-def block_log_det(v_bc: torch.Tensor, u: torch.Tensor, a_k: torch.Tensor, dt: float, create_graph: bool) -> torch.Tensor:
+def block_log_det(v_bc: Optional[torch.Tensor], u: torch.Tensor, a_k: torch.Tensor, dt: float, create_graph: bool) -> torch.Tensor:
     """log|det J_k| of the block map a_{k+1} = a_k + dt (v_bc(a_k) + u(a_k)): J_k = I + dt (dv_bc/da + du/da).
 
     The frozen BC part is differentiated without a graph; only the small block's Jacobian keeps one
     (for the entropic term's gradient), which keeps the double backward off the big flow network.
+    v_bc None: no BC part (the action-space block a_{k+1} = a_k + u(a_k), dt = 1).
     """
     eye = torch.eye(a_k.shape[-1], device=a_k.device, dtype=a_k.dtype)
-    jac = eye + dt * (jacobian_rows(v_bc, a_k, create_graph=False) + jacobian_rows(u, a_k, create_graph=create_graph))
-    return torch.linalg.slogdet(jac).logabsdet
+    jac = jacobian_rows(u, a_k, create_graph=create_graph)
+    if v_bc is not None:
+        jac = jac + jacobian_rows(v_bc, a_k, create_graph=False)
+    return torch.linalg.slogdet(eye + dt * jac).logabsdet
 
 
-def jko_block_losses(flow: Callable, blocks: FlowBlocks, critic: Callable, obs: torch.Tensor, iterates: torch.Tensor,
-                     step_size: float, entropy_coef: float, normalize_q: bool, with_entropy: bool) -> dict:
-    """Every block's JKO objective (this repo's reconstruction, see the module docstring), in one batched pass:
+def normalized_q_term(q: torch.Tensor, normalize_q: bool) -> torch.Tensor:
+    """-E[Q] per block (the potential energy of F), divided by the batch's detached mean |Q| when normalize_q."""
+    q_term = -q.mean(-1)
+    return q_term / q.abs().mean().detach() if normalize_q else q_term
 
-        L_k = E[ -Q(s, a_{k+1}) / |Q|  -  beta log|det J_k|  +  ||a_{k+1} - a~_{k+1}||^2 / (2h) ]
 
-    JKO step pi_{k+1} = argmin F(pi) + W2^2(pi, pi_k) / (2h) with F = -E[Q] + beta E[log pi] (paper, abstract),
-    split into the frozen BC Euler step a~_{k+1} = a_k + v_theta / K and the block's proximal step from it.
-    `obs`: (K, B, obs_dim) states of each block, `iterates`: (K, B, d) its inputs a_k (detached). Returns the
-    summed loss and per-block statistics (K,): trust-region displacement E||a_{k+1} - a~_{k+1}||^2, step E||a_{k+1} - a_k||^2, E log|det J_k|
-    and the Q improvement E[Q(s, a_{k+1}) - Q(s, a~_{k+1})].
+def flow_block_losses(flow: Callable, blocks: FlowBlocks, critic: Callable, obs: torch.Tensor, z: torch.Tensor,
+                      step_size: float, entropy_coef: float, normalize_q: bool, with_entropy: bool,
+                      with_stats: bool = True) -> dict:
+    """`--block-space flow`: every block's JKO objective (this repo's reconstruction, module docstring), one batched pass.
+
+        L_k = E[ -Q(s, a_K(a_{k+1})) / |Q|  -  beta log|det J_k|  +  K ||a_{k+1} - a~_{k+1}||^2 / (2h) ]
+
+    JKO step pi_{k+1} = argmin F(pi) + W2^2(pi, pi_k) / (2 h / K) with F = -E[Q] + beta E[log pi] (paper, abstract),
+    split into the frozen BC Euler step a~_{k+1} = a_k + v_theta / K and the block's proximal step from it; the K
+    blocks together are a JKO time h. Q is evaluated only at final actions: a_K(a_{k+1}) is the action the iterate
+    a_{k+1} leads to through the rest of the current cascade (steps k+1..K-1, flow and blocks as constants, the
+    gradient flowing through them to a_{k+1}), clipped as the policy clips it; never at a noisy iterate.
+    `obs`, `z`: (K, n, .) states and noise of each block's chunk (chunk k trains block k, from its own a_0 = z[k]).
+    Returns the summed loss and per-block statistics (K,): trust-region displacement E||a_{k+1} - a~_{k+1}||^2, step
+    E||a_{k+1} - a_k||^2, E log|det J_k| and (with_stats) the Q improvement E[Q(a_K(a_{k+1})) - Q(a_K(a~_{k+1}))].
     """
-    num_blocks, batch, act_dim = iterates.shape
+    num_blocks, n, _ = z.shape
     dt = 1.0 / num_blocks
-    a_k = iterates.detach().requires_grad_(with_entropy)
-    t = (torch.arange(num_blocks, device=obs.device, dtype=obs.dtype) * dt).view(-1, 1, 1).expand(-1, batch, 1)
+    with torch.no_grad():  # a_k of chunk k from the current cascade: step j runs on the chunks j + 1..K-1
+        x = z
+        for j in range(num_blocks - 1):
+            x = torch.cat([x[: j + 1], euler_step(flow, blocks, j, obs[j + 1:], x[j + 1:], dt)])
+    a_k = x.requires_grad_(with_entropy)
+    t = (torch.arange(num_blocks, device=obs.device, dtype=obs.dtype) * dt).view(-1, 1, 1).expand(-1, n, 1)
     v_bc = flow(obs, a_k, t)  # frozen BC velocity (its parameters get no gradient)
     a_ref = a_k + dt * v_bc  # the pretrained Euler step: the previous iterate of the block's proximal step
     u = blocks(torch.cat([obs, a_k], dim=-1))
     a_next = a_ref + dt * u
-    q_all = critic(obs.repeat(2, 1, 1), torch.cat([a_next, a_ref.detach()])).mean(0)  # one critic call for both
-    q, q_ref = q_all[:num_blocks], q_all[num_blocks:]
-    q_term = -q.mean(1)
-    if normalize_q:
-        q_term = q_term / q.abs().mean().detach()
+    # the rest of the cascade from a_{k+1} (and, for the statistics, from a~_{k+1}): step j runs on the chunks 0..j-1
+    x, obs_x = (torch.cat([a_next, a_ref.detach()], 1), obs.repeat(1, 2, 1)) if with_stats else (a_next, obs)
+    for j in range(1, num_blocks):
+        x = torch.cat([euler_step(flow, blocks, j, obs_x[:j], x[:j], dt, detach_blocks=True), x[j:]])
+    q_all = critic(obs_x, x.clamp(-1.0, 1.0)).mean(0)  # (K, n or 2n): one critic call
+    q = q_all[:, :n]
     displacement = (a_next - a_ref).pow(2).sum(-1)  # W2^2(pi_{k+1}, pi~_{k+1}) <= E of this (coupling bound)
-    loss_k = q_term + displacement.mean(1) / (2.0 * step_size)
+    loss_k = normalized_q_term(q, normalize_q) + num_blocks * displacement.mean(1) / (2.0 * step_size)
     logdet = torch.zeros(num_blocks, device=obs.device)
     if with_entropy:
         logdet = block_log_det(v_bc, u, a_k, dt, create_graph=entropy_coef > 0).mean(1)
         loss_k = loss_k - entropy_coef * logdet  # beta E[log pi_{k+1}] = beta (E[log pi_k] - E log|det J_k|)
-    return {"loss": loss_k.sum(), "block_loss": loss_k.detach(), "w2_trust": displacement.detach().mean(1),
-            "w2_step": (a_next - iterates).detach().pow(2).sum(-1).mean(1), "log_det": logdet.detach(),
-            "q_improvement": (q - q_ref).detach().mean(1)}
+    stats = {"loss": loss_k.sum(), "block_loss": loss_k.detach(), "w2_trust": displacement.detach().mean(1),
+             "w2_step": (a_next - a_k).detach().pow(2).sum(-1).mean(1), "log_det": logdet.detach()}
+    if with_stats:
+        stats["q_improvement"] = (q - q_all[:, n:]).detach().mean(1)
+    return stats
+
+
+def action_block_loss(flow: Callable, blocks: FlowBlocks, critic: Callable, obs: torch.Tensor, z: torch.Tensor, block: int,
+                      step_size: float, entropy_coef: float, normalize_q: bool, with_entropy: bool) -> dict:
+    """`--block-space action`: the JKO objective of block `block` of the action-space cascade (this repo's reading):
+
+        L_k = E[ -Q(s, a_{k+1}) / |Q|  -  beta log|det(I + du_k/da)|  +  K ||a_{k+1} - a_k||^2 / (2h) ],
+        a_{k+1} = a_k + u_k(s, a_k),   a_0 = the BC flow's action from z,
+
+    a JKO step of size h / K between consecutive iterates, which are all actions (Q at a_{k+1} clipped to [-1, 1],
+    as the policy clips it). The blocks before `block` are constants (trained earlier), the later ones are still the
+    identity: a_{k+1} is the current policy's action. Returns the loss and the block's statistics, each (1,).
+    """
+    num_blocks = blocks.num_blocks
+    with torch.no_grad():
+        a_k = action_rollout(flow, None, obs, z, num_blocks)[0]
+        for j in range(block):
+            a_k = a_k + blocks.step(j, torch.cat([obs, a_k], dim=-1))
+    a_k.requires_grad_(with_entropy)
+    u = blocks.step(block, torch.cat([obs, a_k], dim=-1))
+    a_next = a_k + u
+    q_all = critic(obs.repeat(2, 1), torch.cat([a_next, a_k.detach()]).clamp(-1.0, 1.0)).mean(0)
+    q, q_ref = q_all[: obs.shape[0]], q_all[obs.shape[0]:]
+    displacement = u.pow(2).sum(-1)  # ||a_{k+1} - a_k||^2: W2^2(pi_{k+1}, pi_k) <= E of this
+    loss = normalized_q_term(q, normalize_q) + num_blocks * displacement.mean() / (2.0 * step_size)
+    logdet = torch.zeros((), device=obs.device)
+    if with_entropy:
+        logdet = block_log_det(None, u, a_k, 1.0, create_graph=entropy_coef > 0).mean()
+        loss = loss - entropy_coef * logdet
+    one = lambda x: x.detach().reshape(1)  # noqa: E731
+    return {"loss": loss, "block_loss": one(loss), "w2_trust": one(displacement.mean()), "w2_step": one(displacement.mean()),
+            "log_det": one(logdet), "q_improvement": one((q - q_ref).mean())}
 
 
 def naive_finetune_loss(flow: VectorField, critic: Callable, obs: torch.Tensor, z: torch.Tensor, num_steps: int,
-                        normalize_q: bool) -> torch.Tensor:
-    """Baseline: -Q(s, a_K) with the gradient backpropagated through all K Euler steps into the whole flow."""
-    actions = flow_rollout(flow, None, obs, z, num_steps)[-1].clamp(-1.0, 1.0)
-    q = critic(obs, actions).mean(0)
-    return -q.mean() / q.abs().mean().detach() if normalize_q else -q.mean()
+                        normalize_q: bool, bc_flow: Optional[Callable] = None, step_size: float = 1.0) -> tuple:
+    """Baseline: -Q(s, a_K) with the gradient backpropagated through all K Euler steps into the whole flow. With
+    `bc_flow` (the frozen pretrained flow; `--naive-trust-region`) the regularised baseline adds the same W2 bound,
+    ||a_K - a_K^BC||^2 / (2h), to the pretrained policy's action from the same noise. Returns (loss, that
+    displacement E||a_K - a_K^BC||^2, or None without `bc_flow`)."""
+    final = flow_rollout(flow, None, obs, z, num_steps)[-1]
+    q = critic(obs, final.clamp(-1.0, 1.0)).mean(0)
+    loss = normalized_q_term(q, normalize_q)
+    if bc_flow is None:
+        return loss, None
+    with torch.no_grad():
+        bc_final = flow_rollout(bc_flow, None, obs, z, num_steps)[-1]
+    displacement = (final - bc_final).pow(2).sum(-1).mean()
+    return loss + displacement / (2.0 * step_size), displacement.detach()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -779,9 +883,11 @@ def load_checkpoint(path: str, args: Args, device: torch.device) -> dict:
         raise CheckpointError(f"--checkpoint {path} is not an swfp checkpoint: it has no "
                               f"{', '.join(missing) or 'args and phase'} ({describe(state)})")
     saved, online = state["args"], state["phase"] == "online"
-    keys = NETWORK_ARGS + (("naive_finetune",) if online else ())  # online: the blocks, or the flow itself, were trained
-    differ = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved.get(k, 'none')})"
-              for k in keys if saved.get(k) != getattr(args, k)]
+    # online: the blocks (in flow or action space), or the flow itself (with or without the anchor), were trained
+    keys = NETWORK_ARGS + (("naive_finetune", "naive_trust_region", "block_space") if online else ())
+    defaults = {"naive_trust_region": False, "block_space": "flow"}  # checkpoints saved before these flags existed
+    differ = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved.get(k, defaults.get(k, 'none'))})"
+              for k in keys if saved.get(k, defaults.get(k)) != getattr(args, k)]
     if differ:
         raise CheckpointError(f"--checkpoint {path} holds other networks: {', '.join(differ)}; pass the checkpoint's "
                               "values")
@@ -797,8 +903,8 @@ def restore_checkpoint(state: dict, args: Args, modules: dict, obs_dim: int, act
     """Load a state from load_checkpoint into this run's networks; networks of another dataset's sizes are one
     CheckpointError line."""
     try:
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
+        for name, module in modules.items():  # no pretrained_flow (phase 1, or older checkpoints): the flow itself
+            module.load_state_dict(state[name if name in state or name != "pretrained_flow" else "flow"])
     except Exception as e:  # size mismatch (RuntimeError)
         raise CheckpointError(f"--checkpoint {args.checkpoint}: its networks do not load into this dataset's "
                               f"(observation dim {obs_dim}, action dim {act_dim}; {first_line(e)})") from e
@@ -858,7 +964,9 @@ def main(args: Args) -> dict:
     adam = {"fused": True} if device.type == "cuda" else {"foreach": True}
     critic_params, target_params = list(critic.parameters()), list(target_critic.parameters())
     critic_optimizer = torch.optim.Adam(critic_params, lr=args.learning_rate, **adam)
-    modules = dict(flow=flow, blocks=blocks, critic=critic, target_critic=target_critic)
+    pretrained_flow = VectorField(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)  # the BC flow, frozen
+    pretrained_flow.requires_grad_(False)
+    modules = dict(flow=flow, blocks=blocks, critic=critic, target_critic=target_critic, pretrained_flow=pretrained_flow)
     skip_phase1 = state is not None
     if state is not None:
         restore_checkpoint(state, args, modules, obs_dim, act_dim)
@@ -869,7 +977,7 @@ def main(args: Args) -> dict:
     refine = None if args.naive_finetune else blocks  # the naive baseline changes the flow itself, no blocks
 
     def policy(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return sample_actions(flow, refine, obs, noise(obs, generator), args.blocks)
+        return sample_actions(flow, refine, obs, noise(obs, generator), args.blocks, args.block_space)
 
     def frozen(module: nn.Module) -> Callable:
         """The module with detached parameters: a policy loss trains the policy through the action only."""
@@ -936,28 +1044,42 @@ def main(args: Args) -> dict:
 
     # ----------------------------------------------------------------------- phase 2: online fine-tuning
     critic_optimizer.state.clear()  # fresh Adam moments: the same start whether or not phase 1 ran in this process
+    if start_step == 0:  # the pretrained flow (an online checkpoint holds its own copy): the naive baselines' anchor
+        pretrained_flow.load_state_dict(flow.state_dict())
     flow.requires_grad_(args.naive_finetune)
     actor_params = list(flow.parameters()) if args.naive_finetune else list(blocks.parameters())
     actor_optimizer = torch.optim.Adam(actor_params, lr=args.learning_rate, **adam)
 
-    def update(batch: dict, with_stats: bool) -> dict:
+    bc_anchor = pretrained_flow if args.naive_trust_region else None
+    stage = {"block": None}  # action space: the block being trained (one after another over the online phase)
+
+    def update(batch: dict, step: int, with_stats: bool) -> dict:
         loss_critic, q_mean = td_update(batch)
         obs = batch["observations"]
         z = noise(obs)
         stats = {}
+        with_entropy = args.entropy_coef > 0 or with_stats
         if args.naive_finetune:
-            loss_actor = naive_finetune_loss(flow, frozen(critic), obs, z, args.blocks, args.normalize_q)
+            loss_actor, displacement = naive_finetune_loss(flow, frozen(critic), obs, z, args.blocks, args.normalize_q,
+                                                           bc_anchor, args.jko_step_size)
+            if displacement is not None:
+                stats["w2_to_pretrained"] = displacement
+        elif args.block_space == "action":
+            # stage k of K equal parts of the online phase trains block k alone (Adam moments reset at each stage)
+            block = min(args.blocks - 1, (step - 1) * args.blocks // max(1, args.total_timesteps))
+            if block != stage["block"]:
+                actor_optimizer.state.clear()
+                stage["block"] = block
+            stats = action_block_loss(flow, blocks, frozen(critic), obs, z, block, args.jko_step_size, args.entropy_coef,
+                                      args.normalize_q, with_entropy)
+            loss_actor = stats.pop("loss")
         else:
-            # the batch is split into K chunks, chunk k trains block k (cost of one pass over the batch, not K)
+            # the batch is split into K chunks, chunk k trains block k (about the cost of (K + 1) / 2 passes over it)
             per_block = max(1, obs.shape[0] // args.blocks)
-            obs, z = obs[: per_block * args.blocks], z[: per_block * args.blocks]
-            with torch.no_grad():
-                iterates = flow_rollout(flow, blocks, obs, z, args.blocks)[:-1]  # a_0..a_{K-1}, (K, K * n, d)
-            diag = torch.arange(args.blocks, device=device)
-            iterates = iterates.view(args.blocks, args.blocks, per_block, act_dim)[diag, diag]  # block k: a_k of chunk k
-            obs = obs.view(args.blocks, per_block, obs_dim)
-            stats = jko_block_losses(flow, blocks, frozen(critic), obs, iterates, args.jko_step_size, args.entropy_coef,
-                                     args.normalize_q, with_entropy=args.entropy_coef > 0 or with_stats)
+            obs = obs[: per_block * args.blocks].view(args.blocks, per_block, obs_dim)
+            z = z[: per_block * args.blocks].view(args.blocks, per_block, act_dim)
+            stats = flow_block_losses(flow, blocks, frozen(critic), obs, z, args.jko_step_size, args.entropy_coef,
+                                      args.normalize_q, with_entropy, with_stats)
             loss_actor = stats.pop("loss")
         actor_optimizer.zero_grad(set_to_none=True)
         loss_actor.backward()
@@ -994,7 +1116,7 @@ def main(args: Args) -> dict:
 
         log_now = step % args.log_freq == 0 or step == args.total_timesteps
         eval_now = step % args.eval_freq == 0 or step == args.total_timesteps
-        losses = update(buffer.sample(args.batch_size), with_stats=log_now)
+        losses = update(buffer.sample(args.batch_size), step, with_stats=log_now)
         nonfinite |= ~(torch.isfinite(losses["critic_loss"]) & torch.isfinite(losses["actor_loss"]))
         if log_now or eval_now:  # checked before anything is logged, evaluated or saved
             check_finite(nonfinite, f"within env steps {last_log_step + 1}..{step}")
@@ -1002,14 +1124,23 @@ def main(args: Args) -> dict:
             sps = (step - last_log_step) / (time.time() - t0)
             for k in ("critic_loss", "actor_loss", "q_mean"):
                 writer.add_scalar(f"losses/{k}", losses[k].item(), step)
+            if "w2_to_pretrained" in losses:
+                writer.add_scalar("losses/w2_to_pretrained", losses["w2_to_pretrained"].item(), step)
             if not args.naive_finetune:
-                entropy = entropy_0 + torch.cumsum(losses["log_det"], 0)  # H(pi_{k+1}) = H(pi_k) + E log|det J_k|
-                per_block = {"w2_displacement": losses["w2_trust"], "w2_step": losses["w2_step"], "entropy": entropy,
+                per_block = {"w2_displacement": losses["w2_trust"], "w2_step": losses["w2_step"],
                              "q_improvement": losses["q_improvement"], "jko_loss": losses["block_loss"]}
+                if args.block_space == "flow":  # H(pi_{k+1}) = H(pi_k) + E log|det J_k| from the Gaussian a_0
+                    per_block["entropy"] = entropy_0 + torch.cumsum(losses["log_det"], 0)
+                    first = 0
+                else:  # one block per stage; H of the BC sample a_0 is unknown: the log-det is logged
+                    per_block["log_det"] = losses["log_det"]
+                    first = stage["block"]
+                    writer.add_scalar("blocks/stage", first, step)
                 for name, values in per_block.items():
-                    for k, v in enumerate(values.tolist()):
+                    for k, v in enumerate(values.tolist(), start=first):
                         writer.add_scalar(f"blocks/{name}_{k}", v, step)
-                    writer.add_scalar(f"blocks/{name}_mean", values.mean().item(), step)
+                    if args.block_space == "flow":
+                        writer.add_scalar(f"blocks/{name}_mean", values.mean().item(), step)
             writer.add_scalar("charts/SPS", sps, step)
             progress.update(phase1_steps + step, sps=sps,
                             critic=losses["critic_loss"].item(), q=losses["q_mean"].item(), **headline(metrics))

@@ -337,6 +337,8 @@ TABLES["swfp"] = [
     (["--block-hidden-dim", "0"], "--block-hidden-dim must be >= 1 (got 0)"),
     (["--block-num-layers", "0"], "--block-num-layers must be >= 1 (got 0)"),
     (["--num-critics", "0"], "--num-critics must be >= 1 (got 0)"),
+    (["--naive-trust-region"], "--naive-trust-region regularises the naive baseline: it needs --naive-finetune"),
+    (["--block-space", "action", "--naive-trust-region"], "--naive-trust-region regularises the naive baseline"),
 ]
 
 

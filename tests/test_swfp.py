@@ -66,11 +66,11 @@ class QuadraticCritic(torch.nn.Module):
         return torch.stack([q, q])
 
 
-def train_blocks(blocks, flow, critic, obs, iterates, step_size, entropy_coef=0.0, steps=400, lr=1e-2):
+def train_blocks(blocks, flow, critic, obs, z, step_size, entropy_coef=0.0, steps=400, lr=1e-2):
     opt = torch.optim.Adam(blocks.parameters(), lr=lr)
     for _ in range(steps):
-        stats = swfp.jko_block_losses(flow, blocks, critic, obs, iterates, step_size, entropy_coef, normalize_q=False,
-                                      with_entropy=entropy_coef > 0)
+        stats = swfp.flow_block_losses(flow, blocks, critic, obs, z, step_size, entropy_coef, normalize_q=False,
+                                       with_entropy=entropy_coef > 0, with_stats=False)
         opt.zero_grad()
         stats["loss"].backward()
         opt.step()
@@ -91,8 +91,8 @@ def test_without_q_and_entropy_the_optimum_is_the_identity_refinement():
     flow = make_flow()
     obs, z = torch.randn(B, 3), torch.randn(B, 2)
     blocks = swfp.FlowBlocks(K, 3, 2, 32, 2)
-    iterates = swfp.flow_rollout(flow, blocks, obs, z, K)[:-1]
-    stats = swfp.jko_block_losses(flow, blocks, ConstantCritic(), obs.expand(K, -1, -1), iterates, 0.1, 0.0, False, False)
+    obs_k, z_k = obs.expand(K, -1, -1), z.expand(K, -1, -1)  # every block's chunk: the same states and noise
+    stats = swfp.flow_block_losses(flow, blocks, ConstantCritic(), obs_k, z_k, 0.1, 0.0, False, False)
     stats["loss"].backward()
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in blocks.parameters())
     assert torch.all(stats["w2_trust"] == 0)
@@ -102,9 +102,7 @@ def test_without_q_and_entropy_the_optimum_is_the_identity_refinement():
             p.normal_(0.0, 0.3)
     pretrained = swfp.sample_actions(flow, None, obs, z, K)
     assert (swfp.sample_actions(flow, blocks, obs, z, K) - pretrained).abs().max() > 0.05  # perturbed
-    for _ in range(3):  # a few rounds: the inputs a_k of later blocks move as earlier blocks converge
-        iterates = swfp.flow_rollout(flow, blocks, obs, z, K)[:-1].detach()
-        train_blocks(blocks, flow, ConstantCritic(), obs.expand(K, -1, -1), iterates, 0.1, steps=150)
+    train_blocks(blocks, flow, ConstantCritic(), obs_k, z_k, 0.1, steps=300)  # the inputs a_k follow the cascade
     assert (swfp.sample_actions(flow, blocks, obs, z, K) - pretrained).abs().max() < 0.02
 
 
@@ -114,8 +112,8 @@ def test_constant_q_term_has_no_gradient(normalize_q):
     flow = make_flow()
     blocks = swfp.FlowBlocks(K, 3, 2, 16, 2)
     torch.nn.init.normal_(blocks.layers[-1].weight)
-    stats = swfp.jko_block_losses(flow, blocks, ConstantCritic(), torch.randn(K, 8, 3), torch.randn(K, 8, 2), 1e9, 0.0,
-                                  normalize_q, False)
+    stats = swfp.flow_block_losses(flow, blocks, ConstantCritic(), torch.randn(K, 8, 3), torch.randn(K, 8, 2), 1e9, 0.0,
+                                   normalize_q, False)
     assert stats["q_improvement"].abs().max() == 0
     stats["loss"].backward()
     assert max(p.grad.abs().max().item() for p in blocks.parameters() if p.grad is not None) < 1e-6
@@ -172,7 +170,7 @@ def test_entropic_term_spreads_the_iterate_when_q_is_flat():
     torch.manual_seed(1)
     blocks = swfp.FlowBlocks(K, 3, 2, 32, 2)
     stats = train_blocks(blocks, flow, ConstantCritic(), obs, z, step_size=0.1, entropy_coef=0.05, steps=200)
-    without = swfp.jko_block_losses(flow, swfp.FlowBlocks(K, 3, 2, 32, 2), ConstantCritic(), obs, z, 0.1, 0.05, False, True)
+    without = swfp.flow_block_losses(flow, swfp.FlowBlocks(K, 3, 2, 32, 2), ConstantCritic(), obs, z, 0.1, 0.05, False, True)
     assert torch.all(stats["log_det"] > without["log_det"] + 0.01), (stats["log_det"], without["log_det"])
     assert torch.all(stats["w2_trust"] > 0)
 
@@ -182,9 +180,144 @@ def test_naive_finetune_loss_reaches_every_flow_parameter_and_no_critic_paramete
     critic = swfp.Critic(3, 2, 16, 2, 2)
     params = {n: p.detach() for n, p in critic.named_parameters()}
     frozen = lambda *x: torch.func.functional_call(critic, params, x)  # noqa: E731
-    swfp.naive_finetune_loss(flow, frozen, torch.randn(8, 3), torch.randn(8, 2), 4, True).backward()
+    swfp.naive_finetune_loss(flow, frozen, torch.randn(8, 3), torch.randn(8, 2), 4, True)[0].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in flow.parameters())
     assert all(p.grad is None for p in critic.parameters())
+
+
+class RecordingCritic(torch.nn.Module):
+    """Q(s, a) = <g, a> for both ensemble members; keeps every action it is evaluated at."""
+
+    def __init__(self, g=(0.0, 0.0)):
+        super().__init__()
+        self.g, self.actions = torch.tensor(g), []
+
+    def forward(self, obs, action):
+        self.actions.append(action.detach().clone())
+        q = (action * self.g).sum(-1)
+        return torch.stack([q, q])
+
+
+def random_blocks(K, upto=None, scale=0.3):
+    torch.manual_seed(2)
+    blocks = swfp.FlowBlocks(K, 3, 2, 16, 2)
+    with torch.no_grad():
+        for layer in blocks.layers:
+            layer.weight[:upto].normal_(0.0, scale)
+    return blocks
+
+
+def test_flow_blocks_evaluate_q_only_at_the_final_actions_of_the_cascade():
+    """--block-space flow: every action the critic sees in the block losses is a final action of the current
+    cascade (the action the iterate a_{k+1} leads to), never the iterate itself; with the statistics on, also the
+    final action reached from the pretrained step a~_{k+1}, inside [-1, 1]."""
+    K, n = 4, 16
+    flow, blocks = make_flow(), random_blocks(4)
+    obs, z = torch.randn(K, n, 3), torch.randn(K, n, 2)
+    critic = RecordingCritic()
+    swfp.flow_block_losses(flow, blocks, critic, obs, z, 1.0, 0.0, False, False, with_stats=False)
+    (seen,) = critic.actions
+    final = torch.stack([swfp.sample_actions(flow, blocks, obs[k], z[k], K) for k in range(K)])
+    assert torch.allclose(seen, final, atol=1e-5)
+    iterates = torch.stack([swfp.flow_rollout(flow, blocks, obs[k], z[k], K)[k + 1] for k in range(K - 1)])
+    assert (seen[: K - 1] - iterates).abs().amax(dim=(1, 2)).min() > 0.1  # the intermediate iterates differ from it
+    critic.actions.clear()
+    swfp.flow_block_losses(flow, blocks, critic, obs, z, 1.0, 0.0, False, True, with_stats=True)
+    assert torch.allclose(critic.actions[0][:, :n], final, atol=1e-5) and critic.actions[0].abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("block", [0, 2])
+def test_action_blocks_evaluate_q_at_actions_and_train_only_their_block(block):
+    """--block-space action: block k sees a_k from the BC sample and the trained blocks before it; the critic sees the
+    current policy's action a_{k+1} (the later blocks are still the identity) and a_k, and only block k gets a gradient."""
+    K, B = 4, 32
+    flow, blocks = make_flow(), random_blocks(4, upto=block + 1)
+    obs, z = torch.randn(B, 3), torch.randn(B, 2)
+    critic = RecordingCritic(g=(1.0, -1.0))
+    stats = swfp.action_block_loss(flow, blocks, critic, obs, z, block, 1.0, 0.01, False, True)
+    (seen,) = critic.actions
+    iterates = swfp.action_rollout(flow, blocks, obs, z, K)
+    assert torch.allclose(seen[:B], swfp.sample_actions(flow, blocks, obs, z, K, "action"), atol=1e-6)
+    assert torch.allclose(seen[B:], iterates[block].clamp(-1, 1), atol=1e-6)
+    assert torch.allclose(iterates[0], swfp.sample_actions(flow, None, obs, z, K))  # a_0: the BC policy's action
+    stats["loss"].backward()
+    for layer in blocks.layers:
+        grads = layer.weight.grad.abs().sum(dim=(1, 2))
+        assert grads[block] > 0 and torch.all(grads[torch.arange(K) != block] == 0), grads
+
+
+@pytest.mark.parametrize("space, K", [("flow", 2), ("flow", 4), ("action", 2), ("action", 4)])
+def test_the_cascade_is_a_jko_step_of_time_h_whatever_k(space, K):
+    """Linear Q = <g, a>, constant BC field, beta = 0: each block is a JKO step of size h / K (trust region
+    K ||.||^2 / (2h)), so the optimum moves every final action by h g in total, the same for every K (the old
+    per-block ||.||^2 / (2h) moved it by K h g)."""
+    g, h, v = (0.3, -0.2), 1.0, torch.tensor([0.1, 0.1])
+    field = lambda obs, x, t: v.expand_as(x)  # noqa: E731
+    torch.manual_seed(0)
+    obs, z = torch.randn(K, 32, 3), 0.2 * torch.randn(K, 32, 2)
+    blocks = swfp.FlowBlocks(K, 3, 2, 16, 2)
+    critic = RecordingCritic(g)
+    if space == "flow":
+        train_blocks(blocks, field, critic, obs, z, h, steps=200, lr=5e-3)
+    else:
+        for block in range(K):  # one after another, as main trains them
+            opt = torch.optim.Adam(blocks.parameters(), lr=5e-3)
+            for _ in range(200):
+                loss = swfp.action_block_loss(field, blocks, critic, obs[0], z[0], block, h, 0.0, False, False)["loss"]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    with torch.no_grad():
+        moved = swfp.sample_actions(field, blocks, obs[0], z[0], K, space) - swfp.sample_actions(field, None, obs[0], z[0], K)
+    assert torch.allclose(moved.mean(0), h * torch.tensor(g), atol=0.01), moved.mean(0)  # the mean step: h g
+    assert torch.allclose(moved, h * torch.tensor(g).expand_as(moved), atol=0.05), moved  # and every action's
+
+
+def test_the_regularised_naive_loss_adds_the_w2_bound_to_the_pretrained_actions():
+    """--naive-trust-region: the naive loss plus ||a_K - a_K^BC||^2 / (2h) from the same noise; zero (and no pull) at
+    the pretrained flow; after a perturbation it equals the displacement, and descent on it returns towards the BC flow."""
+    K, h = 4, 0.5
+    flow = swfp.VectorField(3, 2, 16, 2)
+    bc = swfp.VectorField(3, 2, 16, 2)
+    bc.load_state_dict(flow.state_dict())
+    bc.requires_grad_(False)
+    obs, z = torch.randn(64, 3), torch.randn(64, 2)
+    critic = lambda obs, a: torch.zeros(2, a.shape[0]) + 0.0 * a.sum(-1)  # noqa: E731  flat Q: only the W2 term acts
+    loss, disp = swfp.naive_finetune_loss(flow, critic, obs, z, K, False, bc, h)
+    assert disp == 0 and loss.item() == 0
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    loss, disp = swfp.naive_finetune_loss(flow, critic, obs, z, K, False, bc, h)
+    gap = (swfp.flow_rollout(flow, None, obs, z, K)[-1] - swfp.flow_rollout(bc, None, obs, z, K)[-1]).pow(2).sum(-1).mean()
+    assert disp.item() == pytest.approx(gap.item(), rel=1e-5) and loss.item() == pytest.approx(gap.item() / (2 * h), rel=1e-5)
+    opt = torch.optim.SGD(flow.parameters(), lr=0.05)
+    for _ in range(30):
+        opt.zero_grad()
+        swfp.naive_finetune_loss(flow, critic, obs, z, K, False, bc, h)[0].backward()
+        opt.step()
+    assert swfp.naive_finetune_loss(flow, critic, obs, z, K, False, bc, h)[1] < 0.5 * disp
+
+
+@pytest.mark.parametrize("space", ["flow", "action"])
+def test_in_a_run_the_critic_sees_only_actions_and_action_blocks_train_in_order(space, small_bandit, in_tmp, monkeypatch):
+    """Every action any critic is evaluated at during a run (TD targets, warm-up, block losses) lies in [-1, 1]: the
+    critic is never asked about a noisy iterate (the old block loss fed it a_1 = a_0 + ..., a_0 ~ N(0, I)). With
+    --block-space action, block k trains during the k-th quarter of the online phase."""
+    seen, trained = [], []
+
+    class Recording(swfp.Critic):
+        def forward(self, obs, action):
+            seen.append(action.detach().abs().max().item())
+            return super().forward(obs, action)
+
+    monkeypatch.setattr(swfp, "Critic", Recording)
+    loss = swfp.action_block_loss
+    monkeypatch.setattr(swfp, "action_block_loss", lambda *a, **k: trained.append(a[5]) or loss(*a, **k))
+    swfp.main(tiny(env_id=str(small_bandit), block_space=space, pretrain_steps=40, critic_warmup_steps=10,
+                   total_timesteps=12, eval_freq=12, eval_episodes=2, log_freq=6))
+    assert len(seen) > 40 and max(seen) <= 1.0, max(seen)
+    assert trained == ([0] * 3 + [1] * 3 + [2] * 3 + [3] * 3 if space == "action" else [])
 
 
 # ---------------------------------------------------------------------------------------------- behaviour
@@ -471,7 +604,7 @@ def test_an_online_checkpoint_past_the_budget_is_refused(online, in_tmp, monkeyp
 
 
 def test_an_online_checkpoint_at_the_budget_is_evaluated_only(online, small_bandit, in_tmp, capsys, monkeypatch):
-    monkeypatch.setattr(swfp, "jko_block_losses", lambda *a, **k: pytest.fail("fine-tuned past the budget"))
+    monkeypatch.setattr(swfp, "flow_block_losses", lambda *a, **k: pytest.fail("fine-tuned past the budget"))
     capsys.readouterr()
     metrics = swfp.main(tiny(env_id=str(small_bandit), checkpoint=str(online), total_timesteps=10, eval_episodes=2))
     assert np.isfinite(metrics["eval/episodic_return"])
