@@ -40,17 +40,17 @@ every choice below is the minimal one that the flow MDP implies; docs/decision_f
      advantage A_f = r_f + V(s_f') - V(s_f) of each decision per unit flow time (A_f is O(dt); dividing by dt
      makes eta independent of T, as advantage rates in continuous-time RL, Tallec et al. 2019), scaled by the
      detached mean |Q| (as TD3+BC) so that eta is free of the reward scale; eta = 0 is plain flow matching.
-  R5 DF-dir reward (issue 20; replaces the potential-based shaping of earlier versions): the *alignment* of the
-     velocity with the direction of action-value improvement at the step's predicted endpoint,
-        r_f,tau = beta * dt * q_scale * cos(u_tau, g_tau),   g_tau = grad_a Q(s, x)|_{x = clip(a_tau + (1 - t_tau) u_tau)}
-     (g_tau detached: a fixed target direction; q_scale = the detached mean |Q(s, a_1)| of the batch when
-     --normalize-pi-loss, else 1, so that beta is unitless like eta). The predicted endpoint is the action the flow
-     would reach if it kept its current velocity (exact for straight flows): a point where Q was trained, unlike the
-     noisy intermediate a_tau. The cosine rewards the direction only (its gradient in u is orthogonal to u), and it is
-     not a potential difference, so unlike the earlier shaping it is not gradient-neutral once the flow critic is
-     exact (tested on linear and quadratic Q). --dir-reward potential keeps the earlier shaping
-     beta * (Q(s, a_{tau+1}) - Q(s, a_tau)) for comparison: with an exact flow critic its actor gradient is exactly
-     (1 + beta) times that of beta = 0 (tested), i.e. terminal-reward Decision Flow at eta * (1 + beta).
+  R5 DF-dir reward (issue 20; replaces the potential-based shaping of earlier versions): the component of
+     grad_a Q at the step's predicted endpoint along the *direction* of the velocity,
+        r_f,tau = beta * dt * <u_tau / ||u_tau||, g_tau>,   g_tau = grad_a Q(s, x)|_{x = clip(a_tau + (1 - t_tau) u_tau)}
+     (g_tau detached: a fixed target direction, in Q units per unit of action, so that beta is unitless against the
+     terminal Q). The predicted endpoint is the action the flow would reach if it kept its current velocity (exact
+     for straight flows): a point where Q was trained, unlike the noisy intermediate a_tau. The reward depends on the
+     direction of u only (its gradient in u is orthogonal to u) and is weighted by ||g||, so a flat or uncertain
+     critic pulls little. It is not a potential difference, so unlike the earlier shaping it is not gradient-neutral
+     once the flow critic is exact (tested on linear and quadratic Q). --dir-reward potential keeps the earlier
+     shaping beta * (Q(s, a_{tau+1}) - Q(s, a_tau)) for comparison: with an exact flow critic its actor gradient is
+     exactly (1 + beta) times that of beta = 0 (tested), i.e. terminal-reward Decision Flow at eta * (1 + beta).
   R6 DF-div reward: r_f,tau = -beta * dt * ||u_theta(s, a_tau, t_tau) - u_beta(s, a_tau, t_tau)||^2 with
      u_beta a behaviour flow trained by flow matching. Summed over the T steps it is a Riemann sum of
      -beta * int ||u_theta - u_beta||^2 dt, the path-space divergence that bounds W2^2 between the two
@@ -169,7 +169,7 @@ class Args:
     beta: Optional[float] = None
     """weight of the intermediate flow reward (dir: alignment weight, unitless, default 1; div: divergence penalty in Q units, default 0.1)"""
     dir_reward: Optional[Literal["align", "potential"]] = None
-    """DF-dir reward: align (default; cos of u with grad Q at the predicted endpoint, R5) or potential (the old shaping; = beta 0 at eta*(1+beta))"""
+    """DF-dir reward: align (default; grad Q at the predicted endpoint along u/|u|, R5) or potential (the old shaping; = beta 0 at eta*(1+beta))"""
     normalize_pi_loss: bool = True
     """divide the policy-improvement term by the detached mean |Q(s, a_1)| (makes eta scale-free)"""
     q_agg: Literal["mean", "min"] = "mean"
@@ -402,18 +402,19 @@ def endpoint_q_gradients(q: Callable, obs: torch.Tensor, states: torch.Tensor, v
 
 
 def intermediate_rewards(variant: str, beta: float, dt: float, velocities: torch.Tensor, phi: Optional[torch.Tensor] = None,
-                         behaviour_velocities: Optional[torch.Tensor] = None, q_grad: Optional[torch.Tensor] = None,
-                         q_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+                         behaviour_velocities: Optional[torch.Tensor] = None,
+                         q_grad: Optional[torch.Tensor] = None) -> torch.Tensor:
     """r_f,tau for tau = 0..T-1 -> (T, B). This repo's reconstruction (R5, R6):
 
-    align (DF-dir): beta * dt * q_scale * cos(u_tau, g_tau), g_tau = `q_grad` (T, B, d), the gradient of Q at the
-           predicted endpoint (endpoint_q_gradients); the gradient reaches u_tau through the cosine only.
+    align (DF-dir): beta * dt * <u_tau / ||u_tau||, g_tau>, g_tau = `q_grad` (T, B, d), the gradient of Q at the
+           predicted endpoint (endpoint_q_gradients); the gradient reaches u_tau through its direction only.
     potential (DF-dir, the earlier shaping, kept for comparison): beta * (Phi_{tau+1} - Phi_tau) with
            Phi_tau = Q(s, a_tau), given as `phi` (T + 1, B); the gradient reaches u_tau through Phi_{tau+1} only.
     div:   -beta * dt * ||u_tau - u_beta(s, a_tau, t_tau)||^2 (u_beta detached).
     """
     if variant == "align":
-        return beta * dt * q_scale * F.cosine_similarity(velocities, q_grad, dim=-1, eps=1e-8)
+        direction = velocities / velocities.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return beta * dt * (direction * q_grad).sum(-1)
     if variant == "potential":
         return beta * (phi[1:] - phi[:-1].detach())
     return -beta * dt * (velocities - behaviour_velocities.detach()).pow(2).sum(-1)
@@ -465,8 +466,7 @@ def decision_flow_losses(policy: VectorField, flow_critic: FlowCritic, target_fl
         q_terminal = q_frozen(obs, next_states[-1].clamp(-1.0, 1.0)).mean(0)
         if variant == "dir":
             q_grad = endpoint_q_gradients(lambda o, a: q_frozen(o, a).mean(0), obs, states, velocities, times)
-            q_scale = q_terminal.detach().abs().mean().clamp_min(1e-6) if normalize else 1.0
-            rewards = intermediate_rewards("align", beta, dt, velocities, q_grad=q_grad, q_scale=q_scale)
+            rewards = intermediate_rewards("align", beta, dt, velocities, q_grad=q_grad)
         else:
             with torch.no_grad():
                 behaviour_velocities = behaviour(flat(obs_T), flat(states), flat(times)).view(T, B, -1)
