@@ -51,12 +51,14 @@ every choice below is the minimal one that the flow MDP implies; docs/decision_f
      once the flow critic is exact (tested on linear and quadratic Q). --dir-reward potential keeps the earlier
      shaping beta * (Q(s, a_{tau+1}) - Q(s, a_tau)) for comparison: with an exact flow critic its actor gradient is
      exactly (1 + beta) times that of beta = 0 (tested), i.e. terminal-reward Decision Flow at eta * (1 + beta).
+     In issue 20's ablation (embedded Reacher, a reduced budget) it scored below beta = 0 on every seed: it is DF-dir's
+     reward because it is a reading of "direction-oriented" that is not gradient-neutral, not because it won.
   R6 DF-div reward: r_f,tau = -beta * dt * ||u_theta(s, a_tau, t_tau) - u_beta(s, a_tau, t_tau)||^2 with
      u_beta a behaviour flow trained by flow matching. Summed over the T steps it is a Riemann sum of
      -beta * int ||u_theta - u_beta||^2 dt, the path-space divergence that bounds W2^2 between the two
      policies' action distributions (and is the Girsanov KL of their SDE versions up to the noise scale).
   R7 hyper-parameters eta = 1, beta = 1 (dir, unitless) / 0.1 (div, Q units) are ours, set without a sweep; the eta /
-     beta ablation of issue 20 is in docs/decision_flow.md.
+     beta-0 ablation of issue 20 (eta in {1, 2, 5}) is in docs/decision_flow.md.
 
 The ordinary critic is a TD ensemble with a Polyak target (as in the other offline scripts), trained on
 dataset transitions with next actions sampled from the flow policy (T Euler steps). The deployed policy
