@@ -40,16 +40,25 @@ every choice below is the minimal one that the flow MDP implies; docs/decision_f
      advantage A_f = r_f + V(s_f') - V(s_f) of each decision per unit flow time (A_f is O(dt); dividing by dt
      makes eta independent of T, as advantage rates in continuous-time RL, Tallec et al. 2019), scaled by the
      detached mean |Q| (as TD3+BC) so that eta is free of the reward scale; eta = 0 is plain flow matching.
-  R5 DF-dir reward: potential-based shaping with potential Phi(s, a_t) = Q(s, clip(a_t)):
-        r_f,tau = beta * (Q(s, a_{tau+1}) - Q(s, a_tau))  ~=  beta * dt * <grad_a Q(s, a_tau), u>,
-     i.e. the velocity's component along the direction of action-value improvement. With gamma_f = 1
-     potential shaping leaves the optimal flow policy unchanged (Ng et al., 1999) but gives every
-     flow step a dense signal.
+  R5 DF-dir reward (issue 20; replaces the potential-based shaping of earlier versions): the component of
+     grad_a Q at the step's predicted endpoint along the *direction* of the velocity,
+        r_f,tau = beta * dt * <u_tau / ||u_tau||, g_tau>,   g_tau = grad_a Q(s, x)|_{x = clip(a_tau + (1 - t_tau) u_tau)}
+     (g_tau detached: a fixed target direction, in Q units per unit of action, so that beta is unitless against the
+     terminal Q). The predicted endpoint is the action the flow would reach if it kept its current velocity (exact
+     for straight flows): a point where Q was trained, unlike the noisy intermediate a_tau. The reward depends on the
+     direction of u only (its gradient in u is orthogonal to u) and is weighted by ||g||, so a flat or uncertain
+     critic pulls little. It is not a potential difference, so unlike the earlier shaping it is not gradient-neutral
+     once the flow critic is exact (tested on linear and quadratic Q). --dir-reward potential keeps the earlier
+     shaping beta * (Q(s, a_{tau+1}) - Q(s, a_tau)) for comparison: with an exact flow critic its actor gradient is
+     exactly (1 + beta) times that of beta = 0 (tested), i.e. terminal-reward Decision Flow at eta * (1 + beta).
+     In issue 20's ablation (embedded Reacher, a reduced budget) it scored below beta = 0 on every seed: it is DF-dir's
+     reward because it is a reading of "direction-oriented" that is not gradient-neutral, not because it won.
   R6 DF-div reward: r_f,tau = -beta * dt * ||u_theta(s, a_tau, t_tau) - u_beta(s, a_tau, t_tau)||^2 with
      u_beta a behaviour flow trained by flow matching. Summed over the T steps it is a Riemann sum of
      -beta * int ||u_theta - u_beta||^2 dt, the path-space divergence that bounds W2^2 between the two
      policies' action distributions (and is the Girsanov KL of their SDE versions up to the noise scale).
-  R7 hyper-parameters eta = 1, beta = 1 (dir) / 0.1 (div, Q units) are ours, set without a sweep (docs/).
+  R7 hyper-parameters eta = 1, beta = 1 (dir, unitless) / 0.1 (div, Q units) are ours, set without a sweep; the eta /
+     beta-0 ablation of issue 20 (eta in {1, 2, 5}) is in docs/decision_flow.md.
 
 The ordinary critic is a TD ensemble with a Polyak target (as in the other offline scripts), trained on
 dataset transitions with next actions sampled from the flow policy (T Euler steps). The deployed policy
@@ -160,7 +169,9 @@ class Args:
     eta: float = 1.0
     """weight of the flow-MDP policy-improvement term against flow matching (0 = behaviour cloning)"""
     beta: Optional[float] = None
-    """weight of the intermediate flow reward (dir: shaping weight, unitless, default 1; div: divergence penalty in Q units, default 0.1)"""
+    """weight of the intermediate flow reward (dir: alignment weight, unitless, default 1; div: divergence penalty in Q units, default 0.1)"""
+    dir_reward: Optional[Literal["align", "potential"]] = None
+    """DF-dir reward: align (default; grad Q at the predicted endpoint along u/|u|, R5) or potential (the old shaping; = beta 0 at eta*(1+beta))"""
     normalize_pi_loss: bool = True
     """divide the policy-improvement term by the detached mean |Q(s, a_1)| (makes eta scale-free)"""
     q_agg: Literal["mean", "min"] = "mean"
@@ -194,8 +205,9 @@ USER_ERRORS = (ArgumentError, DatasetError, CheckpointError, NonFiniteLossError)
 def check_args(args: Args) -> None:
     """Every flag checked once, before any work: the first value outside its range raises ArgumentError, one line
     `--flag must be <rule> (got <value>)`. (torch_deterministic, cuda, eval_bc_flow, save_model, compile,
-    normalize_pi_loss: booleans; variant, q_agg: choices that tyro checks; env_id, ogbench_dataset_dir: read, and
-    checked, by load_offline_data; checkpoint: read, and checked, by load_checkpoint.)"""
+    normalize_pi_loss: booleans; variant, q_agg, dir_reward: choices that tyro checks, dir_reward with --variant dir
+    only; env_id, ogbench_dataset_dir: read, and checked, by load_offline_data; checkpoint: read, and checked, by
+    load_checkpoint.)"""
 
     def need(ok: bool, flag: str, rule: str) -> None:
         if not ok:
@@ -220,6 +232,9 @@ def check_args(args: Args) -> None:
     need(math.isfinite(args.eta) and args.eta >= 0, "eta", "finite and >= 0 (0: flow matching only)")
     need(args.beta is None or (math.isfinite(args.beta) and args.beta >= 0), "beta", "finite and >= 0")
     need(args.num_critics >= 1, "num_critics", ">= 1")
+    if args.dir_reward is not None and args.variant != "dir":
+        raise ArgumentError(f"--dir-reward {args.dir_reward} and --variant {args.variant} cannot both be given "
+                            "(--dir-reward sets DF-dir's reward)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,15 +392,32 @@ def flow_matching_loss(field: Callable, obs: torch.Tensor, actions: torch.Tensor
     return F.mse_loss(field(obs, a_t, t), actions - a_0)
 
 
+def endpoint_q_gradients(q: Callable, obs: torch.Tensor, states: torch.Tensor, velocities: torch.Tensor,
+                         times: torch.Tensor) -> torch.Tensor:
+    """g_tau = grad_x Q(s, x) at x = clip(a_tau + (1 - t_tau) u_tau), the step's predicted endpoint (R5), detached:
+    (T, B, d). `q(obs, action) -> (B,)` is called at in-box points only (where the critic was trained)."""
+    T = states.shape[0]
+    with torch.enable_grad():
+        x = (states + (1.0 - times) * velocities).detach().clamp(-1.0, 1.0).requires_grad_(True)
+        (g,) = torch.autograd.grad(q(flat(obs.expand(T, *obs.shape)), flat(x)).sum(), x)
+    return g.detach()
+
+
 def intermediate_rewards(variant: str, beta: float, dt: float, velocities: torch.Tensor, phi: Optional[torch.Tensor] = None,
-                         behaviour_velocities: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         behaviour_velocities: Optional[torch.Tensor] = None,
+                         q_grad: Optional[torch.Tensor] = None) -> torch.Tensor:
     """r_f,tau for tau = 0..T-1 -> (T, B). This repo's reconstruction (R5, R6):
 
-    dir: beta * (Phi_{tau+1} - Phi_tau) with Phi_tau = Q(s, a_tau), given as `phi` (T + 1, B); the gradient
-         reaches u_tau through Phi_{tau+1} only (a_tau is a detached flow state).
-    div: -beta * dt * ||u_tau - u_beta(s, a_tau, t_tau)||^2 (u_beta detached).
+    align (DF-dir): beta * dt * <u_tau / ||u_tau||, g_tau>, g_tau = `q_grad` (T, B, d), the gradient of Q at the
+           predicted endpoint (endpoint_q_gradients); the gradient reaches u_tau through its direction only.
+    potential (DF-dir, the earlier shaping, kept for comparison): beta * (Phi_{tau+1} - Phi_tau) with
+           Phi_tau = Q(s, a_tau), given as `phi` (T + 1, B); the gradient reaches u_tau through Phi_{tau+1} only.
+    div:   -beta * dt * ||u_tau - u_beta(s, a_tau, t_tau)||^2 (u_beta detached).
     """
-    if variant == "dir":
+    if variant == "align":
+        direction = velocities / velocities.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return beta * dt * (direction * q_grad).sum(-1)
+    if variant == "potential":
         return beta * (phi[1:] - phi[:-1].detach())
     return -beta * dt * (velocities - behaviour_velocities.detach()).pow(2).sum(-1)
 
@@ -413,9 +445,10 @@ def actor_loss(fm_loss: torch.Tensor, advantage_rate: torch.Tensor, q_terminal: 
 
 def decision_flow_losses(policy: VectorField, flow_critic: FlowCritic, target_flow_critic: FlowCritic, critic: Critic,
                          behaviour: Optional[VectorField], obs: torch.Tensor, actions: torch.Tensor, variant: str,
-                         flow_steps: int, eta: float, beta: float, normalize: bool) -> dict:
+                         flow_steps: int, eta: float, beta: float, normalize: bool, dir_reward: str = "align") -> dict:
     """All flow-MDP terms on one batch: rollout, intermediate rewards, one-step lookahead values, flow-critic TD,
-    actor objective. Critic and flow-critic parameters get no gradient from the actor's term (frozen copies)."""
+    actor objective. Critic and flow-critic parameters get no gradient from the actor's term (frozen copies).
+    `dir_reward` (align | potential) chooses DF-dir's reward (R5); DF-div ignores it."""
     T, dt, B = flow_steps, 1.0 / flow_steps, obs.shape[0]
     z = torch.randn_like(actions)
     states, velocities, times = flow_rollout(policy, obs, z, T)
@@ -424,18 +457,22 @@ def decision_flow_losses(policy: VectorField, flow_critic: FlowCritic, target_fl
     obs_T = obs.expand(T, *obs.shape)
     q_frozen, v_frozen = frozen(critic), frozen(flow_critic)
 
-    if variant == "dir":
+    if variant == "dir" and dir_reward == "potential":
         # Phi at a_0 (no gradient) and at every next flow state (gradient into u_tau); Phi_T is also Q(s, a_1)
         with torch.no_grad():
             phi_0 = q_value(critic, obs, z)
         phi_next = q_frozen(flat(obs_T), flat(next_states).clamp(-1.0, 1.0)).mean(0).view(T, B)
-        rewards = intermediate_rewards("dir", beta, dt, velocities, phi=torch.cat([phi_0[None], phi_next]))
+        rewards = intermediate_rewards("potential", beta, dt, velocities, phi=torch.cat([phi_0[None], phi_next]))
         q_terminal = phi_next[-1]
     else:
-        with torch.no_grad():
-            behaviour_velocities = behaviour(flat(obs_T), flat(states), flat(times)).view(T, B, -1)
-        rewards = intermediate_rewards("div", beta, dt, velocities, behaviour_velocities=behaviour_velocities)
         q_terminal = q_frozen(obs, next_states[-1].clamp(-1.0, 1.0)).mean(0)
+        if variant == "dir":
+            q_grad = endpoint_q_gradients(lambda o, a: q_frozen(o, a).mean(0), obs, states, velocities, times)
+            rewards = intermediate_rewards("align", beta, dt, velocities, q_grad=q_grad)
+        else:
+            with torch.no_grad():
+                behaviour_velocities = behaviour(flat(obs_T), flat(states), flat(times)).view(T, B, -1)
+            rewards = intermediate_rewards("div", beta, dt, velocities, behaviour_velocities=behaviour_velocities)
 
     # value of the next flow state: the flow critic for tau < T-1, the terminal reward Q(s, a_1) at tau = T-1
     obs_inner = obs.expand(T - 1, *obs.shape)
@@ -903,7 +940,7 @@ def main(args: Args) -> dict:
         obs, actions = batch["observations"], batch["actions"]
         loss_critic, q = critic_loss(critic, target_critic, policy, batch, args.gamma, args.flow_steps, args.q_agg)
         df = decision_flow_losses(policy, flow_critic, target_flow_critic, critic, behaviour, obs, actions, args.variant,
-                                  args.flow_steps, args.eta, beta, args.normalize_pi_loss)
+                                  args.flow_steps, args.eta, beta, args.normalize_pi_loss, args.dir_reward or "align")
         loss = loss_critic + df["flow_critic_loss"] + df["actor_loss"]
         out = {"critic_loss": loss_critic.detach(), "q_mean": q.detach().mean()}
         if behaviour is not None:

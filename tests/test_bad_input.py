@@ -229,6 +229,8 @@ TABLES["decision_flow"] = [
     (["--beta", "-1"], "--beta must be finite and >= 0 (got -1.0)"),
     (["--beta", "inf"], "--beta must be finite and >= 0 (got inf)"),
     (["--num-critics", "0"], "--num-critics must be >= 1 (got 0)"),
+    (["--variant", "div", "--dir-reward", "potential"], "--dir-reward potential and --variant div cannot both be given"),
+    (["--variant", "div", "--dir-reward", "align"], "--dir-reward align and --variant div cannot both be given"),
 ]
 
 

@@ -82,9 +82,9 @@ def test_sampler_with_a_constant_field_lands_on_z_plus_v():
     assert torch.allclose(out, (z + v).clamp(-1, 1), atol=1e-6)
 
 
-def test_dir_reward_is_potential_shaping_and_div_reward_is_the_velocity_gap():
+def test_potential_reward_is_shaping_and_div_reward_is_the_velocity_gap():
     phi = torch.tensor([[1.0, -2.0], [1.5, -1.0], [0.5, 0.0]])  # Phi_0..Phi_2 for a 2-step chain, 2 samples
-    r = dfm.intermediate_rewards("dir", 0.5, 0.5, None, phi=phi)
+    r = dfm.intermediate_rewards("potential", 0.5, 0.5, None, phi=phi)
     assert torch.allclose(r, 0.5 * torch.tensor([[0.5, 1.0], [-1.0, 1.0]]))
     assert torch.allclose(r.sum(0), 0.5 * (phi[-1] - phi[0]))  # telescopes: the optimal flow policy is unchanged
     u = torch.tensor([[[1.0, 0.0]], [[0.0, 2.0]]])
@@ -92,6 +92,21 @@ def test_dir_reward_is_potential_shaping_and_div_reward_is_the_velocity_gap():
     r = dfm.intermediate_rewards("div", 2.0, 0.5, u, behaviour_velocities=ub)
     assert torch.allclose(r, torch.tensor([[-1.0], [-4.0]]))  # -beta * dt * ||u - u_beta||^2
     assert dfm.intermediate_rewards("div", 2.0, 0.5, ub, behaviour_velocities=ub).abs().max() == 0
+
+
+def test_align_reward_is_grad_q_at_the_predicted_endpoint_along_the_velocity_direction():
+    u = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [1.0, 0.0], [1.0, 1.0]]])  # (T=1, B=4, d=2)
+    g = torch.tensor([[[2.0, 0.0], [2.0, 0.0], [0.0, 5.0], [-1.0, 0.0]]])
+    r = dfm.intermediate_rewards("align", 2.0, 0.1, u, q_grad=g)
+    # beta * dt * <u / |u|, g>: aligned (at any speed), orthogonal, 135 degrees
+    assert torch.allclose(r, 0.2 * torch.tensor([[2.0, 2.0, 0.0, -2 ** -0.5]]), atol=1e-6)
+    # g: grad_a Q at clip(a_tau + (1 - t_tau) u_tau), for Q = -||a - c||^2 that is -2 (clip(endpoint) - c)
+    c = torch.tensor([0.6, -0.4])
+    states, velocities = torch.tensor([[[0.0, 0.0]], [[0.5, 0.5]]]), torch.tensor([[[0.5, 0.2]], [[2.0, -0.2]]])
+    times = torch.tensor([[[0.0]], [[0.5]]])
+    grad = dfm.endpoint_q_gradients(lambda o, a: KnownQ(c)(o, a)[0], torch.zeros(1, 1), states, velocities, times)
+    endpoints = torch.tensor([[[0.5, 0.2]], [[1.0, 0.4]]])  # [0.5 + 0.5 * 2.0 = 1.5 -> clipped to 1.0, 0.5 - 0.1]
+    assert torch.allclose(grad, -2 * (endpoints - c), atol=1e-6) and not grad.requires_grad
 
 
 def test_flow_critic_td_reproduces_terminal_q_at_every_step_with_zero_rewards():
@@ -155,6 +170,92 @@ def policy_improvement_run(variant: str, steps: int = 60) -> tuple:
 def test_per_step_policy_gradient_moves_a1_uphill_on_a_known_q(variant):
     before, after = policy_improvement_run(variant)
     assert after > before + 0.5 * abs(before), (before, after)
+
+
+class LinearQ(torch.nn.Module):
+    """Q(s, a) = <w, a>, shaped (K=1, B); `grad` is its analytic action gradient."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.register_buffer("w", torch.as_tensor(w, dtype=torch.float32))
+
+    def forward(self, obs, action):
+        return (action * self.w).sum(-1)[None]
+
+    def grad(self, action):
+        return self.w.expand_as(action)
+
+
+class QuadraticQ(KnownQ):
+    def grad(self, action):
+        return -2.0 * (action - self.c)
+
+
+class ExactFlowValue(torch.nn.Module):
+    """The exact flow value under the current (frozen) policy: from (s, a_t, t) roll the remaining Euler steps, add
+    that reward's r_f,k of every step (align: by dfm.intermediate_rewards with the analytic grad of Q, so that the value
+    is differentiable in a_t through the whole chain) and the terminal Q(s, clip(a_1))."""
+
+    def __init__(self, policy, q, reward, beta, T):
+        super().__init__()
+        self.parts = [policy, q]  # not registered: this 'critic' has no parameters of its own
+        self.reward, self.beta, self.T = reward, beta, T
+
+    def forward(self, obs, a, t):
+        policy, q = self.parts
+        field, dt = dfm.frozen(policy), 1.0 / self.T
+        first = torch.round(t[:, 0] * self.T)  # the step index of each row's flow state
+        value = torch.zeros_like(a[:, 0])
+        for i in range(self.T):
+            active = (first <= i).float()
+            u = field(obs, a, torch.full_like(a[:, :1], i * dt))
+            if self.reward == "potential":  # written out: intermediate_rewards detaches Phi(a_tau), V must not
+                r = self.beta * (q(obs, (a + dt * u).clamp(-1, 1))[0] - q(obs, a.clamp(-1, 1))[0])
+            else:
+                g = q.grad((a + (1.0 - i * dt) * u).clamp(-1, 1))
+                r = dfm.intermediate_rewards("align", self.beta, dt, u[None], q_grad=g[None])[0]
+            value = value + active * r
+            a = a + active[:, None] * dt * u
+        return value + q(obs, a.clamp(-1, 1))[0]
+
+
+def exact_v_policy_gradient(q, reward, beta, normalize, T=5):
+    """d L_PI / d theta of DF-dir with the flow critic replaced by its exact value (the TD fixed point)."""
+    torch.manual_seed(0)
+    policy = dfm.VectorField(2, 2, 32, 2)
+    with torch.no_grad():
+        policy.net[-1].weight.mul_(0.3)  # keep most of the chain inside the action box
+    exact = ExactFlowValue(policy, q, reward, beta, T)
+    torch.manual_seed(1)
+    out = dfm.decision_flow_losses(policy, exact, exact, q, None, torch.ones(64, 2), torch.zeros(64, 2), "dir", T,
+                                   eta=1.0, beta=beta, normalize=normalize, dir_reward=reward)
+    return torch.cat([g.flatten() for g in torch.autograd.grad(out["policy_loss"], list(policy.parameters()))])
+
+
+def parallel_part(g, g_ref):
+    """(c, residual): the best c with g ~ c * g_ref, and ||g - c * g_ref|| / ||g|| (0: g is a rescaled g_ref)."""
+    c = (g @ g_ref / (g_ref @ g_ref)).item()
+    return c, ((g - c * g_ref).norm() / g.norm()).item()
+
+
+@pytest.mark.parametrize("q", [LinearQ([0.7, -0.3]), QuadraticQ([0.6, -0.4])], ids=["linear Q", "quadratic Q"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_with_an_exact_flow_critic_the_potential_reward_only_rescales_the_gradient_by_one_plus_beta(q, normalize):
+    """Issue 20's known answer: with V exact, r = beta (Q(a_tau+1) - Q(a_tau)) gives lookahead
+    (1 + beta) V_0(a_tau+1) - beta Q(a_tau): the actor's gradient is (1 + beta) times terminal-reward DF's."""
+    g_0 = exact_v_policy_gradient(q, "potential", 0.0, normalize)
+    for beta in (1.0, 3.0):
+        c, residual = parallel_part(exact_v_policy_gradient(q, "potential", beta, normalize), g_0)
+        assert c == pytest.approx(1.0 + beta, rel=1e-4) and residual < 1e-4, (beta, c, residual)
+
+
+@pytest.mark.parametrize("q", [LinearQ([0.7, -0.3]), QuadraticQ([0.6, -0.4])], ids=["linear Q", "quadratic Q"])
+def test_with_an_exact_flow_critic_the_align_reward_changes_the_gradient_direction(q):
+    """DF-dir's reward (R5) is not a potential difference: with V exact its gradient is no rescaling of beta = 0's."""
+    g_0 = exact_v_policy_gradient(q, "align", 0.0, False)
+    assert torch.allclose(g_0, exact_v_policy_gradient(q, "potential", 0.0, False))  # beta = 0: the same method
+    c, residual = parallel_part(exact_v_policy_gradient(q, "align", 1.0, False), g_0)
+    assert residual > 0.05, (c, residual)  # measured 0.51 (linear), 0.17 (quadratic); the potential reward: 3e-8
 
 
 def test_policy_term_trains_the_policy_only():
