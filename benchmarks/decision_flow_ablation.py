@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "docs" / "results"
+RESULTS = ROOT / "docs" / "studies"
 CSV = RESULTS / "decision_flow_ablation.csv"
 PNG = RESULTS / "decision_flow_ablation.png"
 METHODS = {  # label -> decision_flow.py flags
