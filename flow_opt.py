@@ -63,6 +63,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
@@ -111,8 +112,9 @@ class Args:
     """obstacle radii are uniform in this range [m]"""
     horizon: float = 10.0
     """trajectory duration T [s]"""
-    num_times: int = 50
-    """time samples at which constraints are imposed"""
+    num_times: int = 100
+    """instants at which the solver imposes the constraints, each inflated by the motion between instants
+    (sample_margins); success is certified over the whole horizon (certify)"""
     order: int = 10
     """Bernstein polynomial order per axis (order + 1 coefficients)"""
     v_max: float = 2.0
@@ -341,6 +343,7 @@ def check_args(args: Args) -> None:
     need(args.certify_iters >= 1, "certify_iters", ">= 1")
     # scenario geometry, now that every size is in range: each robot count fits, and its obstacles can be placed
     world = World.from_args(args)
+    sample_margins(world, args.horizon, args.num_times, args.tol)  # enough instants for the constraints to hold between them
     for n in sorted(set(args.train_robots) | set(args.eval_robots)):
         check_scenario_args(n, args.num_obstacles, world, args.layouts)
         sample_scenarios(1, n, args.num_obstacles, world, args.layouts, torch.Generator().manual_seed(0),
@@ -555,6 +558,7 @@ class TrajectorySolver:
         self.A = A.to(device, dtype)
         self.eq_proj = (A.T @ torch.linalg.inv(A @ A.T)).to(device, dtype)  # (nv, 6)
         self.dt = args.horizon / (args.num_times - 1)
+        self.margin = sample_margins(world, args.horizon, args.num_times, args.tol)  # the constraints between instants
 
     # -- pieces -------------------------------------------------------------------------------
     def c_step(self, q: torch.Tensor, b_eq: torch.Tensor) -> torch.Tensor:
@@ -579,7 +583,7 @@ class TrajectorySolver:
         violation / collision: the largest constraint excess per sample (all constraints / separations only)."""
         rho, w, n = self.rho, self.world, self.n
         pos, vel, acc = self.states(c)
-        r2 = 2 * w.robot_radius
+        r2 = 2 * w.robot_radius + self.margin["agent"]
         # robot-robot, time-major (B, K, N, 2): Delta_ik = p_i - p_k, s_ik = Delta_ik max(1, 2r / ||Delta_ik||);
         # F^T of the pair rows sums over partners k; sum_k (Delta_ik - s_ik) = -(p_i sum_k w_ik - sum_k w_ik p_k)
         pk = pos.permute(0, 3, 1, 2)
@@ -594,12 +598,12 @@ class TrajectorySolver:
             centre, radius = obstacles[:, None, None, :, :2], obstacles[:, None, None, :, 2]
             dob = pk[:, :, :, None] - centre  # (B, K, N, M, 2)
             dist_o = (dob.square().sum(-1) + 1e-12).sqrt()
-            reach = w.robot_radius + radius
+            reach = w.robot_radius + radius + self.margin["obs"]
             res_o = -(dob * (reach / dist_o - 1.0).clamp(min=0.0)[..., None]).sum(3)
             g_pos = g_pos + rho["obs"] * (self.m * pk - res_o)  # sum_m (o_m + s_m)
             r_pos = r_pos + rho["obs"] * res_o
             pen = torch.maximum(pen, (reach - dist_o).clamp(min=0.0).amax((1, 2, 3)))
-        bound = w.workspace - w.robot_radius  # workspace box: s = clip(p)
+        bound = w.workspace - w.robot_radius - self.margin["ws"]  # workspace box: s = clip(p)
         s_w = pk.clamp(-bound, bound)
         g_pos, r_pos = g_pos + rho["ws"] * s_w, r_pos + rho["ws"] * (pk - s_w)
         exc_w = (pk.abs() - bound).clamp(min=0.0).amax((1, 2, 3))
@@ -724,6 +728,103 @@ class TrajectorySolver:
     def smoothness(self, c: torch.Tensor) -> torch.Tensor:
         """Sum over robots and time of ||acceleration||^2 dt, per sample (the paper's smoothness metric)."""
         return (c @ self.Pdd.T).square().sum((1, 2, 3)) * self.dt
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuous-time certificate: Bernstein convex-hull bounds on every constraint over the whole horizon
+# ---------------------------------------------------------------------------------------------
+def sample_margins(world: World, horizon: float, num_times: int, tol: float) -> dict:
+    """How much the solver inflates each constraint at its `num_times` instants so that a trajectory within `tol` at
+    the instants is within `tol` between them (the one rule of the data generator, the SF and the optimizer).
+
+    Between two instants h apart a curve leaves its chord by at most h^2/8 max|accel| (accel <= a_max + tol), and a
+    chord of length <= L whose ends are >= D from a point comes no closer than sqrt(D^2 - (L/2)^2). Robot pairs:
+    L = 2 (v_max + tol) h, relative accel 2 (a_max + tol); obstacles: L = (v_max + tol) h; the workspace box is convex
+    (curvature term only). Speed and acceleration get no margin (their between-instant motion is bounded by jerk,
+    which is not constrained): the certificate checks them. Raises ArgumentError when the chords are too long."""
+    h, v, a, r = horizon / (num_times - 1), world.v_max + tol, world.a_max + tol, world.robot_radius
+
+    def chord(reach: float, speed: float, curve: float, what: str) -> float:  # chord length <= 2 speed h
+        if speed * h >= reach:
+            raise ArgumentError(f"--num-times must be at least {math.floor(horizon * speed / reach) + 2} for {what} to "
+                                f"hold between the instants (got {num_times})")
+        return reach - math.sqrt(reach**2 - (speed * h) ** 2) + curve
+
+    return {"agent": chord(2 * r - tol, v, 2 * a * h * h / 8, "robot-robot separation"),
+            "obs": chord(r + world.obstacle_radius[0] - tol, v / 2, a * h * h / 8, "obstacle separation"),
+            "ws": a * h * h / 8}
+
+
+@lru_cache(maxsize=None)
+def split_matrix(m: int, segments: int) -> torch.Tensor:
+    """(segments * (m + 1), m + 1), float64: the degree-m Bernstein coefficients on [0, 1] -> those of the restriction
+    to each of `segments` equal pieces (row j of piece [a, b]: the blossom at (a^(m-j), b^j))."""
+    def bern(deg: int, x: float) -> np.ndarray:
+        return np.array([math.comb(deg, k) * x**k * (1 - x) ** (deg - k) for k in range(deg + 1)])
+
+    rows = [np.convolve(bern(j, (s + 1) / segments), bern(m - j, s / segments))
+            for s in range(segments) for j in range(m + 1)]
+    return torch.tensor(np.stack(rows))
+
+
+def bernstein_product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Degree-2m Bernstein coefficients of the product of two degree-m polynomials (..., m + 1)."""
+    m = u.shape[-1] - 1
+    binom = torch.tensor([math.comb(m, i) for i in range(m + 1)], dtype=u.dtype, device=u.device)
+    out = u.new_zeros(*u.shape[:-1], 2 * m + 1)
+    uu, vv = u * binom, v * binom
+    for i in range(m + 1):
+        out[..., i:i + m + 1] += uu[..., i:i + 1] * vv
+    return out / torch.tensor([math.comb(2 * m, k) for k in range(2 * m + 1)], dtype=u.dtype, device=u.device)
+
+
+def certified_min(coef: torch.Tensor, threshold: torch.Tensor, coarse: int = 16, fine: int = 512,
+                  chunk: int = 4096) -> torch.Tensor:
+    """A lower bound of min over [0, 1] of each Bernstein polynomial coef (..., m + 1): the least control point of its
+    restrictions to `coarse` pieces (a polynomial lies in the convex hull of its control points), refined to `fine`
+    pieces where that bound is below `threshold` (broadcast to coef.shape[:-1])."""
+    m = coef.shape[-1] - 1
+    flat = coef.reshape(-1, m + 1)
+    lb = (flat @ split_matrix(m, coarse).to(flat).T).amin(1)
+    thr = threshold.expand(coef.shape[:-1]).reshape(-1)
+    low = (lb < thr).nonzero().squeeze(1)
+    R = split_matrix(m, fine).to(flat)
+    for start in range(0, low.numel(), chunk):
+        idx = low[start:start + chunk]
+        lb[idx] = torch.maximum(lb[idx], (flat[idx] @ R.T).amin(1))
+    return lb.view(coef.shape[:-1])
+
+
+@torch.no_grad()
+def certify(c: torch.Tensor, scen: dict, world: World, horizon: float, tol: float) -> dict:
+    """Certified worst excess over the whole horizon t in [0, T] (not only at the instants), per sample, of each
+    constraint: robot-robot and robot-obstacle penetration [m], workspace excess [m], speed and acceleration excess
+    [m/s, m/s^2]; `violation` is their max, and a trajectory succeeds iff violation <= tol. Each is an upper bound
+    (exact up to float64 rounding): squared distances, speeds and accelerations are polynomials in Bernstein form
+    (products of the coefficient differences), bounded by their control points on 16 pieces, 512 where needed."""
+    c = c.double()
+    B, n, _, nv = c.shape
+    r, o = world.robot_radius, scen["obstacles"].double()
+    one = torch.ones((), dtype=torch.float64, device=c.device)
+    sq = lambda d: bernstein_product(d[..., 0, :], d[..., 0, :]) + bernstein_product(d[..., 1, :], d[..., 1, :])  # noqa: E731
+    i, j = torch.triu_indices(n, n, 1, device=c.device)
+    d2 = certified_min(sq(c[:, i] - c[:, j]), one * (2 * r - tol) ** 2)  # (B, pairs)
+    out = {"agent": (2 * r - d2.clamp(min=0).sqrt()).amax(1)}
+    if o.shape[1]:
+        reach = r + o[:, None, :, 2]  # (B, 1, M)
+        d2o = certified_min(sq(c[:, :, None] - o[:, None, :, :2, None]), (reach - tol).square())
+        out["obs"] = (reach - d2o.clamp(min=0).sqrt()).amax((1, 2))
+    else:
+        out["obs"] = c.new_zeros(B)
+    bound = world.workspace - r
+    out["ws"] = -torch.minimum(certified_min(bound - c, -tol * one), certified_min(bound + c, -tol * one)).amin((1, 2))
+    vel = (c[..., 1:] - c[..., :-1]) * (nv - 1) / horizon
+    acc = (vel[..., 1:] - vel[..., :-1]) * (nv - 2) / horizon
+    for key, d, limit in (("vel", vel, world.v_max), ("acc", acc, world.a_max)):
+        top = -certified_min(-sq(d), -one * (limit + tol) ** 2)  # an upper bound of ||.||^2
+        out[key] = top.clamp(min=0).sqrt().amax(1) - limit
+    out["violation"] = torch.stack([out[k] for k in ("agent", "obs", "ws", "vel", "acc")], -1).amax(-1)
+    return out
 
 
 def perturbed_guess(scen: dict, order: int, std: float, generator: torch.Generator) -> torch.Tensor:
@@ -996,7 +1097,7 @@ def optimize_multistart(opt: TrajectorySolver, scen: dict, args: Args, generator
     c0 = opt.equality_projection(torch.cat(parts, 1).flatten(0, 1), boundary_values(rep["starts"], rep["goals"]))
     out = opt.solve_to_tolerance(rep, straight_line_coefs(rep["starts"], rep["goals"], args.order), c0,
                                  max_iters=max_iters, tol=args.tol, group=R, check_every=10, **kick_args(args))
-    ok = (out["solved_at"] >= 0).view(B, R)
+    ok = ((out["solved_at"] >= 0) & (certify(out["c"], rep, opt.world, args.horizon, args.tol)["violation"] <= args.tol)).view(B, R)
     best = torch.where(ok, opt.smoothness(out["c"]).view(B, R), math.inf).argmin(1)
     return ok.any(1), out["c"].unflatten(0, (B, R))[torch.arange(B, device=best.device), best]
 
@@ -1015,6 +1116,7 @@ def generate_data(n: int, args: Args, world: World, generator: torch.Generator, 
             missed = (~ok).nonzero().squeeze(1)
             solved, c = optimize_multistart(opt, {k: v[missed] for k, v in scen.items()}, args, generator, args.data_iters, 0)
             coefs[missed[solved]], ok[missed[solved]] = c[solved], True
+        ok &= certify(coefs, scen, world, args.horizon, args.tol)["violation"] <= args.tol  # continuous-time criterion
         parts.append({**{k: v[ok] for k, v in scen.items()}, "coefs": coefs[ok]})
         tried += ok.numel()
     data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -1025,6 +1127,9 @@ def generate_data(n: int, args: Args, world: World, generator: torch.Generator, 
 # ---------------------------------------------------------------------------------------------
 # Evaluation: Flow-Opt pipeline vs the centralized optimizer from scratch, same scenarios, same tolerance
 # ---------------------------------------------------------------------------------------------
+EVAL_SEED = 20_000  # held-out scenarios: seed EVAL_SEED + --seed (the data never uses it)
+
+
 def timed(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -1070,28 +1175,32 @@ def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, 
     line = sf.solve_to_tolerance(rep, perturbed_guess(rep, args.order, args.perturb_std, gen), **to_tol)
     if S == args.num_samples:  # no ranking: the raw samples' metrics are computed outside the timed pipeline
         viol_gen, coll_gen = raw_violation(c_gen)
-    base_ok = base["violation"] <= args.tol
+    for out, sc in ((base, scen), (flt, rep), (zero, rep), (line, rep)):  # the continuous-time criterion (not timed)
+        cert = certify(out["c"], sc, world, args.horizon, args.tol)
+        out["certified"], out["collision_ct"] = cert["violation"], torch.maximum(cert["agent"], cert["obs"])
+    base_ok = base["certified"] <= args.tol
 
     def best(out: dict) -> tuple:
         """Per scenario: the feasible sample with the smallest acceleration cost (else the least violating one).
         Returns (selector of that sample's rows, success, smoothness, smoothness ratio to the optimizer's)."""
         smooth = sf.smoothness(out["c"]).view(num, S)
-        feasible = (out["violation"] <= args.tol).view(num, S)
-        pick = torch.where(feasible, smooth, 1e9 + out["violation"].view(num, S)).argmin(1)
+        feasible = (out["certified"] <= args.tol).view(num, S)
+        pick = torch.where(feasible, smooth, 1e9 + out["certified"].view(num, S)).argmin(1)
         chosen = lambda x: x.view(num, S, *x.shape[1:])[torch.arange(num, device=device), pick]  # noqa: E731
-        ok = chosen(out["violation"]) <= args.tol
+        ok = chosen(out["certified"]) <= args.tol
         both = ok & base_ok
         ratio = (chosen(smooth.view(-1))[both] / opt.smoothness(base["c"])[both]).mean() if both.any() else torch.tensor(math.nan)
         return chosen, ok, chosen(smooth.view(-1)), ratio
 
     def ready(out: dict, k: int, start: float) -> torch.Tensor:
         """Per scenario: seconds from the start of the method until it left the solver's batch with a sample within
-        tol (measured; inf where it was not solved)."""
-        solved = (out["solved_at"] >= 0).view(-1, k).any(1).cpu()
+        tol that passes the continuous-time certificate (measured; inf where it was not solved)."""
+        solved = ((out["solved_at"] >= 0) & (out["certified"] <= args.tol)).view(-1, k).any(1).cpu()
         return torch.where(solved, out["finished_s"].view(-1, k)[:, 0] - start, float("inf"))
 
     chosen, success, smooth, smooth_ratio = best(flt)
     _, line_success, _, line_smooth_ratio = best(line)
+    _, zero_success, _, zero_smooth_ratio = best(zero)
     solvable = success | base_ok | line_success  # instances with a known feasible solution (any method found one)
     if args.certify_restarts > 0 and not solvable.all():  # offline certificate for the rest (not timed)
         rest = {k: v[~solvable] for k, v in scen.items()}
@@ -1102,12 +1211,15 @@ def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, 
         "robots": n, "scenarios": num, "samples": args.num_samples, "filtered": S, "batch": num * S,
         "success": success.float().mean().item(),
         "collision_before_sf": (coll_gen > args.tol).float().mean().item(),
-        "collision_after_sf": (chosen(flt["collision"]) > args.tol).float().mean().item(),
+        "collision_after_sf": (chosen(flt["collision_ct"]) > args.tol).float().mean().item(),
+        "success_at_instants": (chosen(flt["violation"]) <= args.tol).float().mean().item(),
         "violation_before_sf": viol_gen.mean().item(),
         "smoothness": smooth.mean().item(),
         "smoothness_ratio_vs_opt": smooth_ratio.item(),
         "sf_iters": flt["iters"], "sf_zero_init_iters": zero["iters"],
-        "sf_zero_init_success": ((zero["violation"] <= args.tol).view(num, S).any(1)).float().mean().item(),
+        "sf_zero_init_success": zero_success.float().mean().item(),
+        "sf_zero_init_smoothness_ratio_vs_opt": zero_smooth_ratio.item(),
+        "t_median_sf_zero_init_s": ready(zero, S, t3).median().item() + (t1 - t0),  # + the sampling of the batch
         "t_sample_s": t1 - t0, "t_init_s": t2 - t1, "t_sf_s": t3 - t2, "t_sf_zero_init_s": t_zero, "t_flowopt_s": t_flow,
         "opt_success": base_ok.float().mean().item(), "opt_iters": base["iters"],
         "opt_median_iters": base["solved_at"].float().where(base_ok, float(args.opt_max_iters)).median().item(),
@@ -1449,9 +1561,9 @@ def main(args: Args) -> dict:
     init_net.eval()
     rows, examples = [], {}
     for n in args.eval_robots:
-        row, examples[n] = evaluate(model, init_net, norm, n, args, world, device, seed=10_000 + args.seed)
+        row, examples[n] = evaluate(model, init_net, norm, n, args, world, device, seed=EVAL_SEED + args.seed)
         # repeats: the same computation again (identical results); each timing is the median over the repeats
-        again = [evaluate(model, init_net, norm, n, replace(args, certify_restarts=0), world, device, seed=10_000 + args.seed)[0]
+        again = [evaluate(model, init_net, norm, n, replace(args, certify_restarts=0), world, device, seed=EVAL_SEED + args.seed)[0]
                  for _ in range(args.eval_repeats - 1)]
         for k in row:
             if k.startswith(("t_", "cpu_")) or k == "instances_per_s" or ("ratio" in k and "smoothness" not in k):
