@@ -14,18 +14,23 @@ self-supervised by back-propagating through the unrolled solver.
 What this file implements, all batched over samples and scenarios in torch (CPU or CUDA):
   1. procedural scenarios: N disc robots in a square workspace with circular obstacles; start/goal layouts
      "random", "antipodal" (circle crossing) and "swap" (pairs exchange places); collision-free by construction;
-  2. Bernstein trajectories (order 10 per axis over a fixed horizon, evaluated at `num_times` samples);
+  2. Bernstein trajectories (order 10 per axis over a fixed horizon);
   3. the safety filter / centralized optimizer: augmented-Lagrangian alternating minimisation with the polar
-     (projection) reformulation of separation, obstacle, velocity and acceleration constraints, boundary
-     conditions as equalities, one constant KKT matrix inverted once per (N, #obstacles); fixed iteration
-     count, so it is differentiable by unrolling;
-  4. training data: the same solver with a smoothness cost, run to convergence from perturbed straight lines, and
-     from "detour" starts (every robot swerves to the same side) where those deadlock;
-  5. a DiT conditional flow-matching model over the joint coefficients (one token per robot, adaLN-Zero), whose
+     (projection) reformulation of separation, obstacle, workspace, velocity and acceleration constraints at
+     `num_times` instants, boundary conditions as equalities, one constant KKT matrix inverted once per
+     (N, #obstacles); fixed iteration count, so it is differentiable by unrolling;
+  4. continuous-time success: `certify` bounds every constraint over the whole horizon from the Bernstein control
+     points (convex hull of the restrictions to sub-intervals); the solver inflates the separation and workspace
+     constraints at its instants by the most a trajectory can move between them (`sample_margins`), one rule for
+     the data generator, the SF and the optimizer;
+  5. training data: the same solver with a smoothness cost, run to convergence from perturbed straight lines, and
+     from "detour" starts (every robot swerves to the same side) where those deadlock; only certified solutions;
+  6. a DiT conditional flow-matching model over the joint coefficients (one token per robot, adaLN-Zero), whose
      tokens also carry the constraint residual of the trajectory x_t encodes;
-  6. the init network (Delta c, lambda_0), trained through the unrolled SF;
-  7. evaluation for several robot counts against the centralized optimizer from scratch (same solver code, same
-     tolerance, same iteration cap; both solvers drop finished scenarios from the batch).
+  7. the init network (Delta c, lambda_0), trained through the unrolled SF;
+  8. evaluation against the centralized optimizer from scratch (same solver code, same tolerance, same iteration
+     cap; both drop finished scenarios from the batch). Ablations, repeated timings and the external IPOPT
+     baseline are in benchmarks/flow_opt_eval.py and benchmarks/flow_opt_ipopt.py.
 
 THIS REPO'S RECONSTRUCTION. The paper body and code were not readable here. Everything below beyond the
 abstract follows the same first author's Swarm-Gen safety filter (github cisimon7/SwarmGen) and the Singh
@@ -38,15 +43,14 @@ lab's polar-reformulation solvers, adapted to 2-D; assumptions, named:
   * the init-net loss is Swarm-Gen's (mean fixed-point residual + distance to the generated sample) plus a
     constraint-violation term;
   * the init network also sees the sample's constraint residual F^T res (one polar step), our addition;
-  * the DiT sees the same residual of x_t at every flow step (`--flow-residual`), our addition: at equal training
-    it halves the colliding robot pairs of the raw samples (6.6 -> 3.5 per 8-robot scenario);
+  * the DiT sees the same residual of x_t at every flow step (`--flow-residual`), our addition;
   * every run of the solver to tolerance (optimizer, SF at evaluation, data) gets a deadlock kick: when an unsolved
     sample's violation stops falling (over windows of --kick-every iterations), the paths of its robots in conflict
-    are bent sideways, each to its right, and their multipliers reset (our addition; at N = 8 it lifts both
-    methods' success by a few points);
+    are bent sideways, each to its right, and their multipliers reset (our addition);
+  * the inflated constraints at the instants and the continuous-time certificate (ours);
   * the optimizer (data generator and baseline) is the same solver with cost 1/2|c - c_line|^2 + 10/2 |Pddot c|^2
     (c_line: the straight line), started from a straight line with N(0, 0.3^2) noise on its interior coefficients;
-  * Flow-Opt returns, per scenario, the feasible sample with the smallest acceleration cost.
+  * Flow-Opt returns, per scenario, the certified sample with the smallest acceleration cost.
 
 Usage:
   OMP_NUM_THREADS=1 python flow_opt.py --no-cuda                       # small CPU config (train N=4 and 8 + table)
@@ -62,7 +66,8 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
@@ -111,8 +116,9 @@ class Args:
     """obstacle radii are uniform in this range [m]"""
     horizon: float = 10.0
     """trajectory duration T [s]"""
-    num_times: int = 50
-    """time samples at which constraints are imposed"""
+    num_times: int = 100
+    """instants at which the solver imposes the constraints, each inflated by the motion between instants
+    (sample_margins); success is certified over the whole horizon (certify)"""
     order: int = 10
     """Bernstein polynomial order per axis (order + 1 coefficients)"""
     v_max: float = 2.0
@@ -120,7 +126,7 @@ class Args:
     a_max: float = 2.0
     """acceleration bound [m/s^2]"""
     tol: float = 0.02
-    """constraint tolerance (m, m/s, m/s^2) defining success, for Flow-Opt and the optimizer alike"""
+    """constraint tolerance (m, m/s, m/s^2) defining success over the whole horizon, for every method alike"""
 
     # Solver (safety filter and centralized optimizer)
     rho_agent: float = 3.0
@@ -147,7 +153,7 @@ class Args:
     kick_progress: float = 0.8
     """a window stalls when its least violation is not below this share of the previous window's"""
     kick_patience: int = 2
-    """stalled windows in a row before a kick (1 restarted slow but converging 32-robot solves)"""
+    """stalled windows in a row before a kick"""
     kick_bend: float = 2.0
     """size [m] of the kick's bend, each bent robot to its right (the consistent side that resolves crossings)"""
     kick_robots: float = 0.3
@@ -188,7 +194,7 @@ class Args:
     flow_residual: bool = True
     """give every DiT token the constraint residual F^T res of the trajectory x_t encodes (this repo's addition)"""
     flow_steps: int = 4
-    """Euler steps of the flow sampler (4: at N = 8, 10 steps gave the same success at 2.4x the sampling time)"""
+    """Euler steps of the flow sampler"""
 
     # Init network
     init_steps: int = 120
@@ -210,17 +216,9 @@ class Args:
     eval_scenarios: int = 50
     """held-out scenarios per robot count"""
     num_samples: int = 1
-    """flow samples per scenario (the smoothest feasible one is returned; 1: at N = 8, 2 or 4 samples bought 2-3
-    points of success for 1.4-2.6x the batch time)"""
+    """flow samples per scenario (the smoothest certified one is returned)"""
     filter_samples: int = 0
     """of them, the SF filters this many per scenario: those with the least constraint violation before filtering (0: all)"""
-    eval_repeats: int = 1
-    """run each evaluation this many times and report the median of every timing (results are identical)"""
-    certify_restarts: int = 0
-    """if > 0: scenarios no evaluated method solved get an offline feasibility certificate (not timed): the optimizer
-    from the detour starts and this many random starts, --certify-iters iterations; `solvable` counts them too"""
-    certify_iters: int = 3000
-    """iteration cap of the certificate"""
 
 
 class ArgumentError(ValueError):
@@ -336,11 +334,9 @@ def check_args(args: Args) -> None:
     if args.filter_samples > args.num_samples:
         raise ArgumentError(f"--filter-samples {args.filter_samples} and --num-samples {args.num_samples} cannot be "
                             "used together (the SF cannot filter more samples than are drawn)")
-    need(args.eval_repeats >= 1, "eval_repeats", ">= 1")
-    need(args.certify_restarts >= 0, "certify_restarts", ">= 0 (0: no certificate)")
-    need(args.certify_iters >= 1, "certify_iters", ">= 1")
     # scenario geometry, now that every size is in range: each robot count fits, and its obstacles can be placed
     world = World.from_args(args)
+    sample_margins(world, args.horizon, args.num_times, args.tol)  # enough instants for the constraints to hold between them
     for n in sorted(set(args.train_robots) | set(args.eval_robots)):
         check_scenario_args(n, args.num_obstacles, world, args.layouts)
         sample_scenarios(1, n, args.num_obstacles, world, args.layouts, torch.Generator().manual_seed(0),
@@ -555,6 +551,7 @@ class TrajectorySolver:
         self.A = A.to(device, dtype)
         self.eq_proj = (A.T @ torch.linalg.inv(A @ A.T)).to(device, dtype)  # (nv, 6)
         self.dt = args.horizon / (args.num_times - 1)
+        self.margin = sample_margins(world, args.horizon, args.num_times, args.tol)  # the constraints between instants
 
     # -- pieces -------------------------------------------------------------------------------
     def c_step(self, q: torch.Tensor, b_eq: torch.Tensor) -> torch.Tensor:
@@ -579,7 +576,7 @@ class TrajectorySolver:
         violation / collision: the largest constraint excess per sample (all constraints / separations only)."""
         rho, w, n = self.rho, self.world, self.n
         pos, vel, acc = self.states(c)
-        r2 = 2 * w.robot_radius
+        r2 = 2 * w.robot_radius + self.margin["agent"]
         # robot-robot, time-major (B, K, N, 2): Delta_ik = p_i - p_k, s_ik = Delta_ik max(1, 2r / ||Delta_ik||);
         # F^T of the pair rows sums over partners k; sum_k (Delta_ik - s_ik) = -(p_i sum_k w_ik - sum_k w_ik p_k)
         pk = pos.permute(0, 3, 1, 2)
@@ -594,12 +591,12 @@ class TrajectorySolver:
             centre, radius = obstacles[:, None, None, :, :2], obstacles[:, None, None, :, 2]
             dob = pk[:, :, :, None] - centre  # (B, K, N, M, 2)
             dist_o = (dob.square().sum(-1) + 1e-12).sqrt()
-            reach = w.robot_radius + radius
+            reach = w.robot_radius + radius + self.margin["obs"]
             res_o = -(dob * (reach / dist_o - 1.0).clamp(min=0.0)[..., None]).sum(3)
             g_pos = g_pos + rho["obs"] * (self.m * pk - res_o)  # sum_m (o_m + s_m)
             r_pos = r_pos + rho["obs"] * res_o
             pen = torch.maximum(pen, (reach - dist_o).clamp(min=0.0).amax((1, 2, 3)))
-        bound = w.workspace - w.robot_radius  # workspace box: s = clip(p)
+        bound = w.workspace - w.robot_radius - self.margin["ws"]  # workspace box: s = clip(p)
         s_w = pk.clamp(-bound, bound)
         g_pos, r_pos = g_pos + rho["ws"] * s_w, r_pos + rho["ws"] * (pk - s_w)
         exc_w = (pk.abs() - bound).clamp(min=0.0).amax((1, 2, 3))
@@ -724,6 +721,103 @@ class TrajectorySolver:
     def smoothness(self, c: torch.Tensor) -> torch.Tensor:
         """Sum over robots and time of ||acceleration||^2 dt, per sample (the paper's smoothness metric)."""
         return (c @ self.Pdd.T).square().sum((1, 2, 3)) * self.dt
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuous-time certificate: Bernstein convex-hull bounds on every constraint over the whole horizon
+# ---------------------------------------------------------------------------------------------
+def sample_margins(world: World, horizon: float, num_times: int, tol: float) -> dict:
+    """How much the solver inflates each constraint at its `num_times` instants so that a trajectory within `tol` at
+    the instants is within `tol` between them (the one rule of the data generator, the SF and the optimizer).
+
+    Between two instants h apart a curve leaves its chord by at most h^2/8 max|accel| (accel <= a_max + tol), and a
+    chord of length <= L whose ends are >= D from a point comes no closer than sqrt(D^2 - (L/2)^2). Robot pairs:
+    L = 2 (v_max + tol) h, relative accel 2 (a_max + tol); obstacles: L = (v_max + tol) h; the workspace box is convex
+    (curvature term only). Speed and acceleration get no margin (their between-instant motion is bounded by jerk,
+    which is not constrained): the certificate checks them. Raises ArgumentError when the chords are too long."""
+    h, v, a, r = horizon / (num_times - 1), world.v_max + tol, world.a_max + tol, world.robot_radius
+
+    def chord(reach: float, speed: float, curve: float, what: str) -> float:  # chord length <= 2 speed h
+        if speed * h >= reach:
+            raise ArgumentError(f"--num-times must be at least {math.floor(horizon * speed / reach) + 2} for {what} to "
+                                f"hold between the instants (got {num_times})")
+        return reach - math.sqrt(reach**2 - (speed * h) ** 2) + curve
+
+    return {"agent": chord(2 * r - tol, v, 2 * a * h * h / 8, "robot-robot separation"),
+            "obs": chord(r + world.obstacle_radius[0] - tol, v / 2, a * h * h / 8, "obstacle separation"),
+            "ws": a * h * h / 8}
+
+
+@lru_cache(maxsize=None)
+def split_matrix(m: int, segments: int) -> torch.Tensor:
+    """(segments * (m + 1), m + 1), float64: the degree-m Bernstein coefficients on [0, 1] -> those of the restriction
+    to each of `segments` equal pieces (row j of piece [a, b]: the blossom at (a^(m-j), b^j))."""
+    def bern(deg: int, x: float) -> np.ndarray:
+        return np.array([math.comb(deg, k) * x**k * (1 - x) ** (deg - k) for k in range(deg + 1)])
+
+    rows = [np.convolve(bern(j, (s + 1) / segments), bern(m - j, s / segments))
+            for s in range(segments) for j in range(m + 1)]
+    return torch.tensor(np.stack(rows))
+
+
+def bernstein_product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Degree-2m Bernstein coefficients of the product of two degree-m polynomials (..., m + 1)."""
+    m = u.shape[-1] - 1
+    binom = torch.tensor([math.comb(m, i) for i in range(m + 1)], dtype=u.dtype, device=u.device)
+    out = u.new_zeros(*u.shape[:-1], 2 * m + 1)
+    uu, vv = u * binom, v * binom
+    for i in range(m + 1):
+        out[..., i:i + m + 1] += uu[..., i:i + 1] * vv
+    return out / torch.tensor([math.comb(2 * m, k) for k in range(2 * m + 1)], dtype=u.dtype, device=u.device)
+
+
+def certified_min(coef: torch.Tensor, threshold: torch.Tensor, coarse: int = 16, fine: int = 512,
+                  chunk: int = 4096) -> torch.Tensor:
+    """A lower bound of min over [0, 1] of each Bernstein polynomial coef (..., m + 1): the least control point of its
+    restrictions to `coarse` pieces (a polynomial lies in the convex hull of its control points), refined to `fine`
+    pieces where that bound is below `threshold` (broadcast to coef.shape[:-1])."""
+    m = coef.shape[-1] - 1
+    flat = coef.reshape(-1, m + 1)
+    lb = (flat @ split_matrix(m, coarse).to(flat).T).amin(1)
+    thr = threshold.expand(coef.shape[:-1]).reshape(-1)
+    low = (lb < thr).nonzero().squeeze(1)
+    R = split_matrix(m, fine).to(flat)
+    for start in range(0, low.numel(), chunk):
+        idx = low[start:start + chunk]
+        lb[idx] = torch.maximum(lb[idx], (flat[idx] @ R.T).amin(1))
+    return lb.view(coef.shape[:-1])
+
+
+@torch.no_grad()
+def certify(c: torch.Tensor, scen: dict, world: World, horizon: float, tol: float) -> dict:
+    """Certified worst excess over the whole horizon t in [0, T] (not only at the instants), per sample, of each
+    constraint: robot-robot and robot-obstacle penetration [m], workspace excess [m], speed and acceleration excess
+    [m/s, m/s^2]; `violation` is their max, and a trajectory succeeds iff violation <= tol. Each is an upper bound
+    (exact up to float64 rounding): squared distances, speeds and accelerations are polynomials in Bernstein form
+    (products of the coefficient differences), bounded by their control points on 16 pieces, 512 where needed."""
+    c = c.double()
+    B, n, _, nv = c.shape
+    r, o = world.robot_radius, scen["obstacles"].double()
+    one = torch.ones((), dtype=torch.float64, device=c.device)
+    sq = lambda d: bernstein_product(d[..., 0, :], d[..., 0, :]) + bernstein_product(d[..., 1, :], d[..., 1, :])  # noqa: E731
+    i, j = torch.triu_indices(n, n, 1, device=c.device)
+    d2 = certified_min(sq(c[:, i] - c[:, j]), one * (2 * r - tol) ** 2)  # (B, pairs)
+    out = {"agent": (2 * r - d2.clamp(min=0).sqrt()).amax(1)}
+    if o.shape[1]:
+        reach = r + o[:, None, :, 2]  # (B, 1, M)
+        d2o = certified_min(sq(c[:, :, None] - o[:, None, :, :2, None]), (reach - tol).square())
+        out["obs"] = (reach - d2o.clamp(min=0).sqrt()).amax((1, 2))
+    else:
+        out["obs"] = c.new_zeros(B)
+    bound = world.workspace - r
+    out["ws"] = -torch.minimum(certified_min(bound - c, -tol * one), certified_min(bound + c, -tol * one)).amin((1, 2))
+    vel = (c[..., 1:] - c[..., :-1]) * (nv - 1) / horizon
+    acc = (vel[..., 1:] - vel[..., :-1]) * (nv - 2) / horizon
+    for key, d, limit in (("vel", vel, world.v_max), ("acc", acc, world.a_max)):
+        top = -certified_min(-sq(d), -one * (limit + tol) ** 2)  # an upper bound of ||.||^2
+        out[key] = top.clamp(min=0).sqrt().amax(1) - limit
+    out["violation"] = torch.stack([out[k] for k in ("agent", "obs", "ws", "vel", "acc")], -1).amax(-1)
+    return out
 
 
 def perturbed_guess(scen: dict, order: int, std: float, generator: torch.Generator) -> torch.Tensor:
@@ -996,7 +1090,7 @@ def optimize_multistart(opt: TrajectorySolver, scen: dict, args: Args, generator
     c0 = opt.equality_projection(torch.cat(parts, 1).flatten(0, 1), boundary_values(rep["starts"], rep["goals"]))
     out = opt.solve_to_tolerance(rep, straight_line_coefs(rep["starts"], rep["goals"], args.order), c0,
                                  max_iters=max_iters, tol=args.tol, group=R, check_every=10, **kick_args(args))
-    ok = (out["solved_at"] >= 0).view(B, R)
+    ok = ((out["solved_at"] >= 0) & (certify(out["c"], rep, opt.world, args.horizon, args.tol)["violation"] <= args.tol)).view(B, R)
     best = torch.where(ok, opt.smoothness(out["c"]).view(B, R), math.inf).argmin(1)
     return ok.any(1), out["c"].unflatten(0, (B, R))[torch.arange(B, device=best.device), best]
 
@@ -1015,6 +1109,7 @@ def generate_data(n: int, args: Args, world: World, generator: torch.Generator, 
             missed = (~ok).nonzero().squeeze(1)
             solved, c = optimize_multistart(opt, {k: v[missed] for k, v in scen.items()}, args, generator, args.data_iters, 0)
             coefs[missed[solved]], ok[missed[solved]] = c[solved], True
+        ok &= certify(coefs, scen, world, args.horizon, args.tol)["violation"] <= args.tol  # continuous-time criterion
         parts.append({**{k: v[ok] for k, v in scen.items()}, "coefs": coefs[ok]})
         tried += ok.numel()
     data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -1025,6 +1120,9 @@ def generate_data(n: int, args: Args, world: World, generator: torch.Generator, 
 # ---------------------------------------------------------------------------------------------
 # Evaluation: Flow-Opt pipeline vs the centralized optimizer from scratch, same scenarios, same tolerance
 # ---------------------------------------------------------------------------------------------
+EVAL_SEED = 20_000  # held-out scenarios: seed EVAL_SEED + --seed (the data never uses it)
+
+
 def timed(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -1034,140 +1132,92 @@ def timed(device: torch.device):
 @torch.no_grad()
 def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, world: World, device: torch.device,
              seed: int) -> tuple:
-    """One row of the evaluation table for n robots (held-out scenarios from a separate seed)."""
+    """One row of the evaluation table for n robots: Flow-Opt against the centralized optimizer from scratch on the
+    same held-out scenarios (seed `seed`), success certified over the whole horizon. Returns (row, parts): parts
+    holds the scenarios, solvers, solver outputs, generator and clock stamps (benchmarks/flow_opt_eval.py adds
+    the ablations, repeats and CPU-time columns from them)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     scen = sample_scenarios(args.eval_scenarios, n, args.num_obstacles, world, args.layouts, gen, device)
     S, num = min(args.filter_samples or args.num_samples, args.num_samples), args.eval_scenarios
     sf = TrajectorySolver(n, args.num_obstacles, world, args, device=device)
     opt = optimizer_for(n, args.num_obstacles, world, args, device)
-    # centralized optimizer from scratch (the data generator's procedure)
-    t_start_opt, cpu0 = timed(device), time.process_time()
+    clock = {"opt": (timed(device), time.process_time())}  # centralized optimizer from scratch (the data generator)
     base = optimize_from_scratch(opt, scen, args, gen, args.opt_max_iters, args.check_every)
-    t_opt, cpu_opt = timed(device) - t_start_opt, time.process_time() - cpu0
     # Flow-Opt: sample, keep the S least violating samples per scenario, predict the SF init, filter until tolerance
     drawn = repeat_scenarios(scen, args.num_samples)
-    t0, cpu0 = timed(device), time.process_time()
+    clock["flow"] = (timed(device), time.process_time())
     x_gen = sample_flow(model, drawn, args.flow_steps, gen, residual_input(sf, drawn, args.order, norm["coef_scale"]))
     c_gen = from_tokens(x_gen, drawn, args.order, norm["coef_scale"])
-    raw_violation = lambda c: sf.project(sf.equality_projection(c, boundary_values(drawn["starts"], drawn["goals"])),  # noqa: E731
-                                         drawn["obstacles"])[2:]  # (violation, collision) of the drawn samples
-    if S < args.num_samples:  # one polar step per sample ranks them (timed); no SF iteration is spent on the others
-        viol_gen, coll_gen = raw_violation(c_gen)
+    b_drawn = boundary_values(drawn["starts"], drawn["goals"])
+    viol_gen, coll_gen = sf.project(sf.equality_projection(c_gen, b_drawn), drawn["obstacles"])[2:]  # ranks them
+    if S < args.num_samples:  # no SF iteration is spent on the other samples
         keep = viol_gen.view(num, -1).topk(S, dim=1, largest=False).indices
         keep = (keep + args.num_samples * torch.arange(num, device=device)[:, None]).flatten()
         x_gen, c_gen = x_gen[keep], c_gen[keep]
     rep = repeat_scenarios(scen, S)
-    t1 = timed(device)
+    clock["init"] = (timed(device), time.process_time())
     c0, lam0 = init_from_net(init_net, sf, rep, x_gen, c_gen, norm["coef_scale"], norm["lam_scale"])
-    t2 = timed(device)
+    clock["sf"] = (timed(device), time.process_time())
     to_tol = dict(max_iters=args.sf_max_iters, tol=args.tol, group=S, check_every=args.check_every, **kick_args(args))
     flt = sf.solve_to_tolerance(rep, c_gen, c0, lam0, **to_tol)
-    t3, cpu3 = timed(device), time.process_time()
-    zero = sf.solve_to_tolerance(rep, c_gen, **to_tol)
-    t_zero = timed(device) - t3
-    # ablation without the flow model: the same SF (projection cost) started from the optimizer's starting points
-    t4 = timed(device)
-    line = sf.solve_to_tolerance(rep, perturbed_guess(rep, args.order, args.perturb_std, gen), **to_tol)
-    if S == args.num_samples:  # no ranking: the raw samples' metrics are computed outside the timed pipeline
-        viol_gen, coll_gen = raw_violation(c_gen)
-    base_ok = base["violation"] <= args.tol
-
-    def best(out: dict) -> tuple:
-        """Per scenario: the feasible sample with the smallest acceleration cost (else the least violating one).
-        Returns (selector of that sample's rows, success, smoothness, smoothness ratio to the optimizer's)."""
-        smooth = sf.smoothness(out["c"]).view(num, S)
-        feasible = (out["violation"] <= args.tol).view(num, S)
-        pick = torch.where(feasible, smooth, 1e9 + out["violation"].view(num, S)).argmin(1)
-        chosen = lambda x: x.view(num, S, *x.shape[1:])[torch.arange(num, device=device), pick]  # noqa: E731
-        ok = chosen(out["violation"]) <= args.tol
-        both = ok & base_ok
-        ratio = (chosen(smooth.view(-1))[both] / opt.smoothness(base["c"])[both]).mean() if both.any() else torch.tensor(math.nan)
-        return chosen, ok, chosen(smooth.view(-1)), ratio
-
-    def ready(out: dict, k: int, start: float) -> torch.Tensor:
-        """Per scenario: seconds from the start of the method until it left the solver's batch with a sample within
-        tol (measured; inf where it was not solved)."""
-        solved = (out["solved_at"] >= 0).view(-1, k).any(1).cpu()
-        return torch.where(solved, out["finished_s"].view(-1, k)[:, 0] - start, float("inf"))
-
-    chosen, success, smooth, smooth_ratio = best(flt)
-    _, line_success, _, line_smooth_ratio = best(line)
-    solvable = success | base_ok | line_success  # instances with a known feasible solution (any method found one)
-    if args.certify_restarts > 0 and not solvable.all():  # offline certificate for the rest (not timed)
-        rest = {k: v[~solvable] for k, v in scen.items()}
-        solvable[~solvable] = optimize_multistart(opt, rest, args, gen, args.certify_iters, args.certify_restarts)[0]
-    t_flow = t3 - t0
-    median_flow, median_opt = ready(flt, S, t0).median().item(), ready(base, 1, t_start_opt).median().item()
+    clock["end"] = (timed(device), time.process_time())
+    for out, sc in ((base, scen), (flt, rep)):  # the continuous-time criterion (not timed)
+        certified(out, sc, world, args)
+    parts = dict(scen=scen, rep=rep, S=S, sf=sf, opt=opt, base=base, flt=flt, c_gen=c_gen, gen=gen, clock=clock,
+                 to_tol=to_tol)
+    chosen, success, smooth, smooth_ratio = best_sample(flt, parts, args)
+    t = {k: v[0] for k, v in clock.items()}
+    t_flow, t_opt = t["end"] - t["flow"], t["flow"] - t["opt"]
+    median_flow, median_opt = ready(flt, S, t["flow"], args).median().item(), ready(base, 1, t["opt"], args).median().item()
     row = {
         "robots": n, "scenarios": num, "samples": args.num_samples, "filtered": S, "batch": num * S,
         "success": success.float().mean().item(),
+        "success_at_instants": (chosen(flt["violation"]) <= args.tol).float().mean().item(),
         "collision_before_sf": (coll_gen > args.tol).float().mean().item(),
-        "collision_after_sf": (chosen(flt["collision"]) > args.tol).float().mean().item(),
+        "collision_after_sf": (chosen(flt["collision_ct"]) > args.tol).float().mean().item(),
         "violation_before_sf": viol_gen.mean().item(),
-        "smoothness": smooth.mean().item(),
-        "smoothness_ratio_vs_opt": smooth_ratio.item(),
-        "sf_iters": flt["iters"], "sf_zero_init_iters": zero["iters"],
-        "sf_zero_init_success": ((zero["violation"] <= args.tol).view(num, S).any(1)).float().mean().item(),
-        "t_sample_s": t1 - t0, "t_init_s": t2 - t1, "t_sf_s": t3 - t2, "t_sf_zero_init_s": t_zero, "t_flowopt_s": t_flow,
-        "opt_success": base_ok.float().mean().item(), "opt_iters": base["iters"],
-        "opt_median_iters": base["solved_at"].float().where(base_ok, float(args.opt_max_iters)).median().item(),
-        "t_opt_s": t_opt, "time_ratio_opt_over_flowopt": t_opt / max(t_flow, 1e-9),
-        "instances_per_s": num / max(t_flow, 1e-9),
-        "cpu_flowopt_s": cpu3 - cpu0, "cpu_opt_s": cpu_opt, "cpu_time_ratio": cpu_opt / max(cpu3 - cpu0, 1e-9),
+        "smoothness": smooth.mean().item(), "smoothness_ratio_vs_opt": smooth_ratio,
+        "sf_iters": flt["iters"], "opt_success": (base["certified"] <= args.tol).float().mean().item(),
+        "opt_iters": base["iters"],
+        "t_sample_s": t["init"] - t["flow"], "t_init_s": t["sf"] - t["init"], "t_sf_s": t["end"] - t["sf"],
+        "t_flowopt_s": t_flow, "t_opt_s": t_opt, "time_ratio_opt_over_flowopt": t_opt / max(t_flow, 1e-9),
         "t_median_flowopt_s": median_flow, "t_median_opt_s": median_opt,
         "median_time_ratio": median_opt / max(median_flow, 1e-9),
-        "solvable": solvable.float().mean().item(),
-        "success_on_solvable": (success[solvable].float().mean() if solvable.any() else torch.tensor(float("nan"))).item(),
-        "opt_success_on_solvable": (base_ok[solvable].float().mean() if solvable.any() else torch.tensor(float("nan"))).item(),
-        "line_sf_success": line_success.float().mean().item(), "line_sf_smoothness_ratio_vs_opt": line_smooth_ratio.item(),
-        "t_median_line_sf_s": ready(line, S, t4).median().item(),
     }
-    example = {"scen": {k: v[0].cpu() for k, v in scen.items()}, "flowopt": chosen(flt["c"])[0].cpu(),
-               "samples": c_gen[:S].cpu(), "opt": base["c"][0].cpu()}
-    return row, example
+    return row, parts
 
 
-def plot_trajectories(examples: dict, solver_basis: torch.Tensor, world: World, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = list(examples)
-    fig, axes = plt.subplots(2, len(keys), figsize=(3.2 * len(keys), 6.4), squeeze=False)
-    for j, n in enumerate(keys):
-        ex = examples[n]
-        for i, (name, c) in enumerate((("Flow-Opt", ex["flowopt"]), ("centralized optimizer", ex["opt"]))):
-            ax = axes[i, j]
-            pos = torch.einsum("nav,kv->nka", c, solver_basis).numpy()
-            for obs in ex["scen"]["obstacles"].numpy():
-                ax.add_patch(plt.Circle(obs[:2], obs[2], color="0.6"))
-            for k in range(pos.shape[0]):
-                line, = ax.plot(pos[k, :, 0], pos[k, :, 1], lw=1)
-                ax.plot(*pos[k, 0], "o", ms=3, color=line.get_color())
-                ax.plot(*pos[k, -1], "x", ms=4, color=line.get_color())
-            ax.set_xlim(-world.workspace, world.workspace)
-            ax.set_ylim(-world.workspace, world.workspace)
-            ax.set_aspect("equal")
-            ax.set_title(f"{name}, N={n}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def certified(out: dict, scen: dict, world: World, args: Args) -> None:
+    """Adds each sample's certified continuous-time violation (`certified`) and penetration (`collision_ct`)."""
+    cert = certify(out["c"], scen, world, args.horizon, args.tol)
+    out["certified"], out["collision_ct"] = cert["violation"], torch.maximum(cert["agent"], cert["obs"])
 
 
-TABLE_COLUMNS = ("robots", "batch", "success", "collision_before_sf", "collision_after_sf", "smoothness_ratio_vs_opt",
-                 "sf_iters", "sf_zero_init_iters", "t_sample_s", "t_init_s", "t_sf_s", "t_sf_zero_init_s", "t_flowopt_s",
-                 "opt_success", "opt_iters", "t_opt_s", "time_ratio_opt_over_flowopt",
-                 "t_median_flowopt_s", "t_median_opt_s", "median_time_ratio",
-                 "cpu_flowopt_s", "cpu_opt_s", "cpu_time_ratio",
-                 "solvable", "success_on_solvable", "opt_success_on_solvable",
-                 "line_sf_success", "line_sf_smoothness_ratio_vs_opt", "t_median_line_sf_s")
+def best_sample(out: dict, parts: dict, args: Args) -> tuple:
+    """Per scenario: the certified sample with the least acceleration cost (else the least violating one). Returns
+    (selector of that sample's rows, success, smoothness, mean smoothness ratio to the optimizer's where both
+    succeed)."""
+    S, num, base = parts["S"], parts["scen"]["starts"].shape[0], parts["base"]
+    smooth = parts["sf"].smoothness(out["c"]).view(num, S)
+    pick = torch.where((out["certified"] <= args.tol).view(num, S), smooth, 1e9 + out["certified"].view(num, S)).argmin(1)
+    chosen = lambda x: x.view(num, S, *x.shape[1:])[torch.arange(num, device=x.device), pick]  # noqa: E731
+    ok = chosen(out["certified"]) <= args.tol
+    both = ok & (base["certified"] <= args.tol)
+    ratio = (chosen(smooth.view(-1))[both] / parts["opt"].smoothness(base["c"])[both]).mean().item() if both.any() else math.nan
+    return chosen, ok, chosen(smooth.view(-1)), ratio
+
+
+def ready(out: dict, k: int, start: float, args: Args) -> torch.Tensor:
+    """Per scenario: seconds from `start` until it left the solver's batch with a certified sample (measured; inf
+    where none)."""
+    solved = ((out["solved_at"] >= 0) & (out["certified"] <= args.tol)).view(-1, k).any(1).cpu()
+    return torch.where(solved, out["finished_s"].view(-1, k)[:, 0] - start, float("inf"))
 
 
 def markdown_table(rows: list) -> str:
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     for row in rows:
-        lines.append("| " + " | ".join(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in TABLE_COLUMNS) + " |")
+        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
     return "\n".join(lines)
 
 
@@ -1447,31 +1497,22 @@ def main(args: Args) -> dict:
     # 4) evaluation table on held-out scenarios (a seed the training data never used)
     model.eval()
     init_net.eval()
-    rows, examples = [], {}
+    rows = []
     for n in args.eval_robots:
-        row, examples[n] = evaluate(model, init_net, norm, n, args, world, device, seed=10_000 + args.seed)
-        # repeats: the same computation again (identical results); each timing is the median over the repeats
-        again = [evaluate(model, init_net, norm, n, replace(args, certify_restarts=0), world, device, seed=10_000 + args.seed)[0]
-                 for _ in range(args.eval_repeats - 1)]
-        for k in row:
-            if k.startswith(("t_", "cpu_")) or k == "instances_per_s" or ("ratio" in k and "smoothness" not in k):
-                row[k] = float(np.median([row[k]] + [r[k] for r in again]))
+        row = evaluate(model, init_net, norm, n, args, world, device, seed=EVAL_SEED + args.seed)[0]
         rows.append(row)
         for k, v in row.items():
-            if isinstance(v, (int, float)):
-                writer.add_scalar(f"eval/N{n}/{k}", v, 0)
-                metrics[f"eval/N{n}/{k}"] = v
-        print(f"eval N={n}: success {row['success']:.2f}, collisions {row['collision_before_sf']:.2f} -> "
-              f"{row['collision_after_sf']:.2f}, Flow-Opt {row['t_flowopt_s']:.3f}s vs optimizer {row['t_opt_s']:.3f}s "
-              f"(x{row['time_ratio_opt_over_flowopt']:.2f}), smoothness ratio {row['smoothness_ratio_vs_opt']:.2f}", flush=True)
+            writer.add_scalar(f"eval/N{n}/{k}", v, 0)
+            metrics[f"eval/N{n}/{k}"] = v
+        print(f"eval N={n}: certified success {row['success']:.2f} (optimizer {row['opt_success']:.2f}), collisions "
+              f"{row['collision_before_sf']:.2f} -> {row['collision_after_sf']:.2f}, Flow-Opt {row['t_flowopt_s']:.3f}s vs "
+              f"optimizer {row['t_opt_s']:.3f}s, smoothness ratio {row['smoothness_ratio_vs_opt']:.2f}", flush=True)
     if rows:
         table = markdown_table(rows)
         print(table)
         (run_dir / "evaluation.md").write_text(table + "\n")
         with open(run_dir / "evaluation.csv", "w") as f:
             f.write(",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in row.values()) for row in rows) + "\n")
-        P = bernstein_basis(args.order, args.num_times, args.horizon)[0].float()
-        plot_trajectories(examples, P, world, run_dir / "trajectories.png")
     writer.close()
     return metrics
 

@@ -5,7 +5,9 @@ zero init on held-out scenarios, the trained flow model vs the untrained one, ba
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import torch
 from conftest import import_script, run_script
 
 fo = import_script("flow_opt")
+harness = import_module("benchmarks.flow_opt_eval")
 CPU = torch.device("cpu")
 
 
@@ -91,16 +94,18 @@ def test_c_step_is_the_minimiser_of_the_augmented_lagrangian_subproblem():
 
 
 def test_polar_step_known_answer_for_two_overlapping_robots():
-    """Two robots at rest 0.3 m apart (2r = 0.4): s = Delta * 0.4/0.3, residual -0.1 m along x for robot 0."""
+    """Two robots at rest 0.3 m apart (D = 2r + the between-instants margin): s = Delta * D/0.3, residual -(D - 0.3)
+    m along x for robot 0."""
     args = tiny()
     solver = fo.TrajectorySolver(2, 0, world_of(args), args, dtype=torch.float64)
+    gap = 2 * args.robot_radius + solver.margin["agent"] - 0.3
     starts = torch.tensor([[[0.15, 0.0], [-0.15, 0.0]]], dtype=torch.float64)
     c = fo.straight_line_coefs(starts, starts, args.order)
     q_s, f_res, violation, collision = solver.project(c, torch.zeros(1, 0, 3, dtype=torch.float64))
     colsum = solver.P.sum(0)  # F^T of a constant residual per time sample
-    expected0 = torch.stack([-0.1 * colsum, torch.zeros_like(colsum)]) * args.rho_agent
+    expected0 = torch.stack([-gap * colsum, torch.zeros_like(colsum)]) * args.rho_agent
     assert torch.allclose(f_res[0, 0], expected0, atol=1e-9) and torch.allclose(f_res[0, 1], -expected0, atol=1e-9)
-    assert violation.item() == pytest.approx(0.1) and collision.item() == pytest.approx(0.1)
+    assert violation.item() == pytest.approx(gap) and collision.item() == pytest.approx(gap)
 
 
 def test_safety_filter_makes_a_colliding_crossing_feasible():
@@ -116,6 +121,8 @@ def test_safety_filter_makes_a_colliding_crossing_feasible():
     out = solver.solve_to_tolerance(scen, c_in, max_iters=400, tol=args.tol)
     assert out["solved_at"].item() > 0 and out["violation"].item() <= args.tol
     assert torch.allclose(out["c"] @ solver.A.T, fo.boundary_values(starts, -starts), atol=1e-4)
+    # the inflated constraints at the instants (sample_margins) make it collision-free in continuous time too
+    assert fo.certify(out["c"], scen, world_of(args), args.horizon, args.tol)["violation"].item() <= args.tol
 
 
 def test_detour_starts_bend_every_robot_to_the_same_side_and_keep_the_boundary():
@@ -180,7 +187,8 @@ def test_compaction_leaves_each_scenarios_result_unchanged():
 
 
 def test_unrolled_safety_filter_passes_gradcheck():
-    args = tiny(num_times=9, order=7)  # the midpoint, where the two robots meet, is a sample
+    args = tiny(num_times=9, order=7, v_max=0.1)  # the midpoint, where the two robots meet, is a sample (a slow v_max
+    # lets 9 instants cover the motion between them, see sample_margins)
     solver = fo.TrajectorySolver(2, 1, world_of(args), args, dtype=torch.float64)
     starts = torch.tensor([[[1.0, 0.05], [-1.0, -0.05]]], dtype=torch.float64)
     scen = {"starts": starts, "goals": -starts, "obstacles": torch.tensor([[[0.0, 1.2, 0.3]]], dtype=torch.float64)}
@@ -193,6 +201,64 @@ def test_unrolled_safety_filter_passes_gradcheck():
 
     assert solver.project(c_bar.detach(), scen["obstacles"])[3].item() > 0  # the constraints are active
     assert torch.autograd.gradcheck(f, (c_bar, lam0), eps=1e-6, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- continuous time
+def test_bernstein_split_and_product_reproduce_the_polynomial():
+    m, c = 10, torch.randn(11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    u = torch.randn(11, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    value = lambda coef, t: sum(float(coef[k]) * math.comb(len(coef) - 1, k) * t**k * (1 - t) ** (len(coef) - 1 - k)  # noqa: E731
+                                for k in range(len(coef)))
+    pieces = (fo.split_matrix(m, 4) @ c).view(4, m + 1)
+    for s in range(4):
+        for x in (0.0, 0.37, 1.0):
+            assert value(pieces[s], x) == pytest.approx(value(c, (s + x) / 4), abs=1e-10)
+    w = fo.bernstein_product(c, u)
+    for t in (0.1, 0.5, 0.9):
+        assert value(w, t) == pytest.approx(value(c, t) * value(u, t), abs=1e-10)
+
+
+def passing_pair(offset: float) -> tuple:
+    """Two robots passing each other head-on, `offset` m apart sideways; they meet at t = T/2, which falls halfway
+    between two of 50 instants (t_k = k T / 49)."""
+    args = tiny(num_obstacles=0)
+    starts = torch.tensor([[[-4.5, offset / 2], [4.5, -offset / 2]]], dtype=torch.float64)
+    scen = {"starts": starts, "goals": starts * torch.tensor([-1.0, 1.0], dtype=torch.float64),
+            "obstacles": torch.zeros(1, 0, 3, dtype=torch.float64)}
+    return args, scen, fo.straight_line_coefs(scen["starts"], scen["goals"], args.order)
+
+
+def test_certificate_catches_a_collision_between_the_50_instants_that_the_instants_miss():
+    args, scen, c = passing_pair(0.3)  # 0.3 m apart at t = T/2: 10 cm inside 2r = 0.4 m
+    P = fo.bernstein_basis(args.order, 50, args.horizon)[0].double()
+    pos = c @ P.T  # (1, 2 robots, 2 axes, 50)
+    at_instants = (pos[0, 0] - pos[0, 1]).norm(dim=0).min().item()
+    assert at_instants >= 2 * args.robot_radius - args.tol  # the 50-instant check passes ...
+    cert = fo.certify(c, scen, world_of(args), args.horizon, args.tol)
+    assert cert["agent"].item() >= 0.1 - 1e-6 and cert["violation"].item() > args.tol  # ... the certificate does not
+    dense = fo.bernstein_basis(args.order, 10001, args.horizon)[0].double()
+    true_gap = (c[0, 0] @ dense.T - c[0, 1] @ dense.T).norm(dim=0).min().item()
+    assert true_gap == pytest.approx(0.3, abs=1e-6)
+
+
+def test_certificate_is_an_upper_bound_that_is_tight_where_it_matters():
+    args, scen, c = passing_pair(0.42)  # clear by 2 cm: feasible in continuous time
+    world = world_of(args)
+    cert = fo.certify(c, scen, world, args.horizon, args.tol)
+    assert cert["violation"].item() <= args.tol
+    dense = fo.bernstein_basis(args.order, 20001, args.horizon)
+    gap = (c[0, 0] @ dense[0].T.double() - c[0, 1] @ dense[0].T.double()).norm(dim=0).min().item()
+    speed = (c[0] @ dense[1].T.double()).norm(dim=1).max().item()
+    assert 2 * args.robot_radius - gap - 1e-9 <= cert["agent"].item() <= 2 * args.robot_radius - gap + 1e-3
+    assert speed - args.v_max - 1e-9 <= cert["vel"].item() <= speed - args.v_max + 1e-3
+
+
+def test_too_few_instants_for_the_margins_are_refused():
+    world = world_of(tiny())
+    with pytest.raises(fo.ArgumentError, match="--num-times must be at least"):
+        fo.sample_margins(world, 10.0, 50, 0.02)
+    m = fo.sample_margins(world, 10.0, 100, 0.02)
+    assert 0 < m["ws"] < m["obs"] < m["agent"] < 0.1
 
 
 # ---------------------------------------------------------------------------------------------- scenarios
@@ -298,7 +364,7 @@ def trained(tmp_path_factory):
     os.chdir(path)
     try:
         args = tiny(total_steps=200, init_steps=100, init_batch_size=16, init_learning_rate=3e-3, num_scenarios=128,
-                    hidden_dim=64, save_model=True, eval_repeats=2)
+                    hidden_dim=64, save_model=True)
         metrics = fo.main(args)
     finally:
         os.chdir(cwd)
@@ -318,9 +384,9 @@ def load_networks(args, ckpt):
 def test_main_runs_end_to_end_and_writes_the_table(trained):
     args, metrics, ckpt, data = trained
     run = ckpt.parent
-    assert (run / "evaluation.md").exists() and (run / "trajectories.png").exists()
-    for key in ("success", "collision_before_sf", "collision_after_sf", "t_flowopt_s", "t_opt_s", "t_median_flowopt_s",
-                "success_on_solvable", "line_sf_success"):
+    assert (run / "evaluation.md").exists() and (run / "evaluation.csv").exists()
+    for key in ("success", "success_at_instants", "collision_before_sf", "collision_after_sf", "t_flowopt_s", "t_opt_s",
+                "t_median_flowopt_s", "opt_success"):
         assert f"eval/N4/{key}" in metrics
     assert data[4]["coefs"].shape[0] > 0.8 * args.num_scenarios  # the optimizer solved most training scenarios
 
@@ -359,14 +425,17 @@ def test_trained_flow_model_beats_the_untrained_one_on_held_out_data(trained):
 
 
 def test_feasibility_certificate_only_adds_solvable_instances(trained):
-    """--certify-restarts runs after everything timed: the methods' results are unchanged, and the solvable share can
-    only grow (instances no method solved get another chance from random optimizer starts)."""
+    """The harness's --certify-restarts runs after everything timed: the methods' results (flow_opt.evaluate's and the
+    ablations') are unchanged, and the solvable share can only grow."""
     args, _, ckpt, _ = trained
     model, init_net, norm = load_networks(args, ckpt)
-    plain, _ = fo.evaluate(model, init_net, norm, 4, args, world_of(args), CPU, seed=99)
-    cert, _ = fo.evaluate(model, init_net, norm, 4, replace(args, certify_restarts=3, certify_iters=100), world_of(args), CPU, seed=99)
-    for key in ("success", "opt_success", "line_sf_success", "smoothness"):
+    plain, _ = harness.evaluate_full(model, init_net, norm, 4, args, world_of(args), CPU, seed=99)
+    cert, _ = harness.evaluate_full(model, init_net, norm, 4, args, world_of(args), CPU, seed=99, certify_restarts=3,
+                                    certify_iters=100)
+    lean, _ = fo.evaluate(model, init_net, norm, 4, args, world_of(args), CPU, seed=99)
+    for key in ("success", "opt_success", "line_sf_success", "sf_zero_init_success", "smoothness"):
         assert cert[key] == plain[key], key
+    assert all(plain[k] == lean[k] for k in ("success", "opt_success", "smoothness"))
     assert cert["solvable"] >= plain["solvable"] >= max(plain["success"], plain["opt_success"], plain["line_sf_success"])
 
 
@@ -374,9 +443,9 @@ def test_only_the_least_violating_samples_go_through_the_filter(trained):
     args, _, ckpt, _ = trained
     model, init_net, norm = load_networks(args, ckpt)
     picked = replace(args, num_samples=4, filter_samples=1)
-    row, example = fo.evaluate(model, init_net, norm, 4, picked, world_of(args), CPU, seed=4321)
+    row, parts = fo.evaluate(model, init_net, norm, 4, picked, world_of(args), CPU, seed=4321)
     assert row["samples"] == 4 and row["filtered"] == 1 and row["batch"] == args.eval_scenarios
-    assert example["samples"].shape[0] == 1
+    assert parts["c_gen"].shape[0] == args.eval_scenarios
     # the kept sample of each scenario is the least violating of the 4 drawn with the same generator state
     g = torch.Generator().manual_seed(4321)
     scen = fo.sample_scenarios(args.eval_scenarios, 4, args.num_obstacles, world_of(args), args.layouts, g, CPU)
@@ -386,7 +455,7 @@ def test_only_the_least_violating_samples_go_through_the_filter(trained):
     x = fo.sample_flow(model, drawn, args.flow_steps, g, fo.residual_input(solver, drawn, args.order, norm["coef_scale"]))
     c = fo.from_tokens(x, drawn, args.order, norm["coef_scale"])
     viol = solver.project(solver.equality_projection(c, fo.boundary_values(drawn["starts"], drawn["goals"])), drawn["obstacles"])[2]
-    kept = [i for i in range(4) if torch.allclose(example["samples"][0], c[i])]
+    kept = [i for i in range(4) if torch.allclose(parts["c_gen"][0], c[i])]
     assert len(kept) == 1 and viol[kept[0]] == viol[:4].min()  # (ties at zero violation are possible)
 
 
