@@ -220,17 +220,24 @@ def mean_std(values: list) -> tuple:
     return mean, std
 
 
+def seed_difference(official: list, ours: list, floor: float) -> dict:
+    """The parity test of two sides' final scores (one per seed): means, stds over seeds (ddof 1), the difference
+    ours - official, its standard error sqrt(s_o^2/n_o + s_u^2/n_u), and pass when |diff| <= max(floor, 2 SE).
+    Shared by this file (floor 0.05 success) and parity_fpmd.py (floor 5% of the official mean return)."""
+    (mo, so), (mu, su) = mean_std(official), mean_std(ours)
+    diff = mu - mo
+    se = math.sqrt(so ** 2 / len(official) + su ** 2 / len(ours))
+    tolerance = max(floor, 2 * se)
+    return dict(official_mean=mo, official_std=so, ours_mean=mu, ours_std=su, diff=diff, se=se, tolerance=tolerance,
+                passed=abs(diff) <= tolerance)
+
+
 def summarize(final: dict, rates: dict) -> dict:
-    """final/rates: side -> list over seeds. Std over seeds with ddof=1; SE of the difference of the means
-    sqrt(s_o^2/n_o + s_u^2/n_u); pass when |ours - official| <= max(0.05, 2 SE)."""
+    """final/rates: side -> list over seeds: seed_difference with the floor 0.05, plus each side's updates/s."""
     if len(final["official"]) < 2 or len(final["ours"]) < 2:
         raise ValueError("at least 2 seeds per side are needed for a standard error")
-    (mo, so), (mu, su) = mean_std(final["official"]), mean_std(final["ours"])
-    diff = mu - mo
-    se = math.sqrt(so ** 2 / len(final["official"]) + su ** 2 / len(final["ours"]))
-    tolerance = max(0.05, 2 * se)
-    out = dict(official_mean=mo, official_std=so, ours_mean=mu, ours_std=su, diff=diff, se=se, tolerance=tolerance,
-               passed=abs(diff) <= tolerance, n_official=len(final["official"]), n_ours=len(final["ours"]))
+    out = seed_difference(final["official"], final["ours"], 0.05)
+    out.update(n_official=len(final["official"]), n_ours=len(final["ours"]))
     for side in ("official", "ours"):
         out[f"{side}_ups_mean"], out[f"{side}_ups_std"] = mean_std(rates[side]) if rates[side] else (float("nan"),) * 2
     return out

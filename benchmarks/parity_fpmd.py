@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from parity import seed_difference  # the same parity test as the OGBench pairs (benchmarks/parity.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 OFFICIAL_COMMIT = "78f90a6"
@@ -278,14 +280,9 @@ def random_returns(env_id: str, episodes: int, seed: int = 0, cwd: Path = Path("
 def compare(official: list[float], ours: list[float]) -> dict:
     """Final returns of each seed -> means, sample stds (ddof 1), the difference ours - official, its standard
     error sqrt(s_o^2/n_o + s_p^2/n_p), and the issue's test |diff| <= max(5% of |official mean|, 2 SE)."""
-    o, p = np.asarray(official, float), np.asarray(ours, float)
-    so = o.std(ddof=1) if len(o) > 1 else float("nan")
-    sp = p.std(ddof=1) if len(p) > 1 else float("nan")
-    diff = p.mean() - o.mean()
-    se = math.sqrt(so**2 / len(o) + sp**2 / len(p))
-    tol = max(0.05 * abs(o.mean()), 2 * se)
-    return {"official_mean": o.mean(), "official_std": so, "ours_mean": p.mean(), "ours_std": sp, "diff": diff,
-            "se": se, "tolerance": tol, "pass": bool(abs(diff) <= tol)}
+    s = seed_difference(official, ours, floor=0.05 * abs(sum(official) / len(official)))
+    s["pass"] = bool(s.pop("passed"))
+    return s
 
 
 def write_outputs(args: argparse.Namespace, rows: list[dict], sps: dict, random: list[float] | None = None) -> dict:
