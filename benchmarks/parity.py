@@ -13,9 +13,10 @@ Issue 18. For one (script, task) pair this
      docs/parity.md: final success mean +- std per side, the difference with its standard error, the pass
      rule |diff| <= max(0.05, 2 SE), updates/s per side.
 
-Supported pairs: fql (seohongpark/fql). qam and gfp are not wired yet (docs/parity.md says why).
+Supported pairs: fql (seohongpark/fql @719d044), qam (ColinQiyangLi/qam @f93efd2), gfp (the GFP release,
+ZhangJL16/FQLbaseline @49f6b17); OFFICIAL holds each one's commit and the files a checkout must have.
 
-What is done to the official code, all outside its files (docs/parity.md, "Patches"):
+What is done to the official FQL, all outside its files (docs/parity.md, "Patches"):
   * it is started through a driver written to the work dir, which imports its main.py and replaces
     `setup_wandb` by `wandb.init(mode='disabled')` (wandb >= 0.19 rejects the official
     Settings(start_method=...); no logging service is reachable anyway);
@@ -24,12 +25,20 @@ What is done to the official code, all outside its files (docs/parity.md, "Patch
     full-length episodes per run);
   * HOME points at a folder of the work dir whose .ogbench/data is a symlink to the generated data, so that
     the official `ogbench.make_env_and_datasets(env_name)` reads it from its default ~/.ogbench/data.
+QAM and GFP get the same HOME; their drivers (QAM_DRIVER, GFP_DRIVER) are listed in docs/parity.md, "QAM and
+GFP: wiring": QAM's disables wandb and adds the seconds per update to the rows of offline_agent.csv; GFP's
+(wandb is off by its own flag) loads utils/log_utils.py with the quotes of one f-string changed, which Python
+< 3.12 cannot parse, and runs main.py unchanged.
 
 Usage:
   git clone https://github.com/seohongpark/fql /tmp/fql-official && git -C /tmp/fql-official checkout 719d044
   OMP_NUM_THREADS=1 python benchmarks/parity.py --official-dir /tmp/fql-official --make-venv
   python benchmarks/parity.py --official-dir /tmp/fql-official --dry-run     # print the commands only
   python benchmarks/parity.py --report-only --work-dir /tmp/parity-work      # table + plot from finished runs
+  git clone https://github.com/ColinQiyangLi/qam /tmp/qam-official && git -C /tmp/qam-official checkout f93efd2
+  python benchmarks/parity.py --script qam --official-dir /tmp/qam-official        # work dir /tmp/parity-work-qam
+  git clone https://github.com/ZhangJL16/FQLbaseline /tmp/gfp-official && git -C /tmp/gfp-official checkout 49f6b17
+  python benchmarks/parity.py --script gfp --official-dir /tmp/gfp-official        # work dir /tmp/parity-work-gfp
 """
 
 from __future__ import annotations
@@ -50,18 +59,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 
-# The official implementation of each script: repository, pinned commit, its agent config file.
+# The official implementation of each script: repository, pinned commit, its agent config file, the files a
+# checkout must have, the key of the success rate in our script's evaluation line.
 OFFICIAL = {
     "fql": dict(repo="https://github.com/seohongpark/fql", commit="719d04417cb0b206deddbc7d761b3e710c3d750c",
-                agent_config="agents/fql.py"),
+                agent_config="agents/fql.py", files=("main.py", "agents/fql.py"), success_key="success"),
+    "qam": dict(repo="https://github.com/ColinQiyangLi/qam", commit="f93efd22520a79f6819f458dffe9c075eacc786f",
+                agent_config="agents/qam.py", files=("main.py", "agents/qam.py"), success_key="success"),
+    # GFP: the release commit, kept in the fork ZhangJL16/FQLbaseline; main.py is a Hydra app
+    "gfp": dict(repo="https://github.com/ZhangJL16/FQLbaseline", commit="49f6b171f30e70d8289f63b9c88a474bf64a9e81",
+                agent_config="config/agent/gfp.yaml", files=("main.py", "agents/gfp.py", "config/agent/gfp.yaml"),
+                success_key="actor_success"),
 }
+GFP_FUSED_STEPS = 4  # the release's main.py does n_steps_fused (config/main.yaml: 4) updates per jit call and skips
+# logging and evaluation at the steps in between, so steps, logging and evaluation must be multiples of it
 # The official venv: the versions the runs in docs/parity.md used (jax/flax/distrax/ml_collections as the
 # official requirements.txt asks, ogbench 1.1.0 and gymnasium 0.29.1 and numpy 1.26.4 pinned there; mujoco
 # the same version as in requirements.txt of this repo, so that both sides simulate with the same physics).
+# The GFP release's main.py is a Hydra app: hydra-core (its requirements.txt, unpinned there) and its omegaconf.
+# One venv serves the three official codes (GFP's requirements.txt asks jax >= 0.6.2; it runs on 0.5.0).
 OFFICIAL_VENV_PINS = [
     "jax==0.5.0", "jaxlib==0.5.0", "flax==0.10.2", "optax==0.2.4", "distrax==0.1.5", "chex==0.1.90",
     "tensorflow-probability==0.25.0", "ml_collections==1.1.0", "absl-py==2.5.1", "ogbench==1.1.0",
     "gymnasium==0.29.1", "mujoco==4.0.0", "numpy==1.26.4", "wandb==0.31.0", "tqdm", "matplotlib", "pillow",
+    "hydra-core==1.3.8", "omegaconf==2.3.1",
 ]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
@@ -92,17 +113,78 @@ if __name__ == "__main__":
     app.run(official_main.main)
 '''
 
+# QAM (ColinQiyangLi/qam): run with the checkout as the working directory, its main.py unchanged.
+QAM_DRIVER = '''"""flowrl benchmarks/parity.py driver for the official QAM (not part of it): no wandb, seconds per update logged."""
+import os, sys, time, types
+sys.path.insert(0, os.getcwd())
+import main as official_main
+import wandb
+from absl import app, flags
+
+
+def setup_wandb(project="project", group=None, name=None, **kwargs):
+    wandb.init(mode="disabled", project=project, group=group, name=name)  # main.py reads wandb.run.project
+    return types.SimpleNamespace(url="wandb disabled")  # main.py writes run.url to token.tk (None when disabled)
+
+
+class LoggingHelper(official_main.LoggingHelper):
+    """Adds time/epoch_time (wall seconds per update since the previous log, as FQL's main.py logs it)."""
+
+    def log(self, data, prefix, step):
+        if prefix == "offline_agent":
+            now = time.time()
+            data = dict(data, **{"time/epoch_time": (now - self.last_time) / flags.FLAGS.log_interval})
+            self.last_time = now
+        return super().log(data, prefix, step)
+
+
+official_main.setup_wandb = setup_wandb
+official_main.LoggingHelper = LoggingHelper
+if __name__ == "__main__":
+    app.run(official_main.main)
+'''
+
+# GFP (the release, a Hydra app): wandb is off by its own flag (log_on_wandb=false); its main.py runs unchanged.
+GFP_DRIVER = '''"""flowrl benchmarks/parity.py driver for the official GFP release (not part of it): Python 3.11."""
+import importlib.util, os, runpy, sys
+sys.path.insert(0, os.getcwd())
+# utils/log_utils.py:36 nests double quotes in a double-quoted f-string (PEP 701, Python >= 3.12; the release's
+# README uses 3.12): load the module with those inner quotes single, nothing else changed
+path, old = os.path.join(os.getcwd(), "utils", "log_utils.py"), \'strftime("%Y%m%d_%H%M%S")\'
+source = open(path).read()
+if source.count(old) != 1:
+    sys.exit("parity driver: utils/log_utils.py is not the one of the pinned GFP release")
+import utils
+module = importlib.util.module_from_spec(importlib.util.spec_from_loader("utils.log_utils", loader=None, origin=path))
+module.__file__ = path
+exec(compile(source.replace(old, "strftime(\'%Y%m%d_%H%M%S\')"), path, "exec"), module.__dict__)
+sys.modules["utils.log_utils"] = utils.log_utils = module
+sys.argv[0] = os.path.join(os.getcwd(), "main.py")
+runpy.run_path(sys.argv[0], run_name="__main__")  # as `python main.py ...`: Hydra finds config/ next to it
+'''
+DRIVERS = {"fql": DRIVER, "qam": QAM_DRIVER, "gfp": GFP_DRIVER}
+
 
 class ArgumentError(ValueError):
     """Bad input: one line, exit 1."""
 
 
+# The per-task hyper-parameters passed explicitly to both sides, as the script resolves them for --task.
+SETTING_FIELDS = {
+    "fql": ("alpha", "gamma", "q_agg"),
+    # QAM: the paper has no cube-single row; qam.py then takes the official get_config()/main.py defaults
+    "qam": ("inv_temp", "gamma", "rho", "horizon_length", "sparse"),
+    "gfp": ("batch_size", "gamma", "flow_steps", "q_agg", "target_agg", "guidance_agg", "alpha", "eta"),
+}
+
+
 def paper_settings(script: str, task: str) -> dict:
-    """The paper's per-task hyper-parameters (alpha, discount, q_agg), from the script's own table."""
+    """The paper's per-task hyper-parameters (SETTING_FIELDS), from the script's own table."""
     sys.path.insert(0, str(ROOT))
     module = __import__(script)
-    resolved = module.resolve_task_settings(module.Args(env_id=task))
-    return dict(alpha=resolved.alpha, gamma=resolved.gamma, q_agg=resolved.q_agg)
+    args = module.Args(env_id=task, variant="qam") if script == "qam" else module.Args(env_id=task)
+    resolved = module.resolve_task_settings(args)
+    return {k: getattr(resolved, k) for k in SETTING_FIELDS[script]}
 
 
 def dataset_of(task: str) -> str:
@@ -117,6 +199,10 @@ def dataset_of(task: str) -> str:
 # Commands
 # ---------------------------------------------------------------------------------------------
 def official_command(a, seed: int, settings: dict, python: str, driver: Path, save_dir: Path) -> list:
+    if a.script == "qam":
+        return official_command_qam(a, seed, settings, python, driver, save_dir)
+    if a.script == "gfp":
+        return official_command_gfp(a, seed, settings, python, driver, save_dir)
     dims = "(" + ",".join([str(a.hidden_dim)] * a.num_layers) + ")"
     return [python, str(driver), f"--env_name={a.task}", f"--seed={seed}", f"--save_dir={save_dir}",
             f"--run_group=parity", f"--offline_steps={a.total_steps}", f"--log_interval={a.log_every}",
@@ -127,12 +213,57 @@ def official_command(a, seed: int, settings: dict, python: str, driver: Path, sa
             f"--agent.q_agg={settings['q_agg']}"]
 
 
+QAM_FIXED = dict(num_qs=10, batch_size=256, flow_steps=10, best_of_n=1)  # reproduce.py's base_kwargs / get_config()
+
+
+def official_command_qam(a, seed: int, settings: dict, python: str, driver: Path, save_dir: Path) -> list:
+    """ColinQiyangLi/qam main.py (absl flags): offline only, no checkpoints, plain QAM (fql_alpha = edit_scale = 0)."""
+    dims = "(" + ",".join([str(a.hidden_dim)] * a.num_layers) + ")"
+    return [python, str(driver), f"--env_name={a.task}", f"--seed={seed}", f"--save_dir={save_dir}",
+            "--run_group=parity", f"--offline_steps={a.total_steps}", "--online_steps=0", f"--log_interval={a.log_every}",
+            f"--eval_interval={a.eval_every}", f"--eval_episodes={a.eval_episodes}", "--video_episodes=0",
+            "--save_interval=0", f"--horizon_length={settings['horizon_length']}", f"--sparse={settings['sparse']}",
+            f"--agent={official_dir(a) / OFFICIAL['qam']['agent_config']}",
+            f"--agent.actor_hidden_dims={dims}", f"--agent.value_hidden_dims={dims}", "--agent.action_chunking=True",
+            f"--agent.inv_temp={settings['inv_temp']}", f"--agent.discount={settings['gamma']}",
+            f"--agent.rho={settings['rho']}", "--agent.fql_alpha=0.0", "--agent.edit_scale=0.0",
+            *(f"--agent.{k}={v}" for k, v in QAM_FIXED.items())]
+
+
+def official_command_gfp(a, seed: int, settings: dict, python: str, driver: Path, save_dir: Path) -> list:
+    """The GFP release's main.py (Hydra overrides): wandb off, serial evaluation of the actor only, no checkpoints.
+    Every agent.* value is given, so none comes from its hyperparams/gfp_params.csv (main.py keeps CLI values)."""
+    dims = "[" + ",".join([str(a.hidden_dim)] * a.num_layers) + "]"
+    return [python, str(driver), f"env_name={a.task}", "agent=gfp", f"seed={seed}", f"save_dir={save_dir}",
+            f"hydra.run.dir={save_dir}/hydra", "hydra.output_subdir=null", "is_final=false",
+            f"offline_steps={a.total_steps}", "online_steps=0", f"log_interval={a.log_every}",
+            f"eval_interval={a.eval_every}", f"eval_episodes={a.eval_episodes}", "video_episodes=0", "n_eval_envs=1",
+            "eval_flow_policy=false", "log_on_wandb=false", "log_locally=true", "save_interval=0",
+            "dataset_on_gpu=true", f"n_steps_fused={GFP_FUSED_STEPS}",
+            f"agent.actor_hidden_dims={dims}", f"agent.value_hidden_dims={dims}",
+            f"agent.batch_size={settings['batch_size']}", f"agent.discount={settings['gamma']}",
+            f"agent.flow_steps={settings['flow_steps']}", f"agent.q_agg={settings['q_agg']}",
+            f"agent.target_agg={settings['target_agg']}", f"agent.guidance_agg={settings['guidance_agg']}",
+            f"agent.alpha={settings['alpha']}", f"agent.eta_temperature={settings['eta']}"]
+
+
 def ours_command(a, seed: int, settings: dict) -> list:
-    return [sys.executable, str(ROOT / f"{a.script}.py"), "--env-id", a.task, "--ogbench-dataset-dir", str(a.data_dir),
-            "--seed", str(seed), "--total-steps", str(a.total_steps), "--hidden-dim", str(a.hidden_dim),
-            "--num-layers", str(a.num_layers), "--eval-freq", str(a.eval_every), "--eval-episodes", str(a.eval_episodes),
-            "--log-freq", str(a.log_every), "--no-eval-bc-flow", "--no-cuda", "--alpha", str(settings["alpha"]),
-            "--gamma", str(settings["gamma"]), "--q-agg", settings["q_agg"]]
+    common = [sys.executable, str(ROOT / f"{a.script}.py"), "--env-id", a.task, "--ogbench-dataset-dir", str(a.data_dir),
+              "--seed", str(seed), "--total-steps", str(a.total_steps), "--hidden-dim", str(a.hidden_dim),
+              "--num-layers", str(a.num_layers), "--eval-freq", str(a.eval_every), "--eval-episodes", str(a.eval_episodes),
+              "--log-freq", str(a.log_every), "--no-cuda", "--gamma", str(settings["gamma"])]
+    if a.script == "qam":
+        return common + ["--no-eval-bc-flow", "--variant", "qam", "--inv-temp", str(settings["inv_temp"]),
+                         "--rho", str(settings["rho"]), "--horizon-length", str(settings["horizon_length"]),
+                         "--sparse", str(settings["sparse"]), "--action-chunking", "--num-critics", str(QAM_FIXED["num_qs"]),
+                         "--batch-size", str(QAM_FIXED["batch_size"]), "--flow-steps", str(QAM_FIXED["flow_steps"]),
+                         "--best-of-n", str(QAM_FIXED["best_of_n"])]
+    if a.script == "gfp":
+        return common + ["--no-eval-flow", "--batch-size", str(settings["batch_size"]), "--flow-steps",
+                         str(settings["flow_steps"]), "--q-agg", settings["q_agg"], "--target-agg", settings["target_agg"],
+                         "--guidance-agg", settings["guidance_agg"], "--alpha", str(settings["alpha"]),
+                         "--eta", str(settings["eta"])]
+    return common + ["--no-eval-bc-flow", "--alpha", str(settings["alpha"]), "--q-agg", settings["q_agg"]]
 
 
 def official_dir(a) -> Path:
@@ -140,10 +271,14 @@ def official_dir(a) -> Path:
     return Path(a.official_dir or "OFFICIAL_DIR")
 
 
+def driver_path(a) -> Path:
+    return Path(a.work_dir) / ("official_driver.py" if a.script == "fql" else f"official_driver_{a.script}.py")
+
+
 def jobs_for(a, settings: dict) -> list:
     """One dict per run; official and ours of a seed next to each other (they run at the same time)."""
     work = Path(a.work_dir)
-    driver = work / "official_driver.py"
+    driver = driver_path(a)
     jobs = []
     for seed in a.seeds:
         for side in ("official", "ours"):
@@ -154,7 +289,7 @@ def jobs_for(a, settings: dict) -> list:
                 cwd = official_dir(a)
             else:
                 cmd, env, cwd = ours_command(a, seed, settings), dict(ONE_THREAD), run_dir
-            jobs.append(dict(side=side, seed=seed, cmd=cmd, env=env, cwd=cwd, run_dir=run_dir))
+            jobs.append(dict(side=side, seed=seed, cmd=cmd, env=env, cwd=cwd, run_dir=run_dir, script=a.script))
     return jobs
 
 
@@ -172,12 +307,22 @@ def interval_rates(log_steps: list, seconds_per_update: list, eval_steps: set) -
     return rates
 
 
-def parse_official(run_dir: Path) -> dict:
-    """eval.csv and train.csv that the official main.py writes under save_dir/<project>/<group>/<exp>/."""
+def official_folder(run_dir: Path) -> Path:
+    """The folder of the one eval.csv that the official main.py wrote somewhere under its save_dir."""
     evals = glob.glob(str(run_dir / "**" / "eval.csv"), recursive=True)
     if len(evals) != 1:
         raise RuntimeError(f"expected one eval.csv under {run_dir}, found {len(evals)}")
-    folder = Path(evals[0]).parent
+    return Path(evals[0]).parent
+
+
+def parse_official(run_dir: Path, script: str = "fql") -> dict:
+    """The official run's files: FQL's eval.csv and train.csv under save_dir/<project>/<group>/<exp>/ (QAM, GFP:
+    parse_official_qam, parse_official_gfp)."""
+    if script == "qam":
+        return parse_official_qam(run_dir)
+    if script == "gfp":
+        return parse_official_gfp(run_dir)
+    folder = official_folder(run_dir)
     with open(folder / "eval.csv") as f:
         curve = [(int(float(r["step"])), float(r["evaluation/success"])) for r in csv.DictReader(f)]
     curve = [(s, v) for s, v in curve if s != 1]  # the 1-episode evaluation of the untrained policy
@@ -188,18 +333,47 @@ def parse_official(run_dir: Path) -> dict:
     return dict(curve=curve, rates=interval_rates(steps, spu, {s for s, _ in curve}))
 
 
+def parse_official_qam(run_dir: Path) -> dict:
+    """QAM main.py: save_dir/qam-reproduce/<group>/<env>/<hash>/eval.csv ('success', 'step'; evaluations every
+    --eval_interval and at the end only) and offline_agent.csv, whose time/epoch_time the driver adds."""
+    folder = official_folder(run_dir)
+    with open(folder / "eval.csv") as f:
+        curve = [(int(float(r["step"])), float(r["success"])) for r in csv.DictReader(f)]
+    with open(folder / "offline_agent.csv") as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(float(r["step"])) for r in rows]
+    spu = [float(r["time/epoch_time"]) for r in rows]
+    return dict(curve=curve, rates=interval_rates(steps, spu, {s for s, _ in curve}))
+
+
+def parse_official_gfp(run_dir: Path) -> dict:
+    """GFP main.py: save_dir/gfp_<env>/date_<time>_seed_<seed>/eval.csv ('Actor/success', 'step'; its success.csv
+    has no step column) and train.csv, whose time/total_time (wall seconds since the start of the loop) gives the
+    seconds per update of each logging interval."""
+    folder = official_folder(run_dir)
+    with open(folder / "eval.csv") as f:
+        curve = [(int(float(r["step"])), float(r["Actor/success"])) for r in csv.DictReader(f)]
+    with open(folder / "train.csv") as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(float(r["step"])) for r in rows]
+    total = [float(r["time/total_time"]) for r in rows]
+    spu = [(t - t0) / (s - s0) for (s0, t0), (s, t) in zip([(0, 0.0)] + list(zip(steps, total)), zip(steps, total))]
+    return dict(curve=curve, rates=interval_rates(steps, spu, {s for s, _ in curve}))
+
+
 EVAL_LINE = re.compile(r"^step (\d+): (.*)$")
 LOG_LINE = re.compile(r"^step (\d+)/\d+ sps=([0-9.eE+-]+)")
 
 
-def parse_ours(log_text: str) -> dict:
-    """The plain-text log of fql.py (stdout not a terminal): 'step N/T sps=...' and 'step N: success=...'."""
+def parse_ours(log_text: str, success_key: str = "success") -> dict:
+    """The plain-text log of our script (stdout not a terminal): 'step N/T sps=...' and 'step N: success=...'
+    (gfp.py: 'step N: actor_success=...')."""
     curve, steps, spu = [], [], []
     for line in log_text.splitlines():
         m = EVAL_LINE.match(line.strip())
         if m:
             fields = dict(kv.split("=") for kv in m.group(2).split(", "))
-            curve.append((int(m.group(1)), float(fields["success"])))
+            curve.append((int(m.group(1)), float(fields[success_key])))
             continue
         m = LOG_LINE.match(line.strip())
         if m:
@@ -325,7 +499,7 @@ def report(a, results: list) -> dict:
 # ---------------------------------------------------------------------------------------------
 def check_args(a) -> None:
     if a.script not in OFFICIAL:
-        raise ArgumentError(f"--script {a.script}: only {', '.join(OFFICIAL)} is wired to its official code (docs/parity.md)")
+        raise ArgumentError(f"--script {a.script}: only {', '.join(OFFICIAL)} are wired to their official code (docs/parity.md)")
     dataset_of(a.task)
     for name in ("total_steps", "hidden_dim", "num_layers", "eval_every", "eval_episodes", "log_every", "jobs",
                  "num_episodes", "val_episodes"):
@@ -336,12 +510,16 @@ def check_args(a) -> None:
     if a.total_steps % a.eval_every or a.eval_every % a.log_every:
         raise ArgumentError("--total-steps must be a multiple of --eval-every, and --eval-every of --log-every "
                             "(both codes then evaluate at the same steps)")
+    if a.script == "gfp" and a.log_every % GFP_FUSED_STEPS:
+        raise ArgumentError(f"--log-every must be a multiple of {GFP_FUSED_STEPS} for gfp (the official main.py does "
+                            f"{GFP_FUSED_STEPS} updates per call and logs and evaluates only between calls)")
     if a.report_only or a.plot_only:
         return
     official = Path(a.official_dir) if a.official_dir else None
-    if official is None or not (official / "main.py").is_file() or not (official / OFFICIAL[a.script]["agent_config"]).is_file():
+    files = OFFICIAL[a.script]["files"]
+    if official is None or not all((official / f).is_file() for f in files):
         raise ArgumentError(f"--official-dir {a.official_dir!r} is not a checkout of {OFFICIAL[a.script]['repo']} "
-                            f"(no main.py / {OFFICIAL[a.script]['agent_config']}); clone it as in docs/parity.md")
+                            f"(no {' / '.join(files)}); clone it as in docs/parity.md")
 
 
 def checkout_commit(official_dir: Path) -> str:
@@ -354,7 +532,7 @@ def checkout_commit(official_dir: Path) -> str:
 
 def ensure_venv(a) -> None:
     python = Path(a.official_venv) / "bin" / "python"
-    probe = "import jax, flax, distrax, optax, ml_collections, ogbench, wandb, absl"
+    probe = "import jax, flax, distrax, optax, ml_collections, ogbench, wandb, absl, hydra, omegaconf"
     if python.exists() and subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0:
         return
     if not a.make_venv:
@@ -404,9 +582,9 @@ def check_work_dir(work: Path, config: dict) -> None:
 
 def result_of(job: dict) -> dict:
     if job["side"] == "official":
-        parsed = parse_official(job["run_dir"])
+        parsed = parse_official(job["run_dir"], job["script"])
     else:
-        parsed = parse_ours((job["run_dir"] / "log.txt").read_text())
+        parsed = parse_ours((job["run_dir"] / "log.txt").read_text(), OFFICIAL[job["script"]]["success_key"])
     return dict(side=job["side"], seed=job["seed"], **parsed)
 
 
@@ -440,7 +618,7 @@ def run_jobs(jobs: list, n_parallel: int) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--script", default="fql", help="the flowrl script (only fql is wired so far)")
+    p.add_argument("--script", default="fql", help="the flowrl script: fql, qam or gfp")
     p.add_argument("--task", default="cube-single-play-singletask-task2-v0", help="OGBench singletask name")
     p.add_argument("--official-dir", default=None, help="a checkout of the official code at the pinned commit")
     p.add_argument("--official-venv", default=os.path.expanduser("~/.cache/flowrl/parity-venv"),
@@ -457,7 +635,8 @@ def parse_args(argv=None):
     p.add_argument("--val-episodes", type=int, default=10, help="validation episodes of the generated dataset")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated dataset")
     p.add_argument("--data-dir", default="/tmp/parity-data", help="where the generated dataset is (made when missing)")
-    p.add_argument("--work-dir", default="/tmp/parity-work", help="runs, logs, the official code's HOME")
+    p.add_argument("--work-dir", default=None,
+                   help="runs, logs, the official code's HOME (default /tmp/parity-work for fql, /tmp/parity-work-<script> else)")
     p.add_argument("--results-dir", default=str(RESULTS), help="where the CSV and PNG are written")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (an official run and ours of one seed)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
@@ -468,6 +647,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    if a.work_dir is None:
+        a.work_dir = "/tmp/parity-work" if a.script == "fql" else f"/tmp/parity-work-{a.script}"
     check_args(a)
     a.data_dir, a.work_dir = os.path.abspath(os.path.expanduser(a.data_dir)), os.path.abspath(os.path.expanduser(a.work_dir))
     settings = paper_settings(a.script, a.task)
@@ -498,7 +679,7 @@ def main(argv=None) -> dict:
             link.unlink()
         if not link.is_symlink():
             link.symlink_to(a.data_dir, target_is_directory=True)
-        (work / "official_driver.py").write_text(DRIVER)
+        driver_path(a).write_text(DRIVERS[a.script])
         t0 = time.time()
         run_jobs(jobs, a.jobs)
         print(f"all runs done in {time.time() - t0:.0f} s of wall time", flush=True)

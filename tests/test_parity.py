@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import math
+import shlex
 import subprocess
 import sys
 
@@ -97,9 +99,113 @@ def test_dry_run_gives_both_sides_the_same_settings(tmp_path, capsys):
         assert flag in ours_cmd
 
 
+# the headers the official QAM (ColinQiyangLi/qam@f93efd2, through parity's driver, which adds time/epoch_time) and the
+# GFP release (ZhangJL16/FQLbaseline@49f6b17) write (copied from the plumbing runs' files; GFP's train.csv shortened)
+QAM_EVAL_HEADER = ("avg_gripper_contact_length,num_gripper_contacts,prev_qpos,prev_qvel,qpos,qvel,control,time,success,"
+                   "total.timesteps,episode.final_reward,episode.return,episode.length,episode.duration,step")
+QAM_TRAIN_HEADER = ("actor/adj_loss,actor/adj_max,actor/adj_mean,actor/adj_std,actor/fast_loss,actor/flow_loss,"
+                    "critic/critic_loss,critic/q_max,critic/q_mean,critic/q_min,grad/max,grad/min,grad/norm,time/epoch_time,step")
+GFP_EVAL_HEADER = ("Actor/prev_qpos,Actor/prev_qvel,Actor/qpos,Actor/qvel,Actor/control,Actor/time,Actor/success,"
+                   "Actor/total.timesteps,Actor/episode.final_reward,Actor/episode.return,Actor/episode.length,"
+                   "Actor/episode.duration,Actor/acc_reward,step")
+GFP_TRAIN_HEADER = "training/actor/VaBC_loss,training/critic/critic_loss,validation/critic/critic_loss,time/total_time,step"
+
+
+def test_official_qam_and_gfp_files_are_read(tmp_path):
+    qam = tmp_path / "qam" / "qam-reproduce" / "parity" / "cube-single-play-singletask-task2-v0" / "d63fd3"
+    qam.mkdir(parents=True)
+    (qam / "eval.csv").write_text(QAM_EVAL_HEADER + "\n" + "\n".join(
+        f"0.0,0.0,-0.06,-0.1,-0.06,0.08,21.1,10.1,{succ},200.0,-1.0,-200.0,200.0,3.7,{step}"
+        for step, succ in ((200, 0.25), (400, 0.5))) + "\n")
+    (qam / "offline_agent.csv").write_text(QAM_TRAIN_HEADER + "\n" + "\n".join(
+        ",".join(["0.1"] * 13) + f",{spu},{step}" for step, spu in ((100, 1.0), (200, 0.1), (300, 0.5), (400, 0.05), (500, 0.5))) + "\n")
+    parsed = parity.parse_official(tmp_path / "qam", "qam")
+    assert parsed["curve"] == [(200, 0.25), (400, 0.5)] and parsed["rates"] == [10.0, 20.0]
+    gfp = tmp_path / "gfp" / "gfp_OGBench_Env_cube_single_play_singletask_task2_v0" / "date_20261202_032420_seed_0"
+    gfp.mkdir(parents=True)
+    (gfp / "eval.csv").write_text(GFP_EVAL_HEADER + "\n" + "\n".join(
+        f"-0.2,0.0,-0.2,-0.01,5.0,10.1,{succ},200.0,-1.0,-200.0,200.0,2.3,0.0,{step}" for step, succ in ((200, 0.1), (400, 0.3))) + "\n")
+    # wall seconds since the start: the intervals take 100 s (compile), 10, 50 (after the evaluation at 200), 5, 50
+    (gfp / "train.csv").write_text(GFP_TRAIN_HEADER + "\n" + "\n".join(
+        f"0.1,0.1,0.1,{total},{step}" for step, total in ((100, 100.0), (200, 110.0), (300, 160.0), (400, 165.0), (500, 215.0))) + "\n")
+    parsed = parity.parse_official(tmp_path / "gfp", "gfp")
+    assert parsed["curve"] == [(200, 0.1), (400, 0.3)] and parsed["rates"] == [pytest.approx(10.0), pytest.approx(20.0)]
+
+
+def test_gfp_log_is_read_by_its_actor_success():
+    log = "\n".join(["step 100/200 sps=5 critic=0.1", "step 200/200 sps=10 critic=0.1",
+                     "step 200: actor_success=0.300, actor_episodic_return=-150.000, flow_success=0.900"])
+    assert parity.parse_ours(log, parity.OFFICIAL["gfp"]["success_key"])["curve"] == [(200, 0.3)]
+
+
+def fake_checkout(tmp_path, script):
+    official = tmp_path / script
+    for f in parity.OFFICIAL[script]["files"]:
+        (official / f).parent.mkdir(parents=True, exist_ok=True)
+        (official / f).write_text("")
+    return official
+
+
+def dry_run(capsys, script, official, *flags):
+    parity.main(["--script", script, "--official-dir", str(official), "--dry-run", "--seeds", "3", "4", "--total-steps", "600",
+                 "--eval-every", "300", "--log-every", "100", "--hidden-dim", "64", "--num-layers", "3", *flags])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("/", sys.executable))]
+    assert len(lines) == 4  # 2 seeds x 2 sides
+    return lines[0], lines[1]
+
+
+def test_qam_dry_run_gives_both_sides_the_same_settings(tmp_path, capsys):
+    official_cmd, ours_cmd = dry_run(capsys, "qam", fake_checkout(tmp_path, "qam"))
+    # cube-single has no row in the QAM paper: qam.py's generic values = the official get_config() / main.py defaults
+    for flag in ("--seed=3", "--offline_steps=600", "--online_steps=0", "--eval_interval=300", "--eval_episodes=50",
+                 "--agent.actor_hidden_dims=(64,64,64)", "--agent.value_hidden_dims=(64,64,64)", "--agent.inv_temp=0.3",
+                 "--agent.discount=0.99", "--agent.rho=0.5", "--horizon_length=5", "--sparse=False",
+                 "--agent.action_chunking=True", "--agent.num_qs=10", "--agent.fql_alpha=0.0", "--agent.edit_scale=0.0",
+                 "--save_interval=0", f"--agent={tmp_path / 'qam' / 'agents' / 'qam.py'}", "official_driver_qam.py"):
+        assert flag in official_cmd
+    for flag in ("--seed 3", "--total-steps 600", "--eval-freq 300", "--eval-episodes 50", "--hidden-dim 64",
+                 "--num-layers 3", "--inv-temp 0.3", "--gamma 0.99", "--rho 0.5", "--horizon-length 5", "--sparse False",
+                 "--num-critics 10", "--variant qam", "--no-eval-bc-flow", "--action-chunking"):
+        assert flag in ours_cmd
+
+
+def test_gfp_dry_run_gives_both_sides_the_same_settings(tmp_path, capsys):
+    official_cmd, ours_cmd = dry_run(capsys, "gfp", fake_checkout(tmp_path, "gfp"))
+    # gfp_params.csv's cube_single_play row: alpha 10, eta 0.1, target_agg mean
+    for flag in ("seed=3", "offline_steps=600", "eval_interval=300", "eval_episodes=50", "log_interval=100",
+                 "agent.actor_hidden_dims=[64,64,64]", "agent.value_hidden_dims=[64,64,64]", "agent.alpha=10.0",
+                 "agent.eta_temperature=0.1", "agent.discount=0.99", "agent.q_agg=mean", "agent.target_agg=mean",
+                 "agent.guidance_agg=actor", "agent.flow_steps=10", "agent.batch_size=256", "log_on_wandb=false",
+                 "n_eval_envs=1", "eval_flow_policy=false", "env_name=cube-single-play-singletask-task2-v0"):
+        assert flag in shlex.split(official_cmd)
+    for flag in ("--seed 3", "--total-steps 600", "--eval-freq 300", "--hidden-dim 64", "--num-layers 3", "--alpha 10.0",
+                 "--eta 0.1", "--gamma 0.99", "--q-agg mean", "--target-agg mean", "--guidance-agg actor",
+                 "--flow-steps 10", "--batch-size 256", "--no-eval-flow"):
+        assert flag in ours_cmd
+
+
+def test_gfp_driver_loads_the_python_312_fstring_and_runs_main(tmp_path):
+    """The driver's one change, on a stand-in checkout: utils/log_utils.py with the release's f-string (a
+    SyntaxError before Python 3.12) is loaded, and main.py runs as __main__ with its own path in argv[0]."""
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "__init__.py").write_text("")
+    (tmp_path / "utils" / "log_utils.py").write_text(
+        "from datetime import datetime\ndef stamp():\n    return f\"date_{datetime(2026, 1, 2).strftime(\"%Y%m%d_%H%M%S\")}\"\n")
+    (tmp_path / "main.py").write_text("import sys\nfrom utils import log_utils\nprint(log_utils.stamp(), sys.argv[0], sys.argv[1:])\n")
+    (tmp_path / "driver.py").write_text(parity.GFP_DRIVER)
+    out = subprocess.run([sys.executable, str(tmp_path / "driver.py"), "seed=1"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["date_20260102_000000", str(tmp_path / "main.py"), "['seed=1']"]
+    (tmp_path / "utils" / "log_utils.py").write_text("def stamp():\n    return 'other'\n")  # not the release's file
+    out = subprocess.run([sys.executable, str(tmp_path / "driver.py")], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode != 0 and "not the one of the pinned GFP release" in out.stderr
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--official-dir", "/nonexistent"], "is not a checkout of"),
-    (["--script", "qam", "--dry-run"], "only fql is wired"),
+    (["--script", "qam", "--official-dir", "/nonexistent"], "agents/qam.py"),
+    (["--script", "sac", "--dry-run"], "only fql, qam, gfp are wired"),
+    (["--script", "gfp", "--total-steps", "300", "--eval-every", "150", "--log-every", "50", "--dry-run"], "multiple of 4"),
     (["--task", "cube-single-play-v0", "--dry-run"], "is not an OGBench singletask name"),
     (["--seeds", "1", "--dry-run"], "at least 2 distinct seeds"),
     (["--total-steps", "1000", "--eval-every", "300", "--dry-run"], "must be a multiple of"),
@@ -117,12 +223,27 @@ def test_a_work_dir_with_runs_of_other_settings_is_refused(tmp_path):
         parity.check_work_dir(tmp_path, {"total_steps": 20, "alpha": 300.0})
 
 
-def test_plot_only_redraws_the_table_and_plot_from_the_csv(tmp_path, capsys):
+@pytest.mark.parametrize("script", ["fql", "gfp"])  # qam: test_report_only_reads_finished_runs_of_the_work_dir
+def test_plot_only_redraws_the_table_and_plot_from_the_csv(tmp_path, capsys, script):
     results = [dict(side=side, seed=seed, curve=[(5000, 0.0), (10000, value)], rates=[20.0], cpu_s=200.0)
                for side, values in (("official", (0.2, 0.3, 0.4)), ("ours", (0.3, 0.4, 0.5)))
                for seed, value in enumerate(values)]
-    parity.write_csv(tmp_path / "parity_fql_cube-single-play-singletask-task2-v0.csv", results)
-    summary = parity.main(["--plot-only", "--results-dir", str(tmp_path)])  # no --official-dir needed
+    parity.write_csv(tmp_path / f"parity_{script}_cube-single-play-singletask-task2-v0.csv", results)
+    summary = parity.main(["--script", script, "--plot-only", "--results-dir", str(tmp_path)])  # no --official-dir needed
     assert summary["official_mean"] == pytest.approx(0.3) and summary["diff"] == pytest.approx(0.1)
-    assert (tmp_path / "parity_fql_cube-single-play-singletask-task2-v0.png").stat().st_size > 1000
-    assert "| fql | cube-single-play-singletask-task2-v0 | 0.300 ± 0.100 | 0.400 ± 0.100 |" in capsys.readouterr().out
+    assert (tmp_path / f"parity_{script}_cube-single-play-singletask-task2-v0.png").stat().st_size > 1000
+    assert f"| {script} | cube-single-play-singletask-task2-v0 | 0.300 ± 0.100 | 0.400 ± 0.100 |" in capsys.readouterr().out
+
+
+def test_report_only_reads_finished_runs_of_the_work_dir(tmp_path, capsys):
+    """--report-only: the done.json of every run (as run_jobs writes them), no official checkout needed."""
+    for side, values in (("official", (0.1, 0.2)), ("ours", (0.2, 0.3))):
+        for seed, value in zip((0, 1), values):
+            (tmp_path / f"{side}_seed{seed}").mkdir()
+            (tmp_path / f"{side}_seed{seed}" / "done.json").write_text(json.dumps(
+                dict(side=side, seed=seed, curve=[[300, value]], rates=[8.0], cpu_s=60.0)))
+    summary = parity.main(["--script", "qam", "--report-only", "--work-dir", str(tmp_path), "--seeds", "0", "1",
+                           "--total-steps", "300", "--eval-every", "300", "--log-every", "100", "--results-dir", str(tmp_path)])
+    assert summary["diff"] == pytest.approx(0.1) and summary["n_official"] == 2
+    assert (tmp_path / "parity_qam_cube-single-play-singletask-task2-v0.csv").is_file()
+    assert "| qam |" in capsys.readouterr().out
