@@ -532,7 +532,7 @@ def checkout_commit(official_dir: Path) -> str:
 
 def ensure_venv(a) -> None:
     python = Path(a.official_venv) / "bin" / "python"
-    probe = "import jax, flax, distrax, optax, ml_collections, ogbench, wandb, absl, hydra, omegaconf"
+    probe = "import jax, flax, distrax, optax, ml_collections, ogbench, wandb, absl" + (", hydra, omegaconf" if a.script == "gfp" else "")
     if python.exists() and subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0:
         return
     if not a.make_venv:

@@ -247,3 +247,14 @@ def test_report_only_reads_finished_runs_of_the_work_dir(tmp_path, capsys):
     assert summary["diff"] == pytest.approx(0.1) and summary["n_official"] == 2
     assert (tmp_path / "parity_qam_cube-single-play-singletask-task2-v0.csv").is_file()
     assert "| qam |" in capsys.readouterr().out
+
+
+def test_the_venv_probe_asks_hydra_of_gfp_only(tmp_path):
+    """An existing official venv without Hydra still serves fql and qam; for gfp it is refused (one line)."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text('#!/bin/sh\ncase "$2" in *hydra*) exit 1;; esac\nexit 0\n')  # no hydra
+    (tmp_path / "bin" / "python").chmod(0o755)
+    for script in ("fql", "qam"):
+        parity.ensure_venv(parity.parse_args(["--script", script, "--official-venv", str(tmp_path)]))
+    with pytest.raises(parity.ArgumentError, match="not a working venv"):
+        parity.ensure_venv(parity.parse_args(["--script", "gfp", "--official-venv", str(tmp_path)]))
