@@ -59,9 +59,10 @@ fi
 FQL_OFFICIAL=${FQL_OFFICIAL:-$GPU_DIR/official/fql}
 QAM_OFFICIAL=${QAM_OFFICIAL:-$GPU_DIR/official/qam}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-"$PY" -c "import torch, jax; print('torch', torch.__version__, torch.cuda.is_available(), '| jax', jax.__version__, jax.devices())"
+"$PY" -c "import torch, jax; print('torch', torch.__version__, torch.cuda.is_available(), '| jax', jax.__version__, jax.devices())" || true
 cd "$ROOT"
 set -o pipefail
+[[ -n "${OUT:-}" ]] && mkdir -p "$OUT"
 # benchmarks/throughput.py keeps to its own budget (420 s, --quick 200 s); the timeout only guards the 8 minutes
 timeout 470 "$PY" benchmarks/throughput.py --cuda --fql-official-dir "$FQL_OFFICIAL" --qam-official-dir "$QAM_OFFICIAL" "$@" \
   2>&1 | tee ${OUT:+"$OUT/throughput_gpu.log"}
