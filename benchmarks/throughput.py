@@ -22,18 +22,19 @@ timed in intervals that end with `jax.block_until_ready`, warm-up and median as 
 What one "step" is, per script, and the paper size each runs at (the script's defaults; `--sizes HxL` overrides the
 hidden width x depth of every script, e.g. for a quick CPU check):
   fql             one offline update on flowrl/reacher/mixed-v0 (obs 10, action 2); 512x4 MLPs, 2 critics, batch 256,
-                  10 flow steps (FQL paper, Table 6; official get_config)
+                  10 flow steps (official agents/fql.py get_config)
   qam             one offline update on flowrl/reacher/mixed-v0, action chunks of 5; 512x4, 10 critics, batch 256,
                   10 flow steps (QAM paper's manipulation setting; official get_config + experiments/reproduce.py)
   gfp             one offline update on flowrl/reacher/mixed-v0; 512x4, 2 critics, batch 256, 10 flow steps (the
-                  script's generic defaults, which are the GFP paper's OGBench values)
+                  script's generic defaults, from the GFP official config)
   decision_flow   one offline update (DF-dir) on flowrl/reacher/mixed-v0; 512x4, 2 critics, batch 256, 10 flow steps
+                  (the script's defaults, in the style of the other offline scripts)
   streaming_flow  one imitation update on flowrl/pointmaze/demos-v0; 256-wide, 3 FiLM residual blocks, batch 1024,
-                  prediction horizon 16 (the streaming-flow-policy paper's U-Net replaced as docs/streaming_flow.md says)
+                  prediction horizon 16 (the official U-Net replaced by a residual MLP, docs/streaming_flow.md)
   fpmd (online)   one Hopper-v5 env step + one update (1 env, updates from the first step); 256x3, 2 critics, batch 256,
-                  20 flow steps (FPMD paper)
+                  20 flow steps (the official scripts/train_mujoco.py defaults)
   swfp (online)   one env step + one critic and one JKO-block update (phase 2) on flowrl/reacher/mixed-v0; 256x3,
-                  10 JKO blocks of 64x2, batch 256 (SWFP paper); phase 1 is cut to one step each and not measured
+                  10 JKO blocks of 64x2, batch 256 (the script's defaults); phase 1 is cut to one step each, not measured
 The CSV records the values each run used (its resolved Args), so the table is self-describing.
 flow_opt is not covered: its charts/SPS is the flow-matching stage of a trajectory-optimisation pipeline that first
 has to generate its training data with the optimiser, so its rate is not comparable with the others.
@@ -41,7 +42,7 @@ has to generate its training data with the optimiser, so its rate is not compara
 Usage:
   python benchmarks/throughput.py --cuda --fql-official-dir /tmp/fql-official --qam-official-dir /tmp/qam-official
       # every script x {eager, compile, cudagraphs} + official FQL and QAM, <= 8 min -> docs/results/throughput_gpu.csv
-  python benchmarks/throughput.py --cuda --quick ...       # the same with shorter timing windows (~3 min)
+  python benchmarks/throughput.py --cuda --quick ...       # the same with 2 s timing windows, <= 4 min
   python benchmarks/throughput.py --scripts fql qam --modes eager compile --sizes 64x2 --threads 1 --out /tmp/t
       # CPU: throughput_cpu_modes.csv (never mixed with GPU rows)
 benchmarks/gpu_throughput.sh is the prepared GPU command (it installs missing packages from wheels first).
