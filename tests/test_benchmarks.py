@@ -5,8 +5,15 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import time
+import types
+
+import pytest
 
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import throughput  # noqa: E402
 
 
 def test_sweep_runner_smoke(tmp_path):
@@ -59,10 +66,83 @@ def test_docs_results_holds_exactly_what_the_quick_suite_and_the_parity_benchmar
 
     groups = {e.group or e.name for e in run.SUITES["quick"]}
     written = {f"{g}.{ext}" for g in groups for ext in ("csv", "png")} | {"throughput_cpu.csv", "latency_cpu.csv", "quick_summary.md"}
-    present = {p.name for p in (ROOT / "docs" / "results").iterdir()}
+    # benchmarks/throughput.py --cuda (benchmarks/gpu_throughput.sh) writes this one, once a GPU has run it
+    present = {p.name for p in (ROOT / "docs" / "results").iterdir()} - {"throughput_gpu.csv"}
     parity_files = {n for n in present - written if n.startswith("parity_") and n.endswith((".csv", ".png"))}
     for name in parity_files:
         stem = name.split("_")[1]
         own = ROOT / "benchmarks" / f"parity_{stem}.py"  # a benchmark of its own (parity_fpmd.py), or parity.py's --script
         assert (own.exists() and f"parity_{stem}_" in own.read_text()) or stem in parity.OFFICIAL, f"{name}: no benchmark writes it"
     assert present - parity_files == written, f"extra: {present - parity_files - written}, missing: {written - present}"
+
+
+def test_throughput_summary_drops_the_warm_up_interval_and_measures_its_excess():
+    # 50 updates per interval; the first took 5 s (compilation), the later ones run at a median of 100 updates/s
+    s = throughput.summarize([(50, 10.0), (100, 100.0), (150, 50.0), (200, 120.0)], first_steps=50)
+    assert s["updates_per_s"] == 100.0 and s["intervals"] == 3
+    assert s["warmup_s"] == pytest.approx(5.0 - 0.5)
+    assert throughput.summarize([(50, 10.0)])["updates_per_s"] is None  # the warm-up alone measures nothing
+
+
+def test_throughput_child_reads_the_clock_after_a_device_sync_and_stops_after_its_window():
+    class Writer:  # stands in for torch's SummaryWriter
+        def __init__(self, *a):
+            self.tags = []
+
+        def add_scalar(self, tag, value, step):
+            self.tags.append(tag)
+
+    mod = types.SimpleNamespace(SummaryWriter=Writer, time=time)
+    syncs = []
+    points = throughput.instrument(mod, lambda: syncs.append(1), measure_s=0.05, min_intervals=3)
+    reads = 0
+
+    def main():  # a script's loop: SPS from its own clock every 10 steps, logged with its other scalars, no end
+        nonlocal reads
+        writer, step, t0 = mod.SummaryWriter("runs"), 0, mod.time.time()
+        reads += 1
+        while True:
+            step += 10
+            time.sleep(0.005)
+            sps = 10 / (mod.time.time() - t0)
+            writer.add_scalar("losses/x", 1.0, step)
+            writer.add_scalar("charts/SPS", sps, step)
+            t0 = mod.time.time()
+            reads += 2
+
+    with pytest.raises(throughput._Stop):
+        main()
+    assert len(syncs) >= reads - 1 > 0  # every clock read waited for the device (the last one raced the stop)
+    assert len(points) >= 4 and [p[0] for p in points] == list(range(10, 10 * len(points) + 1, 10))
+    assert all(0 < sps < 2000 for _, sps in points)
+
+
+def test_throughput_runs_in_the_order_the_ratios_need_and_sees_which_flags_a_script_has():
+    order = throughput.plan(["gfp", "qam", "fql"], ["eager", "compile", "cudagraphs"], ["qam", "fql"])
+    assert order[:8] == [("official", "fql", "jit"), ("ours", "fql", "eager"), ("ours", "fql", "cudagraphs"),
+                         ("ours", "fql", "compile"), ("official", "qam", "jit"), ("ours", "qam", "eager"),
+                         ("ours", "qam", "cudagraphs"), ("ours", "qam", "compile")]
+    assert order[8:] == [("ours", "gfp", "eager"), ("ours", "gfp", "cudagraphs"), ("ours", "gfp", "compile")]
+    assert {"compile", "hidden_dim", "batch_size"} <= throughput.script_flags("fql")
+    assert throughput.dataset_dims("flowrl/reacher/mixed-v0") == (10, 2)  # the official agents' batches: Reacher's sizes
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "512by4"], "--sizes must be 'paper' or HIDDENxLAYERS"),
+    (["--fql-official-dir", "/nonexistent"], "--fql-official-dir /nonexistent has no agents/fql.py"),
+    (["--scripts", "nope"], "no throughput configuration for ['nope']"),
+])
+def test_throughput_bad_input_is_one_clear_line(argv, message, tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), *argv, "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.strip().startswith("error: ") and message in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_throughput_cuda_without_a_gpu_writes_no_gpu_rows(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    code = throughput.main(["--cuda", "--scripts", "fql", "--sizes", "16x1", "--steps", "8", "--out", str(tmp_path)])
+    assert code == 1 and "--cuda: torch sees no CUDA device" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
