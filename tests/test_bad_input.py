@@ -71,6 +71,8 @@ TABLES["fql"] = [
     (["--env-id", "D4RL/antmaze/large-play-v1", "--online-steps", "-3"], "--online-steps must be >= 0 (got -3)"),
     (["--env-id", "cube-single-play-singletask-task2-v0", "--alpha", "-300"],
      "--alpha must be finite and >= 0 (0: no distillation) (got -300.0)"),
+    # CUDA graphs without a CUDA device (--no-cuda here, so that the row holds on a GPU machine too)
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
 ]
 
 
