@@ -194,6 +194,8 @@ TABLES["qam"] = [
     (["--env-id", "cube-double-play-singletask-task2-v0", "--gamma", "1.5"], "--gamma must be in (0, 1] (got 1.5)"),
     (["--env-id", "scene-play-singletask-task1-v0", "--variant", "qam-fql", "--edit-scale", "0.1"],
      "--fql-alpha 300.0 and --edit-scale 0.1 cannot both be > 0"),
+    # CUDA graphs without a CUDA device (--no-cuda here, so that the row holds on a GPU machine too)
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
 ]
 
 
