@@ -135,6 +135,8 @@ TABLES["gfp"] = [
     (["--env-id", "antmaze-large-navigate-singletask-task1-v0", "--target-use-next"],
      "--target-use-next and --target-agg actor cannot be used together"),
     (["--env-id", "cube-double-play-singletask-task1-v0", "--batch-size", "-256"], "--batch-size must be >= 1 (got -256)"),
+    # CUDA graphs without a CUDA device (--no-cuda here, so that the row holds on a GPU machine too)
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
 ]
 
 

@@ -31,6 +31,7 @@ TINY = dict(cuda=False, hidden_dim=32, num_layers=1, batch_size=32, total_steps=
 CASES = {
     "fql": dict(TINY, env_id=WALK, eval_bc_flow=False, flow_steps=3),
     "qam": dict(TINY, env_id=WALK, eval_bc_flow=False, flow_steps=3, num_critics=2, horizon_length=2, inv_temp=1.0),
+    "gfp": dict(TINY, env_id=WALK, eval_flow=False, flow_steps=3),
 }
 RTOL, ATOL = 1e-4, 1e-5  # float32; eager and compiled differ only by the rounding of fused or reordered ops
 # graphs dynamo may compile for one update: torch breaks it at optimizer.zero_grad, loss.backward and around
