@@ -385,8 +385,9 @@ def sample_bc_flow(actor_bc_flow: VectorField, obs: torch.Tensor, z: torch.Tenso
 # Losses (FQL paper Algorithm 1; official agents/fql.py)
 # ---------------------------------------------------------------------------------------------
 # --compile: noise is drawn with torch.randn(shape), not torch.randn_like(x): AOT autograd's CSE (torch 2.13) does not
-# count randn_like as random and merges two randn_like calls on the same tensor into ONE draw (the same numbers as
-# randn_like in eager)
+# count randn_like as random and merges two randn_like calls on the same tensor into ONE draw where randn_like is not
+# decomposed first (the aot_eager backend; inductor with fallback_random, which tests/test_compile.py sets to match
+# eager's random numbers; inductor's default decomposes it to randn). Eager draws the same numbers either way
 def critic_loss(critic: Critic, target_critic: Critic, actor_onestep_flow: OneStepPolicy, batch: dict,
                 gamma: float, q_agg: str) -> tuple:
     """Eq. (6): E[(Q_phi(s, a) - r - gamma * mask * Qbar(s', clip(mu_omega(s', z))))^2], mean over the ensemble."""

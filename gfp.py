@@ -557,7 +557,9 @@ def guidance_weights(q_data: torch.Tensor, q_ref: torch.Tensor, lam: torch.Tenso
 def flow_matching_errors(vabc: VaBCField, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """Per-sample flow-matching error, linear path x_t = (1 - t) x_0 + t a, target velocity a - x_0 (mean over action dims)."""
     # --compile: torch.randn(shape), not torch.randn_like(actions): AOT autograd's CSE (torch 2.13) does not count
-    # randn_like as random and would merge this draw with critic_loss's randn_like(actions) (same numbers in eager)
+    # randn_like as random and would merge this draw with critic_loss's randn_like(actions) where randn_like is not
+    # decomposed first (aot_eager; inductor with fallback_random, as tests/test_compile.py; not inductor's default).
+    # Same numbers in eager
     x_0 = torch.randn(actions.shape, device=actions.device)
     t = torch.rand_like(actions[:, :1])
     x_t = (1.0 - t) * x_0 + t * actions

@@ -434,7 +434,7 @@ class Critic(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # --compile: the noise of the update is drawn with torch.randn(shape), never torch.randn_like(x): AOT autograd's CSE
 # (torch 2.13) does not count randn_like as random and merges two randn_like calls on the same tensor into ONE draw
-# (in eager both give the same numbers)
+# where randn_like is not decomposed first (aot_eager; inductor with fallback_random; fql.py). Same numbers in eager
 @torch.no_grad()
 def sample_flow(field: Callable, obs: torch.Tensor, z: torch.Tensor, flow_steps: int) -> torch.Tensor:
     """Euler ODE of a velocity field from noise z (x_{i+1} = x_i + v(s, x_i, i/T) / T), clipped to [-1, 1]."""
