@@ -108,20 +108,20 @@ def test_compile_gives_the_losses_of_eager(script, walk_dataset, in_tmp, monkeyp
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", list(CASES))
-def test_inductor_compile_gives_the_losses_of_eager(script, walk_dataset, in_tmp, monkeypatch):
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # eager's random numbers in compiled code
+def test_inductor_compile_gives_the_losses_of_eager(script, walk_dataset, in_tmp):
     eager = train(script, walk_dataset)
     torch._dynamo.reset()
-    compiled = train(script, walk_dataset, compile=True)
+    with torch._inductor.config.patch(fallback_random=True):  # eager's random numbers in compiled code
+        compiled = train(script, walk_dataset, compile=True)
     assert_same_losses(eager, compiled)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("script", list(CASES))
-def test_cudagraphs_give_the_losses_of_eager_on_cuda(script, walk_dataset, in_tmp, monkeypatch):
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+def test_cudagraphs_give_the_losses_of_eager_on_cuda(script, walk_dataset, in_tmp):
     eager = train(script, walk_dataset, cuda=True)
     torch._dynamo.reset()
-    captured = train(script, walk_dataset, cuda=True, cudagraphs=True)
+    with torch._inductor.config.patch(fallback_random=True):
+        captured = train(script, walk_dataset, cuda=True, cudagraphs=True)
     # TF32 matmuls (set_float32_matmul_precision("high") on CUDA) in both runs; inductor's fusions round differently
     assert_same_losses(eager, captured, rtol=1e-3, atol=1e-4)
