@@ -31,6 +31,8 @@ Behaviour worth knowing (docs/fql.md, "Implementation details"):
   * the online env is seeded at its first reset only; evaluation seeds episode k (env reset and policy
     noise) with 10000 * seed + k, so its metrics do not depend on `--eval-envs`;
   * a Minari id that is not local fails fast, in one line, when the Hugging Face hub is unreachable.
+  * `--compile` runs the whole update through torch.compile, `--cudagraphs` (CUDA only) also replays it as a CUDA
+    graph; eager is the default and the reference (docs/fql.md, "Speed options").
 
 Differences from the official code, all deliberate:
   * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench; D4RL comes
@@ -123,6 +125,8 @@ class Args:
     """load the networks (and optimizer) from this checkpoint before training"""
     compile: bool = False
     """torch.compile the update step"""
+    cudagraphs: bool = False
+    """replay the update as a CUDA graph (implies --compile; CUDA only)"""
 
     # Algorithm specific arguments
     flow_steps: int = 10
@@ -249,6 +253,9 @@ def check_args(args: Args) -> None:
 
     finite = math.isfinite
     # generic (torch_deterministic, cuda, eval_bc_flow, save_model, compile: booleans, any value is fine)
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise ArgumentError("--cudagraphs needs a CUDA device (" + ("--no-cuda was given" if not args.cuda else
+                                                                   "torch.cuda.is_available() is False") + ")")
     need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
          "a non-empty file name without '/'")
     need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
@@ -377,12 +384,16 @@ def sample_bc_flow(actor_bc_flow: VectorField, obs: torch.Tensor, z: torch.Tenso
 # ---------------------------------------------------------------------------------------------
 # Losses (FQL paper Algorithm 1; official agents/fql.py)
 # ---------------------------------------------------------------------------------------------
+# --compile: noise is drawn with torch.randn(shape), not torch.randn_like(x): AOT autograd's CSE (torch 2.13) does not
+# count randn_like as random and merges two randn_like calls on the same tensor into ONE draw where randn_like is not
+# decomposed first (the aot_eager backend; inductor with fallback_random, which tests/test_compile.py sets to match
+# eager's random numbers; inductor's default decomposes it to randn). Eager draws the same numbers either way
 def critic_loss(critic: Critic, target_critic: Critic, actor_onestep_flow: OneStepPolicy, batch: dict,
                 gamma: float, q_agg: str) -> tuple:
     """Eq. (6): E[(Q_phi(s, a) - r - gamma * mask * Qbar(s', clip(mu_omega(s', z))))^2], mean over the ensemble."""
     with torch.no_grad():
         next_obs = batch["next_observations"]
-        z = torch.randn_like(batch["actions"])
+        z = torch.randn(batch["actions"].shape, device=next_obs.device)
         next_actions = actor_onestep_flow(next_obs, z).clamp(-1.0, 1.0)
         next_qs = target_critic(next_obs, next_actions)
         next_q = next_qs.mean(0) if q_agg == "mean" else next_qs.min(0).values
@@ -393,7 +404,7 @@ def critic_loss(critic: Critic, target_critic: Critic, actor_onestep_flow: OneSt
 
 def bc_flow_loss(actor_bc_flow: VectorField, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """Eq. (5), flow matching with the linear path x_t = (1 - t) x_0 + t x_1, x_1 = a, target v = x_1 - x_0."""
-    x_0 = torch.randn_like(actions)
+    x_0 = torch.randn(actions.shape, device=actions.device)
     t = torch.rand_like(actions[:, :1])
     x_t = (1.0 - t) * x_0 + t * actions
     return F.mse_loss(actor_bc_flow(obs, x_t, t), actions - x_0)
@@ -724,6 +735,7 @@ class ReplayBuffer:
         self.size += 1
 
     def sample(self, batch_size: int) -> dict:
+        # capture: indices drawn on the device (the global CUDA RNG on a GPU), a static batch shape, no host sync
         idx = torch.randint(0, self.size, (batch_size,), device=self.data["rewards"].device)
         return {key: tensor[idx] for key, tensor in self.data.items()}
 
@@ -866,6 +878,8 @@ def fresh_run_dir(run_name: str) -> Path:
 def main(args: Args) -> dict:
     args = resolve_task_settings(args)  # fills alpha, gamma, q_agg, total_steps left at None
     check_args(args)  # every flag, before any work
+    if args.cudagraphs:  # CUDA graphs are torch.compile's "reduce-overhead" mode: --cudagraphs implies --compile
+        args = replace(args, compile=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -889,7 +903,8 @@ def main(args: Args) -> dict:
     modules = dict(actor_bc_flow=actor_bc_flow, actor_onestep_flow=actor_onestep_flow, critic=critic, target_critic=target_critic)
     params = [p for m in (actor_bc_flow, actor_onestep_flow, critic) for p in m.parameters()]
     # one Adam over all networks, as the official code (Adam is per-parameter: same as one per network)
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+                                 capturable=args.cudagraphs)  # capture: Adam's step counter lives on the device
     start_step = 0
     if args.checkpoint is not None:
         start_step = load_checkpoint(args.checkpoint, args, modules, optimizer, obs_dim, act_dim, device)
@@ -901,6 +916,7 @@ def main(args: Args) -> dict:
     critic_params, target_params = list(critic.parameters()), list(target_critic.parameters())
 
     def update(batch: dict) -> dict:
+        """One gradient step: the losses, backward, Adam and the Polyak update, all in the (compiled) function."""
         loss_critic, q = critic_loss(critic, target_critic, actor_onestep_flow, batch, args.gamma, args.q_agg)
         loss_bc_flow = bc_flow_loss(actor_bc_flow, batch["observations"], batch["actions"])
         loss_distill, loss_q = onestep_losses(actor_onestep_flow, actor_bc_flow, critic, batch["observations"], act_dim,
@@ -915,7 +931,11 @@ def main(args: Args) -> dict:
                 "q_loss": loss_q.detach(), "q_mean": q.detach().mean(), "total_loss": loss.detach()}
 
     if args.compile:
-        update = torch.compile(update)
+        # CUDA graphs via inductor's CUDA-graph trees ("reduce-overhead"), not tensordict: no extra dependency, one code
+        # path with --compile. The update compiles to 3 graphs; the breaks are torch's own, none in this file: at
+        # optimizer.zero_grad (never traced), loss.backward (AOT autograd compiles it with the forward) and around
+        # optimizer.step (on purpose, pytorch#104053)
+        update = torch.compile(update, mode="reduce-overhead" if args.cudagraphs else None)
 
     @torch.no_grad()
     def onestep_policy(obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -934,6 +954,7 @@ def main(args: Args) -> dict:
     online_obs, episode_return, episode_length, episodes_done = None, 0.0, 0, 0
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     metrics: dict = {}
+    logged: dict = {}  # the losses of the last log step, returned with the final evaluation
     t0, last_log_step = time.time(), start_step
 
     def run_evaluation(step: int) -> dict:
@@ -967,8 +988,10 @@ def main(args: Args) -> dict:
                 online_obs, episode_return, episode_length = None, 0.0, 0
                 episodes_done += 1
 
+        if args.cudagraphs:  # capture: a new replay may overwrite the previous outputs (read below, before the next call)
+            torch.compiler.cudagraph_mark_step_begin()
         losses = update(buffer.sample(args.batch_size))
-        nonfinite |= ~torch.isfinite(losses["total_loss"])
+        nonfinite |= ~torch.isfinite(losses["total_loss"])  # the NaN/inf guard: an eager op on a returned tensor
 
         log_now, eval_now = step % args.log_freq == 0 or step == total, step % args.eval_freq == 0 or step == total
         if (log_now or eval_now) and nonfinite.item():  # checked before anything is logged, evaluated or saved
@@ -977,8 +1000,9 @@ def main(args: Args) -> dict:
                 + (f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
         if log_now:
             sps = (step - last_log_step) / (time.time() - t0)
-            for k, v in losses.items():
-                writer.add_scalar(f"losses/{k}", v.item(), step)
+            logged = {f"losses/{k}": v.item() for k, v in losses.items()}
+            for k, v in logged.items():
+                writer.add_scalar(k, v, step)
             writer.add_scalar("charts/SPS", sps, step)
             progress.update(step, sps=sps, critic=losses["critic_loss"].item(), q=losses["q_mean"].item(), **headline(metrics))
             t0, last_log_step = time.time(), step
@@ -992,7 +1016,7 @@ def main(args: Args) -> dict:
     writer.close()
     for env in eval_envs + ([online_env] if online_env else []):
         env.close()
-    return metrics
+    return {**metrics, **logged}
 
 
 def headline(metrics: dict) -> dict:

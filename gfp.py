@@ -50,6 +50,9 @@ Deliberate differences:
 Bad input (a flag out of range: check_args; an unreadable or malformed dataset file; a bad --checkpoint:
 load_checkpoint) ends the run before any training with one `error: ...` line and exit 1; see docs/gfp.md.
 
+Speed: `--compile` runs the whole update through torch.compile, `--cudagraphs` (CUDA only) also replays it as a
+CUDA graph; eager is the default and the reference (docs/gfp.md, "Speed options").
+
 Usage:
   python gfp.py --total-steps 10000 --hidden-dim 256 --num-layers 3 --alpha 0.3    # embedded Reacher, CPU, minutes
   python gfp.py --env-id cube-double-noisy-singletask-task2-v0                       # the paper's row for that task
@@ -127,6 +130,8 @@ class Args:
     """load the networks (and optimizer) from this gfp checkpoint; training continues from its step to --total-steps (+ --online-steps); at exactly that step it is only evaluated"""
     compile: bool = False
     """torch.compile the update step"""
+    cudagraphs: bool = False
+    """replay the update as a CUDA graph (implies --compile; CUDA only)"""
 
     # Algorithm specific arguments
     flow_steps: Optional[int] = None
@@ -300,6 +305,9 @@ def check_args(args: Args) -> None:
 
     finite = math.isfinite
     # generic (torch_deterministic, cuda, eval_flow, save_model, compile: booleans, any value is fine)
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise ArgumentError("--cudagraphs needs a CUDA device (" + ("--no-cuda was given" if not args.cuda else
+                                                                   "torch.cuda.is_available() is False") + ")")
     need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
          "a non-empty file name without '/'")
     need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
@@ -494,7 +502,7 @@ def critic_loss(critic: Critic, target_critic: Critic, actor: OneStepActor, vabc
     """
     with torch.no_grad():
         next_obs = batch["next_observations"]
-        z = torch.randn_like(batch["actions"])
+        z = torch.randn(batch["actions"].shape, device=next_obs.device)  # randn, not randn_like: see flow_matching_errors
         obs_list, act_list = [], []
         if target_agg != "vabc":
             obs_list.append(next_obs)
@@ -548,7 +556,11 @@ def guidance_weights(q_data: torch.Tensor, q_ref: torch.Tensor, lam: torch.Tenso
 
 def flow_matching_errors(vabc: VaBCField, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """Per-sample flow-matching error, linear path x_t = (1 - t) x_0 + t a, target velocity a - x_0 (mean over action dims)."""
-    x_0 = torch.randn_like(actions)
+    # --compile: torch.randn(shape), not torch.randn_like(actions): AOT autograd's CSE (torch 2.13) does not count
+    # randn_like as random and would merge this draw with critic_loss's randn_like(actions) where randn_like is not
+    # decomposed first (aot_eager; inductor with fallback_random, as tests/test_compile.py; not inductor's default).
+    # Same numbers in eager
+    x_0 = torch.randn(actions.shape, device=actions.device)
     t = torch.rand_like(actions[:, :1])
     x_t = (1.0 - t) * x_0 + t * actions
     return (vabc(obs, x_t, t) - (actions - x_0)).pow(2).mean(-1)
@@ -918,6 +930,7 @@ class ReplayBuffer:
         self.size += 1
 
     def sample(self, batch_size: int) -> dict:
+        # capture: indices drawn on the device (the global CUDA RNG on a GPU), a static batch shape, no host sync
         idx = torch.randint(0, self.size, (batch_size,), device=self.data["rewards"].device)
         return {key: tensor[idx] for key, tensor in self.data.items()}
 
@@ -1057,6 +1070,8 @@ def fresh_run_dir(run_name: str) -> Path:
 def main(args: Args) -> dict:
     args = resolve_task_settings(args)  # the paper's per-task values for every per-task flag left unset
     check_args(args)  # every flag, before any work
+    if args.cudagraphs:  # CUDA graphs are torch.compile's "reduce-overhead" mode: --cudagraphs implies --compile
+        args = replace(args, compile=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -1080,7 +1095,8 @@ def main(args: Args) -> dict:
     modules = dict(vabc=vabc, actor=actor, critic=critic, target_critic=target_critic)
     params = [p for m in (vabc, actor, critic) for p in m.parameters()]
     # one Adam over all networks, as the official code (Adam is per-parameter: same as one per network)
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+                                 capturable=args.cudagraphs)  # capture: Adam's step counter lives on the device
     start_step = 0
     if args.checkpoint is not None:
         start_step = load_checkpoint(args.checkpoint, args, modules, optimizer, obs_dim, act_dim, device)
@@ -1113,7 +1129,12 @@ def main(args: Args) -> dict:
         return out
 
     if args.compile:
-        update = torch.compile(update)
+        # CUDA graphs via inductor's CUDA-graph trees ("reduce-overhead"), not tensordict: no extra dependency, one code
+        # path with --compile. The update compiles to 3 graphs; the breaks are torch's own, none in this file: at
+        # optimizer.zero_grad (never traced), loss.backward (AOT autograd compiles it with the forward) and around
+        # optimizer.step (on purpose, pytorch#104053). eta["now"] is a constant of the graph: the switch to
+        # --eta-online recompiles the update once
+        update = torch.compile(update, mode="reduce-overhead" if args.cudagraphs else None)
 
     @torch.no_grad()
     def actor_policy(obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -1133,6 +1154,7 @@ def main(args: Args) -> dict:
     online_obs, episode_return, episode_length, episodes_done = None, 0.0, 0, 0
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     metrics: dict = {}
+    logged: dict = {}  # the losses (and guidance statistics) of the last log step, returned with the final evaluation
     t0, last_log_step = time.time(), start_step
     hist_bins = np.linspace(0.0, 1.0, 41) if args.guidance_fn == "softmax" else "tensorflow"
 
@@ -1174,8 +1196,10 @@ def main(args: Args) -> dict:
                 online_obs, episode_return, episode_length = None, 0.0, 0
                 episodes_done += 1
 
+        if args.cudagraphs:  # capture: a new replay may overwrite the previous outputs (read below, before the next call)
+            torch.compiler.cudagraph_mark_step_begin()
         losses = update(buffer.sample(args.batch_size))
-        nonfinite |= ~torch.isfinite(losses["total_loss"])
+        nonfinite |= ~torch.isfinite(losses["total_loss"])  # the NaN/inf guard: an eager op on a returned tensor
 
         log_now, eval_now = step % args.log_freq == 0 or step == total, step % args.eval_freq == 0 or step == total
         if (log_now or eval_now) and nonfinite.item():  # checked before anything is logged, evaluated or saved
@@ -1185,8 +1209,9 @@ def main(args: Args) -> dict:
         if log_now:
             sps = (step - last_log_step) / (time.time() - t0)
             weights = losses.pop("weights", None)
-            for k, v in losses.items():
-                writer.add_scalar(k if k.startswith("guidance/") else f"losses/{k}", v.item(), step)
+            logged = {k if k.startswith("guidance/") else f"losses/{k}": v.item() for k, v in losses.items()}
+            for k, v in logged.items():
+                writer.add_scalar(k, v, step)
             if weights is not None:  # the guidance weights of this step's batch (docs/gfp.md's histogram)
                 writer.add_histogram("guidance/weights", weights.float().cpu().numpy(), step, bins=hist_bins)
             writer.add_scalar("charts/SPS", sps, step)
@@ -1204,7 +1229,7 @@ def main(args: Args) -> dict:
     writer.close()
     for env in eval_envs + ([online_env] if online_env else []):
         env.close()
-    return metrics
+    return {**metrics, **logged}
 
 
 def headline(metrics: dict) -> dict:

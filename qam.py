@@ -31,6 +31,9 @@ qam-fql` / `qam-edit` the variant's inv_temp and fql_alpha / edit_scale; an expl
 other tasks get the generic defaults of the official config. The resolved values are printed in one line
 and saved with the hyper-parameters and the checkpoint.
 
+Speed: `--compile` runs the whole update through torch.compile, `--cudagraphs` (CUDA only) also replays it as a
+CUDA graph; eager is the default and the reference (docs/qam.md, "Speed options").
+
 Differences from the official code, all deliberate:
   * datasets come from Minari (ids, local dirs, the embedded `flowrl/...` datasets) or OGBench;
     Box actions are rescaled to [-1, 1] and the env's actions are rescaled back at the boundary; a Minari id
@@ -135,6 +138,10 @@ class Args:
     """save a checkpoint at every evaluation (runs/<run>/<exp_name>.pt)"""
     checkpoint: Optional[str] = None
     """load the networks (and optimizer) from this checkpoint before training"""
+    compile: bool = False
+    """torch.compile the update step"""
+    cudagraphs: bool = False
+    """replay the update as a CUDA graph (implies --compile; CUDA only)"""
 
     # Algorithm specific arguments
     variant: Optional[Literal["qam", "qam-fql", "qam-edit"]] = None
@@ -259,7 +266,10 @@ def check_args(args: Args) -> None:
     def finite(flag: str) -> bool:
         return math.isfinite(getattr(args, flag))
 
-    # generic (torch_deterministic, cuda, eval_bc_flow, save_model: booleans, any value is fine)
+    # generic (torch_deterministic, cuda, eval_bc_flow, save_model, compile: booleans, any value is fine)
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise ArgumentError("--cudagraphs needs a CUDA device (" + ("--no-cuda was given" if not args.cuda else
+                                                                   "torch.cuda.is_available() is False") + ")")
     need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
          "a non-empty file name without '/'")  # it names the run directory and the checkpoint file
     need(0 <= args.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}] ({EVAL_SEED} * seed seeds the evaluation's NumPy RNG)")
@@ -422,6 +432,9 @@ class Critic(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------------------------
+# --compile: the noise of the update is drawn with torch.randn(shape), never torch.randn_like(x): AOT autograd's CSE
+# (torch 2.13) does not count randn_like as random and merges two randn_like calls on the same tensor into ONE draw
+# where randn_like is not decomposed first (aot_eager; inductor with fallback_random; fql.py). Same numbers in eager
 @torch.no_grad()
 def sample_flow(field: Callable, obs: torch.Tensor, z: torch.Tensor, flow_steps: int) -> torch.Tensor:
     """Euler ODE of a velocity field from noise z (x_{i+1} = x_i + v(s, x_i, i/T) / T), clipped to [-1, 1]."""
@@ -454,10 +467,24 @@ def memoryless_rollout(fine_field: Callable, base_field: Callable, obs: torch.Te
         ts.append(t)
         if i < flow_steps - 1:
             drift = 2.0 * fine_field(obs, x, t) - x / (t + h)
-            x = x + h * drift + math.sqrt(h) * memoryless_sigma(t, h) * torch.randn_like(x)
+            x = x + h * drift + math.sqrt(h) * memoryless_sigma(t, h) * torch.randn(x.shape, device=x.device)
         else:
             x = x + h * base_field(obs, x, t)
     return torch.stack(xs), torch.stack(ts), x
+
+
+def input_vjp(fn: Callable, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """v^T d fn(x) / dx, with respect to the input x only: no graph is kept, no parameter gradient is formed.
+
+    Eager: torch.autograd.grad of a requires_grad copy of x. --compile: torch.func.vjp, which dynamo traces without a
+    graph break (autograd.grad breaks the graph; torch.func costs more per call in eager, docs/qam.md). Same numbers.
+    """
+    if torch.compiler.is_compiling():
+        with torch.no_grad():  # torch.func.vjp differentiates inside it; the result stays out of the update's graph
+            return torch.func.vjp(fn, x)[1](v)[0]
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        return torch.autograd.grad(fn(x), x, grad_outputs=v)[0]
 
 
 def terminal_adjoint(critic: Critic, obs: torch.Tensor, action: torch.Tensor, inv_temp: float) -> torch.Tensor:
@@ -465,10 +492,7 @@ def terminal_adjoint(critic: Critic, obs: torch.Tensor, action: torch.Tensor, in
 
     The critic's parameters are not differentiated (only the action is); clip has zero gradient outside [-1, 1].
     """
-    action = action.detach().requires_grad_(True)
-    with torch.enable_grad():
-        q = critic(obs, action.clamp(-1.0, 1.0)).mean(0).sum()
-        (grad,) = torch.autograd.grad(q, action)
+    grad = input_vjp(lambda a: critic(obs, a.clamp(-1.0, 1.0)).mean(0).sum(), action, torch.ones((), device=action.device))
     return -inv_temp * grad
 
 
@@ -478,16 +502,14 @@ def lean_adjoint(base_field: Callable, obs: torch.Tensor, xs: torch.Tensor, adj_
 
     Discretised as the official agents/qam.py:92-99: a_i = a_{i+1} + h * J_i^T a_{i+1}, with J_i the Jacobian of
     2 b(s, x, t_i + h) - x / (t_i + h) at x = x_i: one batched vector-Jacobian product of the BASE field per
-    step (autograd.grad w.r.t. the input only, create_graph=False: no graph is kept, no parameter gradient is
-    formed). Returns (T, B, D), entry i paired with (x_i, t_i).
+    step (input_vjp: w.r.t. the input only, no graph is kept, no parameter gradient is formed). Returns (T, B, D),
+    entry i paired with (x_i, t_i).
     """
     h = 1.0 / flow_steps
     adj, adjs = adj_terminal.detach(), [None] * flow_steps
     for i in reversed(range(flow_steps)):
         t = torch.full_like(adj[..., :1], i * h + h)
-        with torch.enable_grad():
-            x = xs[i].detach().requires_grad_(True)
-            (vjp,) = torch.autograd.grad(2.0 * base_field(obs, x, t) - x / t, x, grad_outputs=adj)
+        vjp = input_vjp(lambda x: 2.0 * base_field(obs, x, t) - x / t, xs[i], adj)
         adj = adj + h * vjp
         adjs[i] = adj
     return torch.stack(adjs)
@@ -535,7 +557,7 @@ def critic_loss(critic: Critic, target_critic: Critic, batch: dict, next_actions
 
 def bc_flow_loss(actor_slow: VectorField, obs: torch.Tensor, actions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Flow matching on the data (linear path x_t = (1 - t) x_0 + t a, target velocity a - x_0), valid chunks only."""
-    x_0 = torch.randn_like(actions)
+    x_0 = torch.randn(actions.shape, device=actions.device)
     t = torch.rand_like(actions[:, :1])
     x_t = (1.0 - t) * x_0 + t * actions
     return ((actor_slow(obs, x_t, t) - (actions - x_0)).square().mean(-1) * valid).mean()
@@ -560,7 +582,7 @@ def qam_edit_losses(edit: EditPolicy, log_alpha: torch.Tensor, fine_field: Calla
                     action_dim: int, flow_steps: int, edit_scale: float, target_entropy: float) -> tuple:
     """QAM-EDIT: -Q(s, clip(a_f + scale * e)) + alpha * log pi_e(e | s, a_f), and the SAC temperature loss."""
     base_actions = sample_flow(fine_field, obs, torch.randn(obs.shape[0], action_dim, device=obs.device), flow_steps)
-    e, log_prob = edit(obs, base_actions, torch.randn_like(base_actions))
+    e, log_prob = edit(obs, base_actions, torch.randn(base_actions.shape, device=obs.device))
     q_loss = -frozen_q(critic, obs, (base_actions + edit_scale * e).clamp(-1.0, 1.0)).mean()
     entropy_loss = (log_prob * log_alpha.detach().exp()).mean()
     entropy = -log_prob.detach().mean()
@@ -857,6 +879,7 @@ class ReplayBuffer:
         self.size += 1
 
     def sample_chunks(self, batch_size: int, horizon: int, gamma: float, action_chunking: bool) -> dict:
+        # capture: indices drawn on the device (the global CUDA RNG on a GPU), static shapes, no host sync
         d, device = self.data, self.data["rewards"].device
         start = torch.randint(0, self.size - horizon + 1, (batch_size,), device=device)
         idx = start[:, None] + torch.arange(horizon, device=device)  # (B, H)
@@ -1053,6 +1076,8 @@ class LogParam(nn.Module):
 def main(args: Args) -> dict:
     args = resolve_task_settings(args)  # fills the per-task fields left at None (TASK_SETTINGS)
     check_args(args)  # the resolved values, before any work
+    if args.cudagraphs:  # CUDA graphs are torch.compile's "reduce-overhead" mode: --cudagraphs implies --compile
+        args = replace(args, compile=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -1092,7 +1117,8 @@ def main(args: Args) -> dict:
     trained = [m for name, m in modules.items() if not name.startswith("target_")]
     params = [p for m in trained for p in m.parameters()]
     # one Adam over all networks after one global gradient-norm clip, as the official optax chain (agents/qam.py:387-389)
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+                                 capturable=args.cudagraphs)  # capture: Adam's step counter lives on the device
     start_step = load_checkpoint(args.checkpoint, args, modules, optimizer, dims, device) if args.checkpoint else 0
     polyak = ([p for m in (critic, actor_slow) for p in m.parameters()],
               [p for m in (target_critic, target_actor_slow) for p in m.parameters()])
@@ -1151,6 +1177,13 @@ def main(args: Args) -> dict:
         out.update(q_mean=q.mean(), total_loss=loss)
         return {k: v.detach() for k, v in out.items()}
 
+    if args.compile:
+        # CUDA graphs via inductor's CUDA-graph trees ("reduce-overhead"), not tensordict: no extra dependency, one code
+        # path with --compile. The update compiles to 4 graphs; the breaks are torch's own, none in this file: at
+        # optimizer.zero_grad (never traced), loss.backward (AOT autograd compiles it with the forward) and around
+        # optimizer.step (on purpose, pytorch#104053); the adjoint's VJPs are traced (input_vjp)
+        update = torch.compile(update, mode="reduce-overhead" if args.cudagraphs else None)
+
     eval_envs = [data.make_env() for _ in range(min(args.eval_episodes, args.eval_envs))]
     online_env = data.make_env() if args.online_steps > 0 else None
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -1165,6 +1198,7 @@ def main(args: Args) -> dict:
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     metrics: dict = {}
     losses: dict = {}
+    logged: dict = {}  # the losses of the last log step, returned with the final evaluation
     t0, last_log_step = time.time(), start_step
 
     def run_evaluation(step: int) -> dict:
@@ -1204,8 +1238,10 @@ def main(args: Args) -> dict:
             train_now = step - args.total_steps >= args.start_training
 
         if train_now:
+            if args.cudagraphs:  # capture: a new replay may overwrite the previous outputs (read below, before the next)
+                torch.compiler.cudagraph_mark_step_begin()
             losses = update(buffer.sample_chunks(args.batch_size, H, args.gamma, args.action_chunking))
-            nonfinite |= ~torch.isfinite(losses["total_loss"])
+            nonfinite |= ~torch.isfinite(losses["total_loss"])  # the NaN/inf guard: an eager op on a returned tensor
 
         log_now, eval_now = step % args.log_freq == 0 or step == total, step % args.eval_freq == 0 or step == total
         if (log_now or eval_now) and nonfinite.item():  # checked before anything is logged, evaluated or saved
@@ -1214,8 +1250,9 @@ def main(args: Args) -> dict:
                 + (f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
         if log_now and losses:
             sps = (step - last_log_step) / (time.time() - t0)
-            for k, v in losses.items():
-                writer.add_scalar(f"losses/{k}", v.item(), step)
+            logged = {f"losses/{k}": v.item() for k, v in losses.items()}
+            for k, v in logged.items():
+                writer.add_scalar(k, v, step)
             writer.add_scalar("charts/SPS", sps, step)
             progress.update(step, sps=sps, critic=losses["critic_loss"].item(), adj=losses["adj_loss"].item(),
                             q=losses["q_mean"].item(), **headline(metrics))
@@ -1230,7 +1267,7 @@ def main(args: Args) -> dict:
     writer.close()
     for env in eval_envs + ([online_env] if online_env else []):
         env.close()
-    return metrics
+    return {**metrics, **logged}
 
 
 def headline(metrics: dict) -> dict:

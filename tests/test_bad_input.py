@@ -71,6 +71,8 @@ TABLES["fql"] = [
     (["--env-id", "D4RL/antmaze/large-play-v1", "--online-steps", "-3"], "--online-steps must be >= 0 (got -3)"),
     (["--env-id", "cube-single-play-singletask-task2-v0", "--alpha", "-300"],
      "--alpha must be finite and >= 0 (0: no distillation) (got -300.0)"),
+    # CUDA graphs without a CUDA device (--no-cuda here, so that the row holds on a GPU machine too)
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
 ]
 
 
@@ -133,6 +135,8 @@ TABLES["gfp"] = [
     (["--env-id", "antmaze-large-navigate-singletask-task1-v0", "--target-use-next"],
      "--target-use-next and --target-agg actor cannot be used together"),
     (["--env-id", "cube-double-play-singletask-task1-v0", "--batch-size", "-256"], "--batch-size must be >= 1 (got -256)"),
+    # CUDA graphs without a CUDA device (--no-cuda here, so that the row holds on a GPU machine too)
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
 ]
 
 
@@ -192,6 +196,8 @@ TABLES["qam"] = [
     (["--env-id", "cube-double-play-singletask-task2-v0", "--gamma", "1.5"], "--gamma must be in (0, 1] (got 1.5)"),
     (["--env-id", "scene-play-singletask-task1-v0", "--variant", "qam-fql", "--edit-scale", "0.1"],
      "--fql-alpha 300.0 and --edit-scale 0.1 cannot both be > 0"),
+    # CUDA graphs without a CUDA device (--no-cuda here, so that the row holds on a GPU machine too)
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
 ]
 
 
