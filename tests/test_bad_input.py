@@ -310,6 +310,7 @@ TABLES["fpmd"] = [
 # ----------------------------------------------------------------------------------------------------------
 TABLES["swfp"] = [
     (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
     (["--batch-size", "4", "--blocks", "8"], "--batch-size 4 and --blocks 8 cannot be used together"),
     (["--exp-name", ""], "--exp-name must be a non-empty file name without '/' (got '')"),
     (["--exp-name", "a/b"], "--exp-name must be a non-empty file name without '/'"),

@@ -34,6 +34,10 @@ CASES = {
     # imitation, the crossing toy (no env to evaluate); 5 warm-up steps so that the scheduled lr changes at every update
     "streaming_flow": dict(env_id="toy/crossing", total_steps=20, batch_size=32, hidden_dim=16, num_blocks=1,
                            time_emb_dim=8, lr_warmup_steps=5, eval_freq=20, log_freq=20, toy_samples=4),
+    # offline-to-online on the embedded reacher dataset: 6 BC steps, 4 critic warm-up steps, 10 online updates (each
+    # logged, so that the with-stats update is the only one compiled)
+    "swfp": dict(pretrain_steps=6, critic_warmup_steps=4, total_timesteps=10, batch_size=32, hidden_dim=16,
+                 num_layers=1, blocks=2, block_hidden_dim=8, eval_freq=10, log_freq=1, eval_episodes=1, eval_envs=1),
 }
 
 
