@@ -5,11 +5,15 @@ logged at the last one and almost no evaluation. Each case runs `main` eager and
 value of the returned metrics (the final update's, so it depends on all 20) must agree within rtol 1e-4 / atol 1e-5.
 
 - CI: torch.compile is patched here (never in the scripts) to backend="aot_eager": dynamo capture and AOT autograd
-  functionalization (graph breaks, in-place optimizer state, RNG) without inductor's C++ codegen (~45 s of CPU
-  per graph on the CI machine).
+  functionalization (graph breaks, in-place optimizer state, RNG) without inductor's C++ codegen (which costs
+  40-85 s of CPU per script even at these sizes, 2-core machine).
 - `-m slow`: the same with the real inductor backend. Both use aten's RNG in the compiled graph (inductor's
   fallback_random) so that eager and compiled draw the same random numbers.
 - CUDA graphs (--cudagraphs, torch.compile mode="reduce-overhead") only where a CUDA device exists; skipped otherwise.
+  Its tolerance is wider: the scripts use TF32 matmuls on CUDA (float32_matmul_precision "high"), and inductor's
+  kernels round differently from eager's. Not run yet: no GPU in the session that wrote it.
+- The compiled run fails when dynamo hits its recompile limit (a value that changes every update compiled in as a
+  constant would otherwise fall back to eager silently). A script's data loader is called once for both runs.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from conftest import import_script
 
-# 20 updates each; eval_freq/log_freq at the last step only; the smallest evaluation the script allows
+# 20 updates each; evaluation only at the end, the smallest the script allows
 CASES = {
     # online: 1 env, 10 random warm-up steps, then one update per env step for 20 steps; policy and alpha updated at
     # every one, so that one compiled graph set holds the whole update
@@ -51,7 +55,8 @@ def run(script: str, **flags) -> dict:
     return loss_values(module.main(module.Args(**CASES[script], **flags)))
 
 
-def compiled_matches_eager(script: str, monkeypatch, backend: str, device: str = "cpu") -> None:
+def compiled_matches_eager(script: str, monkeypatch, backend: str, device: str = "cpu", rel: float = 1e-4,
+                           abs_: float = 1e-5) -> None:
     cuda = device == "cuda"
     module = import_script(script)
     for loader in ("load_offline_data", "load_task"):  # the same data for both runs: read it once (seconds of h5py)
@@ -76,7 +81,7 @@ def compiled_matches_eager(script: str, monkeypatch, backend: str, device: str =
     assert calls, f"{script} with --compile never called torch.compile"
     assert compiled.keys() == eager.keys()
     for key, value in eager.items():
-        assert compiled[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (key, compiled[key], value)
+        assert compiled[key] == pytest.approx(value, rel=rel, abs=abs_), (key, compiled[key], value)
 
 
 @pytest.mark.parametrize("script", CASES)
@@ -93,4 +98,4 @@ def test_compile_with_inductor_gives_the_eager_losses(script, monkeypatch, in_tm
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("script", CASES)
 def test_cudagraphs_gives_the_eager_losses(script, monkeypatch, in_tmp):
-    compiled_matches_eager(script, monkeypatch, backend="inductor", device="cuda")
+    compiled_matches_eager(script, monkeypatch, backend="inductor", device="cuda", rel=1e-2, abs_=1e-3)
