@@ -88,6 +88,7 @@ only, with a notice; below it: train on to --total-steps); a broken dataset file
 Usage:
   python decision_flow.py --variant dir --total-steps 10000 --hidden-dim 128 --num-layers 3  # embedded Reacher
   python decision_flow.py --variant div --env-id mujoco/hopper/medium-v0                       # Minari id
+  python decision_flow.py --cudagraphs                       # compiled update replayed as CUDA graphs (CUDA only)
 See docs/decision_flow.md for the flow-MDP table, the paper <-> code map and results.
 """
 
@@ -160,6 +161,8 @@ class Args:
     """load the networks (and optimizer) from this checkpoint before training"""
     compile: bool = False
     """torch.compile the update step"""
+    cudagraphs: bool = False
+    """replay the update as a CUDA graph (implies --compile; CUDA only)"""
 
     # Algorithm specific arguments
     variant: Literal["dir", "div"] = "dir"
@@ -204,7 +207,7 @@ USER_ERRORS = (ArgumentError, DatasetError, CheckpointError, NonFiniteLossError)
 
 def check_args(args: Args) -> None:
     """Every flag checked once, before any work: the first value outside its range raises ArgumentError, one line
-    `--flag must be <rule> (got <value>)`. (torch_deterministic, cuda, eval_bc_flow, save_model, compile,
+    `--flag must be <rule> (got <value>)`. (torch_deterministic, cuda, eval_bc_flow, save_model, compile, cudagraphs,
     normalize_pi_loss: booleans; variant, q_agg, dir_reward: choices that tyro checks, dir_reward with --variant dir
     only; env_id, ogbench_dataset_dir: read, and checked, by load_offline_data; checkpoint: read, and checked, by
     load_checkpoint.)"""
@@ -235,6 +238,9 @@ def check_args(args: Args) -> None:
     if args.dir_reward is not None and args.variant != "dir":
         raise ArgumentError(f"--dir-reward {args.dir_reward} and --variant {args.variant} cannot both be given "
                             "(--dir-reward sets DF-dir's reward)")
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise ArgumentError("--cudagraphs needs a CUDA device (" + ("--no-cuda was given" if not args.cuda else
+                            "torch.cuda.is_available() is False") + "); drop --cudagraphs or use --compile")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -883,6 +889,23 @@ def fresh_run_dir(run_name: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
+def clear_grads(optimizer: torch.optim.Optimizer) -> None:
+    """optimizer.zero_grad(set_to_none=True), which dynamo does not trace (a graph break in the compiled update)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
+
+
+def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """--cudagraphs: Adam with capturable=True (its step counter a device tensor, so no host sync in the step),
+    also after a checkpoint's state_dict restored the saving run's group settings."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+    for state in optimizer.state.values():
+        if "step" in state:
+            state["step"] = state["step"].to(device=device, dtype=torch.float32)
+
+
 def main(args: Args) -> dict:
     # every input checked before any work: the flags, then the checkpoint (file, script, networks, budget)
     check_args(args)
@@ -933,6 +956,8 @@ def main(args: Args) -> dict:
                                  **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     if state is not None:
         restore_checkpoint(state, args, modules, optimizer, obs_dim, act_dim)
+    if args.cudagraphs:  # Adam's step counter on the device, so the whole step is captured (also after a checkpoint)
+        make_capturable(optimizer, device)
     online_params = list(critic.parameters()) + list(flow_critic.parameters())
     target_params = list(target_critic.parameters()) + list(target_flow_critic.parameters())
 
@@ -947,7 +972,7 @@ def main(args: Args) -> dict:
             loss_behaviour = flow_matching_loss(behaviour, obs, actions)
             loss = loss + loss_behaviour
             out["behaviour_flow_loss"] = loss_behaviour.detach()
-        optimizer.zero_grad(set_to_none=True)
+        clear_grads(optimizer)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
@@ -956,8 +981,11 @@ def main(args: Args) -> dict:
         out["total_loss"] = loss.detach()
         return out
 
-    if args.compile:
-        update = torch.compile(update)
+    if args.compile or args.cudagraphs:  # --cudagraphs implies --compile
+        # CUDA graphs through torch.compile's "reduce-overhead" (inductor + CUDA-graph trees): one code path with
+        # --compile and no new dependency. Not fullgraph: torch.optim breaks the graph around step(), dynamo around
+        # backward() and torch.autograd.grad (docs/decision_flow.md, Speed options).
+        update = torch.compile(update, mode="reduce-overhead" if args.cudagraphs else None)
 
     def noise(obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return torch.randn(obs.shape[0], act_dim, device=device, generator=generator)
@@ -994,7 +1022,12 @@ def main(args: Args) -> dict:
         return result
 
     for step in range(start_step + 1, args.total_steps + 1):
-        losses = update(buffer.sample(args.batch_size))
+        batch = buffer.sample(args.batch_size)  # indices drawn on the device, static shapes
+        if args.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last replay's outputs may be reused
+        losses = update(batch)
+        if args.cudagraphs:  # copied before the next replay overwrites the graph's output buffers
+            losses = {k: v.clone() for k, v in losses.items()}
         nonfinite |= ~torch.isfinite(losses["total_loss"])
 
         log_now = step % args.log_freq == 0 or step == args.total_steps
@@ -1017,6 +1050,8 @@ def main(args: Args) -> dict:
                 save_checkpoint(checkpoint_path, modules, optimizer, step, args)
     if args.total_steps == start_step:  # nothing to train (e.g. --total-steps 0 with a checkpoint): just evaluate
         metrics = run_evaluation(start_step)
+    else:  # the final update's losses, for tests
+        metrics = {**metrics, **{f"losses/{k}": v.item() for k, v in losses.items()}}
     progress.close()
     writer.close()
     for env in eval_envs:

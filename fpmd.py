@@ -39,6 +39,7 @@ Usage:
   python fpmd.py                                        # FPMD-R on Hopper-v5, paper setting (1M steps)
   python fpmd.py --variant mf --env-id HalfCheetah-v5   # FPMD-M
   python fpmd.py --env-id Pendulum-v1 --total-timesteps 20000 --learning-starts 2000  # quick CPU run
+  python fpmd.py --cudagraphs                           # compiled update replayed as CUDA graphs (CUDA only)
 See docs/fpmd.md for the paper <-> code map, logged metrics and results.
 """
 
@@ -120,6 +121,10 @@ class Args:
     """resume from this checkpoint: networks, optimizers, alpha, the Q statistics and its env step (the buffer is not
     saved: it is refilled with --learning-starts random transitions first); same --variant, --hidden-dim, --num-layers
     and env dimensions required; at the end of --total-timesteps it is only evaluated"""
+    compile: bool = False
+    """torch.compile the update step (the gradient update only: env stepping and acting stay eager)"""
+    cudagraphs: bool = False
+    """replay the update as a CUDA graph (implies --compile; CUDA only)"""
 
     # Algorithm specific arguments
     variant: Literal["rf", "mf"] = "rf"
@@ -182,7 +187,7 @@ def check_args(args: Args) -> None:
     def finite(flag: str) -> bool:
         return math.isfinite(getattr(args, flag))
 
-    # generic (torch_deterministic, cuda, save_model: booleans, any value is fine)
+    # generic (torch_deterministic, cuda, save_model, compile: booleans, any value is fine)
     need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
          "a non-empty file name without '/'")  # runs/<run>/<exp_name>.pt
     need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
@@ -207,6 +212,9 @@ def check_args(args: Args) -> None:
     need(args.eval_episodes >= 1, "eval_episodes", ">= 1")
     need(args.log_freq >= 1, "log_freq", ">= 1")
     need(args.checkpoint != "", "checkpoint", "a path")  # the file itself is checked by load_checkpoint
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise ArgumentError("--cudagraphs needs a CUDA device (" + ("--no-cuda was given" if not args.cuda else
+                            "torch.cuda.is_available() is False") + "); drop --cudagraphs or use --compile")
     # algorithm
     need(args.variant in ("rf", "mf"), "variant", "rf or mf")
     need(args.flow_steps >= 1, "flow_steps", ">= 1")  # FPMD-R's sampler; FPMD-M ignores it (one MeanFlow step)
@@ -650,6 +658,32 @@ def load_checkpoint(path: str, args: Args, obs_dim: int, act_dim: int, device: t
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
+def fit_adam_to_mode(optimizer: torch.optim.Optimizer, device: torch.device, compiled: bool, cudagraphs: bool,
+                     scheduled: bool = False) -> None:
+    """Set an Adam up for how the update runs; called after construction and again after a checkpoint's
+    state_dict (which restores the saving run's group settings). Eager: unchanged. --compile: a scheduled lr
+    becomes a tensor (a float lr is a constant of the graph: each new value would recompile); CPU Adam takes a
+    tensor lr only single-tensor. --cudagraphs: capturable, so the step counter lives on the device and the
+    whole optimizer step is captured."""
+    for group in optimizer.param_groups:
+        if compiled and scheduled and not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(group["lr"], dtype=torch.float32, device=device)
+            if device.type == "cpu":
+                group["foreach"] = False
+        if cudagraphs:
+            group["capturable"] = True
+    if cudagraphs:
+        for state in optimizer.state.values():
+            if "step" in state:
+                state["step"] = state["step"].to(device=device, dtype=torch.float32)
+
+
+def clear_grads(params: list) -> None:
+    """optimizer.zero_grad(set_to_none=True), which dynamo does not trace (a graph break in the compiled update)."""
+    for p in params:
+        p.grad = None
+
+
 def main(args: Args) -> dict:
     check_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -683,9 +717,19 @@ def main(args: Args) -> dict:
     critic_opt = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, **adam)
     policy_opt = torch.optim.Adam(policy.parameters(), lr=args.learning_rate, **adam)
     alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    compiled = args.compile or args.cudagraphs  # --cudagraphs implies --compile
+
+    def fit_optimizers_to_mode() -> None:
+        for opt in (critic_opt, policy_opt, alpha_opt):
+            fit_adam_to_mode(opt, device, compiled, args.cudagraphs, scheduled=opt is policy_opt)
+
+    fit_optimizers_to_mode()
     end_factor = args.policy_lr_end / args.learning_rate
     policy_sched = torch.optim.lr_scheduler.LambdaLR(policy_opt, lambda k: 1.0 + (end_factor - 1.0) * min(
         max(k - args.policy_lr_decay_begin, 0) / max(args.policy_lr_decay_steps, 1), 1.0))
+    # the scheduler wraps policy_opt.step in a function of lr_scheduler.py, a file dynamo never traces (the step would
+    # run uncompiled): the update calls Adam.step itself and sets the one flag that wrapper records
+    policy_step = policy_opt.step.__wrapped__.__get__(policy_opt)
     target_entropy = -args.target_entropy_scale * act_dim
     modules = dict(policy=policy, ema_policy=ema_policy, critic=critic, target_critic=target_critic)
     optimizers = dict(critic_opt=critic_opt, policy_opt=policy_opt, alpha_opt=alpha_opt, policy_sched=policy_sched)
@@ -697,6 +741,7 @@ def main(args: Args) -> dict:
             with torch.no_grad():
                 log_alpha.copy_(checkpoint["log_alpha"])
                 running_std.copy_(checkpoint["running_std"])
+            fit_optimizers_to_mode()
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise CheckpointError(f"--checkpoint {args.checkpoint} does not load into these networks "
@@ -713,14 +758,16 @@ def main(args: Args) -> dict:
     online_params, ema_params = list(policy.parameters()), list(ema_policy.parameters())
     critic_params, target_params = list(critic.parameters()), list(target_critic.parameters())
 
-    def update(batch: dict, step: int) -> dict:
+    def update(batch: dict, update_policy: bool, update_alpha: bool) -> dict:
+        """One gradient update (compiled whole under --compile: losses, backward, Adam steps, Polyak); the
+        policy lr schedule steps outside it (a Python-side scheduler)."""
         # a' ~ pi_old(s'): best-of-N + exploration noise from the online policy and the online critics;
         # it is both the TD target's next action and the policy's training sample (official rf.py / mf.py)
         next_obs = batch["next_observations"]
         next_actions = best_of_n_action(policy, critic, next_obs, args.variant, args.flow_steps, args.num_particles,
                                         args.init_noise_scale, log_alpha.detach().exp() * args.noise_scale)
         loss_critic, q = critic_loss(critic, target_critic, batch, next_actions, args.gamma, args.reward_scale)
-        critic_opt.zero_grad(set_to_none=True)
+        clear_grads(critic_params)
         loss_critic.backward()
         critic_opt.step()
         with torch.no_grad():  # weights from the critics after their (first) step, as the official code
@@ -730,26 +777,35 @@ def main(args: Args) -> dict:
             critic_opt.step()
         out = {"critic_loss": loss_critic.detach(), "q_mean": q.detach().mean(), "weights_mean": weights.mean(),
                "weights_max": weights.max(), "running_q_std": running_std.clone()}
-        if step % args.policy_freq == 0:
+        if update_policy:
             if args.variant == "rf":
                 loss_policy = rf_loss(policy, next_obs, next_actions, weights)
             else:
                 loss_policy, _ = mf_loss(policy, next_obs, next_actions, weights, equal_prob=args.mf_equal_prob)
-            policy_opt.zero_grad(set_to_none=True)
+            clear_grads(online_params)
             loss_policy.backward()
-            policy_opt.step()
-            policy_sched.step()
+            policy_step()
             out["policy_loss"] = loss_policy.detach()
         running_std.lerp_(min_q.std(unbiased=False), args.q_std_rate)
-        if step % args.alpha_freq == 0:
-            alpha_opt.zero_grad(set_to_none=True)
+        if update_alpha:
+            clear_grads([log_alpha])
             alpha_loss(log_alpha, act_dim, args.noise_scale, target_entropy).backward()
             alpha_opt.step()
-        if step % args.policy_freq == 0:
+        if update_policy:
             with torch.no_grad():
                 torch._foreach_lerp_(target_params, critic_params, args.tau)
                 torch._foreach_lerp_(ema_params, online_params, args.tau)
         return out
+
+    if compiled:
+        if args.cudagraphs:  # the tensors the update mutates in place must keep their address between replays
+            torch._dynamo.mark_static_address(running_std)
+            torch._dynamo.mark_static_address(log_alpha)
+        # CUDA graphs through torch.compile's "reduce-overhead" (inductor + CUDA-graph trees): one code path with
+        # --compile and no new dependency. Not fullgraph: torch.optim breaks the graph around every step() and
+        # dynamo around backward() (docs/fpmd.md, Speed options). update_policy/update_alpha are Python bools: one
+        # graph per combination met (policy_freq, alpha_freq), no recompilation after that.
+        update = torch.compile(update, mode="reduce-overhead" if args.cudagraphs else None)
 
     @torch.no_grad()
     def explore(obs: torch.Tensor) -> torch.Tensor:
@@ -783,6 +839,7 @@ def main(args: Args) -> dict:
     progress = Progress(args.total_timesteps, start_step)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     metrics, losses, last_return = {}, {}, None
+    last_losses: dict = {}  # the latest value of every loss (policy_loss comes every --policy-freq updates)
     global_step, t0, last_log_step = start_step, time.time(), start_step
     num_iterations = max(math.ceil((args.total_timesteps - start_step) / args.num_envs), 0)
     for iteration in range(1, num_iterations + 1):
@@ -804,7 +861,17 @@ def main(args: Args) -> dict:
 
         if buffer.size >= args.learning_starts:
             for _ in range(args.updates_per_iteration):
-                losses = update(buffer.sample(args.batch_size), num_updates)
+                batch = buffer.sample(args.batch_size)  # indices drawn on the device, static shapes (eager: size grows)
+                update_policy = num_updates % args.policy_freq == 0
+                if args.cudagraphs:
+                    torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last replay's outputs may be reused
+                losses = update(batch, update_policy, num_updates % args.alpha_freq == 0)
+                if args.cudagraphs:  # copied before the next replay overwrites the graph's output buffers
+                    losses = {k: v.clone() for k, v in losses.items()}
+                if update_policy:
+                    policy_opt._opt_called = True  # what the scheduler's step wrapper records (see policy_step)
+                    policy_sched.step()
+                last_losses.update(losses)
                 num_updates += 1
                 nonfinite |= ~torch.isfinite(losses["critic_loss"] + losses.get("policy_loss", 0.0))
 
@@ -838,6 +905,7 @@ def main(args: Args) -> dict:
                 save_checkpoint(checkpoint_path, state)
     if num_iterations == 0:  # a checkpoint exactly at --total-timesteps: just evaluate
         metrics = run_evaluation(start_step)
+    metrics = {**metrics, **{f"losses/{k}": v.item() for k, v in last_losses.items()}}  # the final losses, for tests
     progress.close()
     writer.close()
     envs.close()

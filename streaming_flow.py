@@ -62,6 +62,7 @@ Usage:
   python streaming_flow.py --variant stochastic --sigma1 0.5          # latent SFP
   python streaming_flow.py --action-space env                         # imitate the dataset's force actions
   python streaming_flow.py --policy chunk                             # flow-matching chunk baseline
+  python streaming_flow.py --cudagraphs                               # compiled update as CUDA graphs (CUDA only)
   python streaming_flow.py --env-id toy/crossing --variant deterministic --sigma0 0.05 --total-steps 2000 \
       --batch-size 256 --hidden-dim 64 --num-blocks 2 --learning-rate 1e-3  # toy, saves trajectories.png
 Bad input (a flag out of its range, a broken dataset file or checkpoint, --target-dims that do not fit the dataset)
@@ -148,6 +149,10 @@ class Args:
     """save a checkpoint at every evaluation (runs/<run>/<exp_name>.pt)"""
     checkpoint: Optional[str] = None
     """load the networks (and optimizer) from this checkpoint before training"""
+    compile: bool = False
+    """torch.compile the update step"""
+    cudagraphs: bool = False
+    """replay the update as a CUDA graph (implies --compile; CUDA only)"""
 
     # Algorithm specific arguments
     policy: Literal["sfp", "chunk"] = "sfp"
@@ -218,13 +223,16 @@ def check_args(args: Args) -> None:
     def finite(*values: float) -> bool:
         return all(math.isfinite(v) for v in values)
 
-    # generic (torch_deterministic, cuda, save_model, sample_start: booleans; policy, variant, action_space: tyro
-    # checks their choices)
+    # generic (torch_deterministic, cuda, save_model, sample_start, compile: booleans; policy, variant, action_space:
+    # tyro checks their choices)
     need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
          "a non-empty file name without '/'")
     need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
     need(bool(args.env_id), "env_id", "a toy task, a dataset dir or a Minari id")
     need(args.checkpoint != "", "checkpoint", "a path")  # the file itself: load_checkpoint
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise ArgumentError("--cudagraphs needs a CUDA device (" + ("--no-cuda was given" if not args.cuda else
+                            "torch.cuda.is_available() is False") + "); drop --cudagraphs or use --compile")
     need(args.total_steps >= 0, "total_steps", ">= 0")
     need(args.batch_size >= 1, "batch_size", ">= 1")
     need(finite(args.learning_rate) and args.learning_rate > 0, "learning_rate", "finite and > 0")
@@ -978,6 +986,25 @@ def ema_decay(step: int, max_decay: float = 0.9999, min_decay: float = 0.0, upda
     return max(min(decay, max_decay), min_decay)
 
 
+def fit_adam_to_mode(optimizer: torch.optim.Optimizer, device: torch.device, compiled: bool, cudagraphs: bool) -> None:
+    """Set the AdamW up for how the update runs; called after construction and again after a checkpoint's
+    state_dict (which restores the saving run's group settings). Eager: unchanged. --compile: the scheduled lr
+    becomes a tensor (a float lr is a constant of the graph: each new value would recompile); CPU AdamW takes a
+    tensor lr only single-tensor. --cudagraphs: capturable, so the step counter lives on the device and the whole
+    optimizer step is captured."""
+    for group in optimizer.param_groups:
+        if compiled and not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(group["lr"], dtype=torch.float32, device=device)
+            if device.type == "cpu":
+                group["foreach"] = False
+        if cudagraphs:
+            group["capturable"] = True
+    if cudagraphs:
+        for state in optimizer.state.values():
+            if "step" in state:
+                state["step"] = state["step"].to(device=device, dtype=torch.float32)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic save: write a temporary file, then rename it over the previous checkpoint."""
     tmp = path.with_suffix(".pt.tmp")
@@ -1114,10 +1141,16 @@ def main(args: Args) -> dict:
         progress = (step - args.lr_warmup_steps) / max(1, args.total_steps - args.lr_warmup_steps)
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
+    compiled = args.compile or args.cudagraphs  # --cudagraphs implies --compile
+    fit_adam_to_mode(optimizer, device, compiled, args.cudagraphs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    # the scheduler wraps optimizer.step in a function of lr_scheduler.py, a file dynamo never traces (the step would
+    # run uncompiled): the update calls AdamW.step itself and sets the one flag that wrapper records
+    optimizer_step = optimizer.step.__wrapped__.__get__(optimizer)
     start_step = 0
     if state is not None:
         restore_checkpoint(state, args.checkpoint, demos, net, ema, optimizer, scheduler)
+        fit_adam_to_mode(optimizer, device, compiled, args.cudagraphs)
         start_step = int(state["step"])
         if start_step == args.total_steps:
             print(f"--checkpoint {args.checkpoint} is at step {start_step} = --total-steps: evaluating only "
@@ -1130,21 +1163,34 @@ def main(args: Args) -> dict:
 
     params, ema_params = list(net.parameters()), list(ema.parameters())
 
-    def update(step: int) -> torch.Tensor:
-        obs_cond, seq = demos.sample(args.batch_size, args.policy)
+    def update(ema_weight) -> torch.Tensor:
+        """One gradient step and the EMA update (compiled whole under --compile); ema_weight = 1 - decay, a float
+        (eager) or a 0-d device tensor (compiled: a float would be a graph constant, recompiled at every value).
+        The lr schedule steps outside (a Python-side scheduler)."""
+        obs_cond, seq = demos.sample(args.batch_size, args.policy)  # indices drawn on the device, static shapes
         if args.policy == "sfp":
             loss = sfp_loss(net, obs_cond, seq, args.k, args.sigma0, args.variant, args.sigma1)
         else:
             loss = chunk_fm_loss(net, obs_cond, seq)
-        optimizer.zero_grad(set_to_none=True)
+        for p in params:  # optimizer.zero_grad(set_to_none=True), which dynamo does not trace (a graph break)
+            p.grad = None
         loss.backward()
-        optimizer.step()
-        scheduler.step()
-        decay = ema_decay(step, args.ema_max_decay, args.ema_min_decay, args.ema_update_after_step, args.ema_warmup,
-                          args.ema_inv_gamma, args.ema_power)
+        optimizer_step()
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+            if isinstance(ema_weight, torch.Tensor):
+                torch._foreach_lerp_(ema_params, params, [ema_weight] * len(params))
+            else:
+                torch._foreach_lerp_(ema_params, params, ema_weight)
         return loss.detach()
+
+    ema_weight = torch.zeros((), device=device)  # --compile: the EMA weight, refilled before each step
+    if compiled:
+        if args.cudagraphs:  # read inside the graph, refilled between replays: it must keep its address
+            torch._dynamo.mark_static_address(ema_weight)
+        # CUDA graphs through torch.compile's "reduce-overhead" (inductor + CUDA-graph trees): one code path with
+        # --compile and no new dependency. Not fullgraph: torch.optim breaks the graph around step() and dynamo
+        # around backward() (docs/streaming_flow.md, Speed options).
+        update = torch.compile(update, mode="reduce-overhead" if args.cudagraphs else None)
 
     def make_stream(obs_cond: torch.Tensor, last_action: torch.Tensor, num_actions: int,
                     generator: Optional[torch.Generator]) -> Iterator[torch.Tensor]:
@@ -1188,7 +1234,15 @@ def main(args: Args) -> dict:
                     obs_low=torch.as_tensor(demos.obs_low), obs_high=torch.as_tensor(demos.obs_high))
 
     for step in range(start_step + 1, args.total_steps + 1):
-        loss = update(step)
+        weight = 1.0 - ema_decay(step, args.ema_max_decay, args.ema_min_decay, args.ema_update_after_step,
+                                 args.ema_warmup, args.ema_inv_gamma, args.ema_power)
+        if args.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last replay's outputs may be reused
+        loss = update(ema_weight.fill_(weight) if compiled else weight)
+        if args.cudagraphs:  # copied before the next replay overwrites the graph's output buffer
+            loss = loss.clone()
+        optimizer._opt_called = True  # what the scheduler's step wrapper records (see optimizer_step)
+        scheduler.step()
         nonfinite |= ~torch.isfinite(loss)
         log_now = step % args.log_freq == 0 or step == args.total_steps
         eval_now = step % args.eval_freq == 0 or step == args.total_steps
@@ -1214,6 +1268,8 @@ def main(args: Args) -> dict:
     writer.close()
     for env in eval_envs:
         env.close()
+    if args.total_steps > start_step:  # the final update's loss, for tests
+        metrics["losses/sfp_loss" if args.policy == "sfp" else "losses/flow_matching_loss"] = loss.item()
     metrics["run_dir"] = str(run_dir)
     return metrics
 

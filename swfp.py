@@ -76,6 +76,7 @@ Usage:
       --num-layers 2 --eval-freq 75 --eval-episodes 100                   # the budget of docs/swfp.md
   python swfp.py --block-space action ...                            # the action-space cascade
   python swfp.py --naive-finetune [--naive-trust-region] ...         # baselines with the same budget
+  python swfp.py --cudagraphs                                        # compiled updates as CUDA graphs (CUDA only)
 See docs/swfp.md for the paper <-> code map, logged metrics and results.
 """
 
@@ -151,6 +152,10 @@ class Args:
     checkpoint: Optional[str] = None
     """load the networks from this checkpoint and skip phase 1: the end of phase 1 (any phase-1 budget) fine-tunes for
     --total-timesteps; an online one continues from its env step to --total-timesteps. Its network sizes must match"""
+    compile: bool = False
+    """torch.compile the update steps (BC, critic warm-up, online update; env stepping and acting stay eager)"""
+    cudagraphs: bool = False
+    """replay the update as a CUDA graph (implies --compile; CUDA only)"""
 
     # Algorithm specific arguments
     blocks: int = 10
@@ -222,6 +227,9 @@ def check_args(args: Args) -> None:
     need(args.eval_envs >= 1, "eval_envs", ">= 1")
     need(args.log_freq >= 1, "log_freq", ">= 1")
     need(args.checkpoint != "", "checkpoint", "a path")
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise ArgumentError("--cudagraphs needs a CUDA device (" + ("--no-cuda was given" if not args.cuda else
+                            "torch.cuda.is_available() is False") + "); drop --cudagraphs or use --compile")
     need(args.blocks >= 1, "blocks", ">= 1")
     need(math.isfinite(args.jko_step_size) and args.jko_step_size > 0, "jko_step_size", "finite and > 0")
     need(math.isfinite(args.entropy_coef) and args.entropy_coef >= 0, "entropy_coef", "finite and >= 0")
@@ -910,6 +918,12 @@ def restore_checkpoint(state: dict, args: Args, modules: dict, obs_dim: int, act
                               f"(observation dim {obs_dim}, action dim {act_dim}; {first_line(e)})") from e
 
 
+def clear_grads(params: list) -> None:
+    """optimizer.zero_grad(set_to_none=True), which dynamo does not trace (a graph break in a compiled update)."""
+    for p in params:
+        p.grad = None
+
+
 def fresh_run_dir(run_name: str) -> Path:
     """runs/<run_name>, or runs/<run_name>_<k> when a run of the same name (same second) already has it: a run never
     writes into another run's directory."""
@@ -962,6 +976,26 @@ def main(args: Args) -> dict:
     target_critic.load_state_dict(critic.state_dict())
     target_critic.requires_grad_(False)
     adam = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if args.cudagraphs:  # Adam's step counter on the device, so the whole optimizer step is captured
+        adam["capturable"] = True
+    compiled = args.compile or args.cudagraphs  # --cudagraphs implies --compile
+
+    def compile_step(fn: Callable) -> Callable:
+        """torch.compile of an update step under --compile. CUDA graphs through torch.compile's "reduce-overhead"
+        (inductor + CUDA-graph trees): one code path with --compile and no new dependency. Not fullgraph: torch.optim
+        breaks the graph around step() and dynamo around backward() (docs/swfp.md, Speed options)."""
+        if not compiled:
+            return fn
+        step = torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+        if not args.cudagraphs:
+            return step
+
+        def replay(*inputs):
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last replay's outputs may be reused
+            out = step(*inputs)  # copied below before the next replay overwrites the graph's output buffers
+            return {k: v.clone() for k, v in out.items()} if isinstance(out, dict) else tuple(v.clone() for v in out)
+
+        return replay
     critic_params, target_params = list(critic.parameters()), list(target_critic.parameters())
     critic_optimizer = torch.optim.Adam(critic_params, lr=args.learning_rate, **adam)
     pretrained_flow = VectorField(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)  # the BC flow, frozen
@@ -986,7 +1020,7 @@ def main(args: Args) -> dict:
 
     def td_update(batch: dict) -> tuple:
         loss, q = critic_loss(critic, target_critic, policy, batch, args.gamma)
-        critic_optimizer.zero_grad(set_to_none=True)
+        clear_grads(critic_params)
         loss.backward()
         critic_optimizer.step()
         with torch.no_grad():
@@ -1015,15 +1049,24 @@ def main(args: Args) -> dict:
 
     # ----------------------------------------------------------------------- phase 1: BC flow, critic warm-up
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    last_losses: dict = {}  # the latest value of every scalar loss, returned as losses/* (for tests)
     if not skip_phase1:
-        flow_optimizer = torch.optim.Adam(flow.parameters(), lr=args.learning_rate, **adam)
-        t0 = time.time()
-        for step in range(1, args.pretrain_steps + 1):
-            batch = bc_buffer.sample(args.batch_size)
+        flow_params = list(flow.parameters())
+        flow_optimizer = torch.optim.Adam(flow_params, lr=args.learning_rate, **adam)
+
+        @compile_step
+        def bc_step(batch: dict) -> tuple:
             loss = bc_flow_loss(flow, batch["observations"], batch["actions"])
-            flow_optimizer.zero_grad(set_to_none=True)
+            clear_grads(flow_params)
             loss.backward()
             flow_optimizer.step()
+            return (loss.detach(),)
+
+        warmup_step = compile_step(td_update)
+        t0 = time.time()
+        for step in range(1, args.pretrain_steps + 1):
+            (loss,) = bc_step(bc_buffer.sample(args.batch_size))  # indices drawn on the device, static shapes
+            last_losses["bc_flow_loss"] = loss
             nonfinite |= ~torch.isfinite(loss)
             if step % args.log_freq == 0 or step == args.pretrain_steps:
                 check_finite(nonfinite, f"in BC pretraining by step {step}")
@@ -1033,7 +1076,8 @@ def main(args: Args) -> dict:
                 progress.update(step, sps=sps, bc=loss.item())
                 t0 = time.time()
         for step in range(1, args.critic_warmup_steps + 1):
-            loss, q_mean = td_update(bc_buffer.sample(args.batch_size))
+            loss, q_mean = warmup_step(bc_buffer.sample(args.batch_size))
+            last_losses["critic_warmup_loss"] = loss
             nonfinite |= ~torch.isfinite(loss)
             if step % args.log_freq == 0 or step == args.critic_warmup_steps:
                 check_finite(nonfinite, f"in critic warm-up by step {step}")
@@ -1053,10 +1097,7 @@ def main(args: Args) -> dict:
     bc_anchor = pretrained_flow if args.naive_trust_region else None
     stage = {"block": None}  # action space: the block being trained (one after another over the online phase)
 
-    def update(batch: dict, step: int, with_stats: bool) -> dict:
-        loss_critic, q_mean = td_update(batch)
-        obs = batch["observations"]
-        z = noise(obs)
+    def actor_losses(obs: torch.Tensor, z: torch.Tensor, block: int, with_stats: bool) -> tuple:
         stats = {}
         with_entropy = args.entropy_coef > 0 or with_stats
         if args.naive_finetune:
@@ -1065,11 +1106,6 @@ def main(args: Args) -> dict:
             if displacement is not None:
                 stats["w2_to_pretrained"] = displacement
         elif args.block_space == "action":
-            # stage k of K equal parts of the online phase trains block k alone (Adam moments reset at each stage)
-            block = min(args.blocks - 1, (step - 1) * args.blocks // max(1, args.total_timesteps))
-            if block != stage["block"]:
-                actor_optimizer.state.clear()
-                stage["block"] = block
             stats = action_block_loss(flow, blocks, frozen(critic), obs, z, block, args.jko_step_size, args.entropy_coef,
                                       args.normalize_q, with_entropy)
             loss_actor = stats.pop("loss")
@@ -1081,10 +1117,24 @@ def main(args: Args) -> dict:
             stats = flow_block_losses(flow, blocks, frozen(critic), obs, z, args.jko_step_size, args.entropy_coef,
                                       args.normalize_q, with_entropy, with_stats)
             loss_actor = stats.pop("loss")
-        actor_optimizer.zero_grad(set_to_none=True)
+        return loss_actor, stats
+
+    if compiled and args.entropy_coef > 0 and not args.naive_finetune:
+        # the entropic term backpropagates through log|det J_k| (a double backward), which AOT autograd does not
+        # support: under --compile the JKO losses and their backward stay eager, the rest of the update is compiled
+        actor_losses = torch.compiler.disable(actor_losses)
+
+    def update(batch: dict, block: int, with_stats: bool) -> dict:
+        """One online update, compiled under --compile. block (action-space stage) and with_stats are Python values:
+        one graph per value met (K stages at most), no recompilation at every step."""
+        loss_critic, q_mean = td_update(batch)
+        loss_actor, stats = actor_losses(batch["observations"], noise(batch["observations"]), block, with_stats)
+        clear_grads(actor_params)
         loss_actor.backward()
         actor_optimizer.step()
         return {"critic_loss": loss_critic, "actor_loss": loss_actor.detach(), "q_mean": q_mean, **stats}
+
+    update = compile_step(update)
 
     online_env = data.make_env()
     online_obs, episode_return, episode_length = None, 0.0, 0
@@ -1116,7 +1166,15 @@ def main(args: Args) -> dict:
 
         log_now = step % args.log_freq == 0 or step == args.total_timesteps
         eval_now = step % args.eval_freq == 0 or step == args.total_timesteps
-        losses = update(buffer.sample(args.batch_size), step, with_stats=log_now)
+        block = 0
+        if args.block_space == "action" and not args.naive_finetune:
+            # stage k of K equal parts of the online phase trains block k alone (Adam moments reset at each stage)
+            block = min(args.blocks - 1, (step - 1) * args.blocks // max(1, args.total_timesteps))
+            if block != stage["block"]:
+                actor_optimizer.state.clear()
+                stage["block"] = block
+        losses = update(buffer.sample(args.batch_size), block, log_now)  # indices drawn on the device, static shapes
+        last_losses.update({k: v for k, v in losses.items() if v.numel() == 1})
         nonfinite |= ~(torch.isfinite(losses["critic_loss"]) & torch.isfinite(losses["actor_loss"]))
         if log_now or eval_now:  # checked before anything is logged, evaluated or saved
             check_finite(nonfinite, f"within env steps {last_log_step + 1}..{step}")
@@ -1153,7 +1211,7 @@ def main(args: Args) -> dict:
     writer.close()
     for env in eval_envs + [online_env]:
         env.close()
-    return metrics
+    return {**metrics, **{f"losses/{k}": v.item() for k, v in last_losses.items()}}
 
 
 def headline(metrics: dict) -> dict:

@@ -206,6 +206,7 @@ TABLES["qam"] = [
 # ----------------------------------------------------------------------------------------------------------
 TABLES["decision_flow"] = [
     (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
     (["--exp-name", ""], "--exp-name must be a non-empty file name without '/' (got '')"),
     (["--exp-name", "../elsewhere"], "--exp-name must be a non-empty file name without '/'"),
     (["--seed", "-1"], "--seed must be in [0, 2**32)"),
@@ -300,6 +301,7 @@ TABLES["fpmd"] = [
     (["--variant", "mf", "--mf-equal-prob", "-0.5"], "--mf-equal-prob must be in [0, 1] (got -0.5)"),
     (["--variant", "mf", "--mf-equal-prob", "nan"], "--mf-equal-prob must be in [0, 1] (got nan)"),
     (["--mf-equal-prob", "0.5"], "--mf-equal-prob 0.5 and --variant rf cannot be used together"),
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
     # runs that would never train (issue item 3): the buffer never reaches --learning-starts, or the budget ends first
     (["--buffer-size", "1000", "--learning-starts", "2000"],
      "--buffer-size must be >= --learning-starts 2000 (got 1000)"),
@@ -314,6 +316,7 @@ TABLES["fpmd"] = [
 # ----------------------------------------------------------------------------------------------------------
 TABLES["swfp"] = [
     (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
     (["--batch-size", "4", "--blocks", "8"], "--batch-size 4 and --blocks 8 cannot be used together"),
     (["--exp-name", ""], "--exp-name must be a non-empty file name without '/' (got '')"),
     (["--exp-name", "a/b"], "--exp-name must be a non-empty file name without '/'"),
@@ -356,6 +359,7 @@ TABLES["swfp"] = [
 TABLES["streaming_flow"] = [
     # negative budgets (the first row is also run through the real command line)
     (["--total-steps", "-3"], "--total-steps must be >= 0 (got -3)"),
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
     (["--lr-warmup-steps", "-1"], "--lr-warmup-steps must be >= 0 (got -1)"),
     (["--ema-update-after-step", "-5"], "--ema-update-after-step must be >= 0 (got -5)"),
     # counts and sizes 0 (or below what the method needs)

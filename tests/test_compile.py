@@ -34,12 +34,32 @@ CASES = {
     "fql": dict(TINY, env_id=WALK, eval_bc_flow=False, flow_steps=3),
     "qam": dict(TINY, env_id=WALK, eval_bc_flow=False, flow_steps=3, num_critics=2, horizon_length=2, inv_temp=1.0),
     "gfp": dict(TINY, env_id=WALK, eval_flow=False, flow_steps=3),
+    # DF-dir: its endpoint Q gradients (torch.autograd.grad) sit inside the update
+    "decision_flow": dict(TINY, env_id=WALK, eval_bc_flow=False, flow_steps=2),
+    # online: 1 env, 10 random warm-up steps, then one update per env step; policy and alpha updated at every one
+    # (the `% freq` branches are Python bools: one set of graphs per combination met)
+    "fpmd": dict(cuda=False, env_id="Pendulum-v1", num_envs=1, learning_starts=10, total_timesteps=29, batch_size=32,
+                 hidden_dim=16, num_layers=1, num_particles=4, flow_steps=2, policy_freq=1, alpha_freq=1,
+                 eval_freq=29, eval_episodes=1, log_freq=29),
+    # the crossing toy (no env to evaluate); 5 lr warm-up steps, so that the scheduled lr changes at every update
+    "streaming_flow": dict(cuda=False, env_id="toy/crossing", total_steps=20, batch_size=32, hidden_dim=16,
+                           num_blocks=1, time_emb_dim=8, lr_warmup_steps=5, eval_freq=20, log_freq=20, toy_samples=4),
+    # offline-to-online: 6 BC steps, 4 critic warm-up steps, 10 online updates (each logged, so that the with-stats
+    # online update is the only one compiled) on the WALK data and its one-step env
+    "swfp": dict(cuda=False, env_id=WALK, pretrain_steps=6, critic_warmup_steps=4, total_timesteps=10, batch_size=32,
+                 hidden_dim=16, num_layers=1, blocks=2, block_hidden_dim=8, eval_freq=10, log_freq=1, eval_episodes=1,
+                 eval_envs=1),
 }
 RTOL, ATOL = 1e-4, 1e-5  # float32; eager and compiled differ only by the rounding of fused or reordered ops
 # graphs dynamo compiles for a script's update: torch breaks it at optimizer.zero_grad, loss.backward and around
 # optimizer.step, so the losses, the step and the Polyak update are 3 graphs (qam: 4, its gradient clip sits between
 # backward and step); a break in a script's own code (e.g. torch.autograd.grad in qam's adjoint: 11) adds more
-GRAPHS = {"fql": 3, "qam": 4, "gfp": 3}
+GRAPHS = {"fql": 3, "qam": 4, "gfp": 3,
+          # measured (aot_eager, these cases): decision_flow also breaks at the torch.autograd.grad of its endpoint Q
+          # gradients; fpmd has 3 backward() and 4 optimizer steps (critic twice, policy, alpha); swfp compiles three
+          # update steps (BC, critic warm-up, online) around its eager JKO block losses (--entropy-coef > 0: a double
+          # backward, which AOT autograd refuses)
+          "decision_flow": 9, "swfp": 11, "fpmd": 8, "streaming_flow": 3}
 
 
 @pytest.fixture(scope="session")
