@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="evaluations per N; each timing is their median")
     parser.add_argument("--certify-restarts", type=int, default=0, help="random optimizer starts of the certificate")
     parser.add_argument("--certify-iters", type=int, default=3000, help="iteration cap of the certificate")
+    parser.add_argument("--scenario-seed", type=int, default=None,
+                        help="seed of the held-out scenarios (default: flow_opt.EVAL_SEED + the checkpoint's --seed)")
     parser.add_argument("--out", default="/tmp/flow_opt_eval")
     cli = parser.parse_args()
     if cli.repeats < 1 or cli.certify_restarts < 0 or cli.certify_iters < 1 or cli.scenarios < 1:
@@ -166,7 +168,8 @@ def main() -> None:
     world, rows, examples = fo.World.from_args(args), [], {}
     for n in cli.robots:
         t0 = time.perf_counter()
-        row, examples[n] = repeated(model, init_net, state["norm"], n, args, world, device, fo.EVAL_SEED + args.seed,
+        seed = fo.EVAL_SEED + args.seed if cli.scenario_seed is None else cli.scenario_seed
+        row, examples[n] = repeated(model, init_net, state["norm"], n, args, world, device, seed,
                                     cli.repeats, certify_restarts=cli.certify_restarts, certify_iters=cli.certify_iters)
         rows.append(row)
         print(f"N={n} ({time.perf_counter() - t0:.0f}s): "
