@@ -181,8 +181,8 @@ class Args:
     init_learning_rate: float = 1e-3
     """Adam learning rate of the init network"""
     init_loss: str = "swarmgen"
-    """swarmgen: weighted fixed-point residual + distance + violation (init_loss); iterations: the SF's stopping
-    quantity summed over the unrolled iterations, + --init-w-dist x distance (iterations_loss; this repo's addition)"""
+    """swarmgen: weighted fixed-point residual + distance + violation (init_loss); iterations: mean excess over --tol
+    of the SF's stopping quantity at the start and every unrolled iterate + distance (iterations_loss; ours)"""
     init_w_fp: float = 1.0
     """weight of the mean fixed-point residual in the swarmgen init loss"""
     init_w_dist: float = 1.0
