@@ -11,50 +11,34 @@ makes them feasible with a safety filter (SF): a batched, differentiable project
 initialisation (a coefficient correction and the multipliers) is predicted by a network trained
 self-supervised by back-propagating through the unrolled solver.
 
-What this file implements, all batched over samples and scenarios in torch (CPU or CUDA):
-  1. procedural scenarios: N disc robots in a square workspace with circular obstacles; start/goal layouts
-     "random", "antipodal" (circle crossing) and "swap" (pairs exchange places); collision-free by construction;
-  2. Bernstein trajectories (order 10 per axis over a fixed horizon);
-  3. the safety filter / centralized optimizer: augmented-Lagrangian alternating minimisation with the polar
-     (projection) reformulation of separation, obstacle, workspace, velocity and acceleration constraints at
-     `num_times` instants, boundary conditions as equalities, one constant KKT matrix inverted once per
-     (N, #obstacles); fixed iteration count, so it is differentiable by unrolling;
-  4. continuous-time success: `certify` bounds every constraint over the whole horizon from the Bernstein control
-     points (convex hull of the restrictions to sub-intervals); the solver inflates the separation and workspace
-     constraints at its instants by the most a trajectory can move between them (`sample_margins`), one rule for
-     the data generator, the SF and the optimizer;
-  5. training data: the same solver with a smoothness cost, run to convergence from perturbed straight lines, and
-     from "detour" starts (every robot swerves to the same side) where those deadlock; only certified solutions;
-  6. a DiT conditional flow-matching model over the joint coefficients (one token per robot, adaLN-Zero), whose
-     tokens also carry the constraint residual of the trajectory x_t encodes;
-  7. the init network (Delta c, lambda_0), trained through the unrolled SF;
-  8. evaluation against the centralized optimizer from scratch (same solver code, same tolerance, same iteration
-     cap; both drop finished scenarios from the batch). Ablations, repeated timings and the external IPOPT
-     baseline are in benchmarks/flow_opt_eval.py and benchmarks/flow_opt_ipopt.py.
+This file, batched over samples and scenarios in torch (CPU or CUDA): procedural scenarios (N disc robots,
+circular obstacles, square workspace); Bernstein trajectories; the SF / centralized optimizer (augmented-Lagrangian
+alternating minimisation with the polar reformulation, one constant KKT matrix inverted once, differentiable by
+unrolling); the continuous-time certificate of success (`certify`); training data from the optimizer; the DiT flow
+model; the init network; a compact evaluation of the pipeline (certified success, time per instance). The baselines
+(optimizer from scratch, SF from straight lines, zero init), repeated timings and IPOPT are in benchmarks/.
 
-THIS REPO'S RECONSTRUCTION. The paper body and code were not readable here. Everything below beyond the
-abstract follows the same first author's Swarm-Gen safety filter (github cisimon7/SwarmGen) and the Singh
-lab's polar-reformulation solvers, adapted to 2-D; assumptions, named:
-  * 2-D holonomic disc robots, static circular obstacles, square workspace, velocity/acceleration norm
-    bounds; all sizes (workspace 10 m x 10 m, radius 0.2 m, horizon 10 s, v_max = a_max = 2) are ours;
+THIS REPO'S RECONSTRUCTION. The paper body and code were not readable here. Everything beyond the abstract follows
+the same first author's Swarm-Gen safety filter (github cisimon7/SwarmGen) and the Singh lab's polar-reformulation
+solvers, adapted to 2-D; assumptions, named:
+  * 2-D holonomic disc robots, static circular obstacles, square workspace, velocity/acceleration norm bounds;
+    all sizes, limits, the horizon and every network size and training budget are ours;
   * multipliers live in coefficient space (lambda <- lambda - rho F^T res), as in Swarm-Gen;
   * the flow model generates the residual w.r.t. the straight-line Bernstein trajectory, normalised;
-  * DiT/init-net sizes and all training budgets are ours (small enough for a CPU);
   * the init-net loss is Swarm-Gen's (mean fixed-point residual + distance to the generated sample) plus a
-    constraint-violation term;
-  * the init network also sees the sample's constraint residual F^T res (one polar step), our addition;
-  * the DiT sees the same residual of x_t at every flow step (`--flow-residual`), our addition;
-  * every run of the solver to tolerance (optimizer, SF at evaluation, data) gets a deadlock kick: when an unsolved
-    sample's violation stops falling (over windows of --kick-every iterations), the paths of its robots in conflict
-    are bent sideways, each to its right, and their multipliers reset (our addition);
-  * the inflated constraints at the instants and the continuous-time certificate (ours);
-  * the optimizer (data generator and baseline) is the same solver with cost 1/2|c - c_line|^2 + 10/2 |Pddot c|^2
-    (c_line: the straight line), started from a straight line with N(0, 0.3^2) noise on its interior coefficients;
-  * Flow-Opt returns, per scenario, the certified sample with the smallest acceleration cost.
+    constraint-violation term; `--init-loss iterations` trains it on the SF's stopping quantity instead (ours);
+  * the init network sees the sample's constraint residual F^T res (one polar step), and the DiT that of x_t at
+    every flow step (`--flow-residual`): our additions;
+  * every solve to tolerance gets a deadlock kick: a stalled sample's robots in conflict are bent to their right
+    and their multipliers reset (ours);
+  * the constraints at the instants inflated by the motion between them (`sample_margins`, one rule for the data
+    generator, the SF and the optimizer) and the continuous-time certificate (ours);
+  * the optimizer (data generator and baseline) is the same solver with cost 1/2|c - c_line|^2 + w_s/2 |Pddot c|^2,
+    started from a perturbed straight line; Flow-Opt returns the certified sample with the least acceleration cost.
 
 Usage:
-  OMP_NUM_THREADS=1 python flow_opt.py --no-cuda                       # small CPU config (train N=4 and 8 + table)
-  python flow_opt.py --evaluate --checkpoint runs/<run>/flow_opt.pt   # evaluation table for N in {4, 8, 16, 32}
+  OMP_NUM_THREADS=1 python flow_opt.py --no-cuda                       # small CPU config (train N=4 and 8, evaluate)
+  python flow_opt.py --evaluate --checkpoint runs/<run>/flow_opt.pt   # evaluate a checkpoint for N in {4, 8, 16, 32}
 See docs/flow_opt.md for the pipeline, the paper <-> code map and the measured results.
 """
 
@@ -94,10 +78,10 @@ class Args:
     save_model: bool = True
     """save the networks to runs/<run>/<exp_name>.pt (atomically, at every log step and at the end)"""
     checkpoint: Optional[str] = None
-    """load the networks from this checkpoint before training (with --evaluate: evaluate it only); it must have been made
-    with the same --order, --hidden-dim, --depth, --heads and --flow-residual (a mismatch is refused, listing them)"""
+    """load the networks from this checkpoint (made with the same --order, --hidden-dim, --depth, --heads and
+    --flow-residual) before training; with --evaluate, evaluate it only"""
     evaluate: bool = False
-    """only evaluate --checkpoint (no data, no training): the table over --eval-robots"""
+    """only evaluate --checkpoint (no data, no training) over --eval-robots"""
     log_freq: int = 250
     """log losses every this many gradient steps (the only host syncs of the training loops)"""
 
@@ -117,8 +101,7 @@ class Args:
     horizon: float = 10.0
     """trajectory duration T [s]"""
     num_times: int = 100
-    """instants at which the solver imposes the constraints, each inflated by the motion between instants
-    (sample_margins); success is certified over the whole horizon (certify)"""
+    """instants at which the solver imposes the constraints, inflated by the motion between them (sample_margins)"""
     order: int = 10
     """Bernstein polynomial order per axis (order + 1 coefficients)"""
     v_max: float = 2.0
@@ -126,7 +109,7 @@ class Args:
     a_max: float = 2.0
     """acceleration bound [m/s^2]"""
     tol: float = 0.02
-    """constraint tolerance (m, m/s, m/s^2) defining success over the whole horizon, for every method alike"""
+    """constraint tolerance (m, m/s, m/s^2) of success over the whole horizon (certify), for every method alike"""
 
     # Solver (safety filter and centralized optimizer)
     rho_agent: float = 3.0
@@ -142,14 +125,11 @@ class Args:
     sf_iters: int = 15
     """SF iterations unrolled when training the init network (Swarm-Gen: 15)"""
     sf_max_iters: int = 600
-    """at evaluation the SF runs until every scenario has a sample within --tol, at most this many iterations (the
-    optimizer's cap --opt-max-iters by default: the same budget at the same tolerance)"""
+    """at evaluation the SF runs until every scenario has a sample within --tol, at most this many iterations"""
     check_every: int = 5
     """iterations between convergence checks (host syncs) of the solvers at evaluation"""
     kick_every: int = 100
-    """deadlock kick (this repo's addition; 0: none) of every solve to tolerance (optimizer, SF at evaluation, data):
-    the window [iterations] over which the least violation of each unsolved sample is tracked; when it stops
-    falling, the paths of the sample's robots in conflict are bent sideways and their multipliers reset"""
+    """window [iterations] of the deadlock kick of every solve to tolerance (this repo's addition; 0: none)"""
     kick_progress: float = 0.8
     """a window stalls when its least violation is not below this share of the previous window's"""
     kick_patience: int = 2
@@ -163,20 +143,17 @@ class Args:
     num_scenarios: int = 2000
     """training scenarios per robot count"""
     opt_max_iters: int = 600
-    """centralized-optimizer iterations at most (the evaluation baseline)"""
+    """centralized-optimizer iterations at most"""
     opt_smoothness: float = 10.0
     """weight of sum ||Pddot c||^2 in the optimizer's cost (its proximity weight to the guess is 1)"""
     data_iters: int = 300
     """optimizer iterations at most when generating data (stops once 95% of a chunk is solved)"""
     perturb_std: float = 0.3
-    """std [m] of the noise on the interior coefficients of the optimizer's straight-line start (breaks the symmetry
-    of swaps and picks the homotopy class: diverse data)"""
+    """std [m] of the noise on the interior coefficients of the optimizer's straight-line start (diverse data)"""
     detour_scales: Tuple[float, ...] = (-2.0, -1.5, -1.0, -0.5, 0.5, 1.0, 1.5, 2.0)
-    """sideways bends [m] of the detour starts (+: every robot swerves right, -: left) that the data generator and the
-    certificate try on the scenarios a random start did not solve (empty: none)"""
+    """sideways bends [m] (+: right, -: left) of the detour starts tried on the data scenarios a random start missed"""
     data_path: Optional[str] = None
-    """reuse/extend this data cache (.pt) instead of runs/<run>/data.pt: a new path is created; an existing file must be
-    flow_opt's data cache made with the same data parameters (DATA_ARGS; not the seed), else it is refused, untouched"""
+    """reuse/extend this data cache (.pt; a new path is created) made with the same data parameters (DATA_ARGS)"""
 
     # Flow model (DiT)
     total_steps: int = 4000
@@ -203,22 +180,25 @@ class Args:
     """scenarios per init-network step (one flow sample each)"""
     init_learning_rate: float = 1e-3
     """Adam learning rate of the init network"""
+    init_loss: str = "swarmgen"
+    """swarmgen: weighted fixed-point residual + distance + violation (init_loss); iterations: mean excess over --tol
+    of the SF's stopping quantity at the start and every unrolled iterate + distance (iterations_loss; ours)"""
     init_w_fp: float = 1.0
-    """weight of the mean fixed-point residual in the init loss"""
+    """weight of the mean fixed-point residual in the swarmgen init loss"""
     init_w_dist: float = 1.0
     """weight of ||c_K - c_gen||^2 in the init loss"""
     init_w_viol: float = 1.0
-    """weight of the final constraint violation in the init loss"""
+    """weight of the final constraint violation in the swarmgen init loss"""
 
     # Evaluation
     eval_robots: Tuple[int, ...] = (4, 8, 16, 32)
-    """robot counts of the evaluation table"""
+    """robot counts of the evaluation"""
     eval_scenarios: int = 50
     """held-out scenarios per robot count"""
     num_samples: int = 1
     """flow samples per scenario (the smoothest certified one is returned)"""
     filter_samples: int = 0
-    """of them, the SF filters this many per scenario: those with the least constraint violation before filtering (0: all)"""
+    """of them, the SF filters this many per scenario, the least violating ones (0: all)"""
 
 
 class ArgumentError(ValueError):
@@ -261,7 +241,6 @@ def check_args(args: Args) -> None:
          "a non-empty file name without '/'")
     need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
     need(args.threads >= 0, "threads", ">= 0 (0: torch's default)")
-    need(args.log_freq >= 1, "log_freq", ">= 1")
     if args.evaluate and not args.checkpoint:
         raise ArgumentError("--evaluate needs --checkpoint (the networks to evaluate)")
     if args.evaluate and args.data_path:
@@ -271,81 +250,58 @@ def check_args(args: Args) -> None:
     # checkpoint and data_path: paths, read (and checked) by load_checkpoint and open_data_cache
     need(args.checkpoint != "", "checkpoint", "a path")
     need(args.data_path != "", "data_path", "a path")
-    # scenarios and trajectories
     need(bool(args.train_robots) or args.evaluate, "train_robots", "at least one robot count (or pass --evaluate)")
     need(all(n >= 2 for n in args.train_robots), "train_robots", "robot counts >= 2")
-    need(args.num_obstacles >= 0, "num_obstacles", ">= 0")
+    need(all(n >= 2 for n in args.eval_robots), "eval_robots", "robot counts >= 2")  # empty: no evaluation
     need(bool(args.layouts) and all(lay in LAYOUTS for lay in args.layouts), "layouts",
          f"one or more of {', '.join(LAYOUTS)}")
-    need(finite(args.workspace) and args.workspace > 0, "workspace", "finite and > 0")
-    need(finite(args.robot_radius) and args.robot_radius > 0, "robot_radius", "finite and > 0")
     lo, hi = args.obstacle_radius
     need(finite(lo, hi) and 0 < lo <= hi, "obstacle_radius", "finite, with 0 < low <= high")
-    need(finite(args.horizon) and args.horizon > 0, "horizon", "finite and > 0")
-    need(args.num_times >= 2, "num_times", ">= 2")
-    need(args.order >= 6, "order", ">= 6 (the boundary conditions fix 6 coefficients per axis)")
-    need(finite(args.v_max) and args.v_max > 0, "v_max", "finite and > 0")
-    need(finite(args.a_max) and args.a_max > 0, "a_max", "finite and > 0")
-    need(finite(args.tol) and args.tol >= 0, "tol", "finite and >= 0")
-    # solver (a constraint is enforced only through its rho: 0 would drop it from the solve, not from success)
-    for flag in ("rho_agent", "rho_obs", "rho_ws", "rho_vel", "rho_acc"):
-        need(finite(getattr(args, flag)) and getattr(args, flag) > 0, flag, "finite and > 0")
-    need(args.sf_iters >= 1, "sf_iters", ">= 1")
-    need(args.sf_max_iters >= 1, "sf_max_iters", ">= 1")
-    need(args.check_every >= 1, "check_every", ">= 1")
+    # counts, budgets and frequencies
+    for flag, low in (("log_freq", 1), ("num_obstacles", 0), ("num_times", 2), ("sf_iters", 1), ("sf_max_iters", 1),
+                      ("check_every", 1), ("kick_patience", 1), ("num_scenarios", 1), ("opt_max_iters", 1),
+                      ("data_iters", 1), ("total_steps", 0), ("batch_size", 1), ("depth", 1), ("heads", 1),
+                      ("flow_steps", 1), ("init_steps", 0), ("init_batch_size", 1), ("eval_scenarios", 1),
+                      ("num_samples", 1)):
+        need(getattr(args, flag) >= low, flag, f">= {low}")
     need(args.kick_every >= 0, "kick_every", ">= 0 (0: no kick)")
-    need(finite(args.kick_progress) and 0 < args.kick_progress <= 1, "kick_progress", "in (0, 1]")
-    need(args.kick_patience >= 1, "kick_patience", ">= 1")
-    need(finite(args.kick_bend) and args.kick_bend > 0, "kick_bend", "finite and > 0 (--kick-every 0 turns the kick off)")
-    need(finite(args.kick_robots) and 0 <= args.kick_robots <= 1, "kick_robots", "in [0, 1]")
-    # data generation
-    need(args.num_scenarios >= 1, "num_scenarios", ">= 1")
-    need(args.opt_max_iters >= 1, "opt_max_iters", ">= 1")
-    need(finite(args.opt_smoothness) and args.opt_smoothness >= 0, "opt_smoothness", "finite and >= 0")
-    need(args.data_iters >= 1, "data_iters", ">= 1")
-    need(finite(args.perturb_std) and args.perturb_std >= 0, "perturb_std", "finite and >= 0")
-    need(finite(*args.detour_scales), "detour_scales", "finite")  # any sign (+: right, -: left), empty: none
-    # flow model
-    need(args.total_steps >= 0, "total_steps", ">= 0")
-    need(args.batch_size >= 1, "batch_size", ">= 1")
-    need(finite(args.learning_rate) and args.learning_rate > 0, "learning_rate", "finite and > 0")
+    need(args.filter_samples >= 0, "filter_samples", ">= 0 (0: all samples)")
+    need(args.order >= 6, "order", ">= 6 (the boundary conditions fix 6 coefficients per axis)")
     need(args.hidden_dim >= 2 and args.hidden_dim % 2 == 0, "hidden_dim",
          "even and >= 2 (the time embedding is sin/cos pairs)")
-    need(args.depth >= 1, "depth", ">= 1")
-    need(args.heads >= 1, "heads", ">= 1")
+    # sizes, limits, weights (a constraint is enforced only through its rho: 0 would drop it from the solve)
+    for flag in ("workspace", "robot_radius", "horizon", "v_max", "a_max", "rho_agent", "rho_obs", "rho_ws", "rho_vel",
+                 "rho_acc", "learning_rate", "init_learning_rate"):
+        need(finite(getattr(args, flag)) and getattr(args, flag) > 0, flag, "finite and > 0")
+    for flag in ("tol", "opt_smoothness", "perturb_std", "init_w_fp", "init_w_dist", "init_w_viol"):
+        need(finite(getattr(args, flag)) and getattr(args, flag) >= 0, flag, "finite and >= 0")
+    need(finite(args.kick_bend) and args.kick_bend > 0, "kick_bend",
+         "finite and > 0 (--kick-every 0 turns the kick off)")
+    need(finite(args.kick_progress) and 0 < args.kick_progress <= 1, "kick_progress", "in (0, 1]")
+    need(finite(args.kick_robots) and 0 <= args.kick_robots <= 1, "kick_robots", "in [0, 1]")
+    need(finite(*args.detour_scales), "detour_scales", "finite")  # any sign (+: right, -: left), empty: none
+    need(args.init_loss in INIT_LOSSES, "init_loss", f"one of {', '.join(INIT_LOSSES)}")
+    # flags that conflict, named together
     if args.hidden_dim % args.heads:
         raise ArgumentError(f"--hidden-dim {args.hidden_dim} and --heads {args.heads} cannot be used together "
                             "(--hidden-dim must be a multiple of --heads)")
-    need(args.flow_steps >= 1, "flow_steps", ">= 1")
-    # init network
-    need(args.init_steps >= 0, "init_steps", ">= 0")
-    need(args.init_batch_size >= 1, "init_batch_size", ">= 1")
-    need(finite(args.init_learning_rate) and args.init_learning_rate > 0, "init_learning_rate", "finite and > 0")
-    for flag in ("init_w_fp", "init_w_dist", "init_w_viol"):
-        need(finite(getattr(args, flag)) and getattr(args, flag) >= 0, flag, "finite and >= 0")
-    if args.init_steps > 0 and args.init_w_fp == args.init_w_dist == args.init_w_viol == 0:
+    weights = (args.init_w_fp, args.init_w_dist, args.init_w_viol) if args.init_loss == "swarmgen" else (1.0,)
+    if args.init_steps > 0 and not any(weights):
         raise ArgumentError("--init-w-fp, --init-w-dist and --init-w-viol cannot all be 0 with --init-steps > 0 "
                             "(the init loss would be 0)")
-    # evaluation
-    need(all(n >= 2 for n in args.eval_robots), "eval_robots", "robot counts >= 2")  # empty: no evaluation
-    need(args.eval_scenarios >= 1, "eval_scenarios", ">= 1")
-    need(args.num_samples >= 1, "num_samples", ">= 1")
-    need(args.filter_samples >= 0, "filter_samples", ">= 0 (0: all samples)")
     if args.filter_samples > args.num_samples:
         raise ArgumentError(f"--filter-samples {args.filter_samples} and --num-samples {args.num_samples} cannot be "
                             "used together (the SF cannot filter more samples than are drawn)")
     # scenario geometry, now that every size is in range: each robot count fits, and its obstacles can be placed
     world = World.from_args(args)
-    sample_margins(world, args.horizon, args.num_times, args.tol)  # enough instants for the constraints to hold between them
+    sample_margins(world, args.horizon, args.num_times, args.tol)  # enough instants for the constraints between them
     for n in sorted(set(args.train_robots) | set(args.eval_robots)):
         check_scenario_args(n, args.num_obstacles, world, args.layouts)
         sample_scenarios(1, n, args.num_obstacles, world, args.layouts, torch.Generator().manual_seed(0),
                          torch.device("cpu"))
 
 
-# ---------------------------------------------------------------------------------------------
-# Bernstein trajectory parameterisation: x(t) = P(t) c, c = order + 1 coefficients per axis
-# ---------------------------------------------------------------------------------------------
+# --- Bernstein trajectory parameterisation: x(t) = P(t) c, c = order + 1 coefficients per axis ---------------------
 def bernstein_basis(order: int, num_times: int, horizon: float) -> tuple:
     """(P, Pdot, Pddot), each (num_times, order + 1), float64, at t_k = k T / (num_times - 1)."""
     tau = torch.linspace(0.0, 1.0, num_times, dtype=torch.float64)
@@ -358,7 +314,8 @@ def bernstein_basis(order: int, num_times: int, horizon: float) -> tuple:
     n = order
     P = torch.stack([b(n, i) for i in range(n + 1)], 1)
     Pd = torch.stack([b(n - 1, i - 1) - b(n - 1, i) for i in range(n + 1)], 1) * (n / horizon)
-    Pdd = torch.stack([b(n - 2, i - 2) - 2 * b(n - 2, i - 1) + b(n - 2, i) for i in range(n + 1)], 1) * (n * (n - 1) / horizon**2)
+    Pdd = (torch.stack([b(n - 2, i - 2) - 2 * b(n - 2, i - 1) + b(n - 2, i) for i in range(n + 1)], 1)
+           * (n * (n - 1) / horizon**2))
     return P, Pd, Pdd
 
 
@@ -383,9 +340,7 @@ def straight_line_coefs(starts: torch.Tensor, goals: torch.Tensor, order: int) -
     return starts[..., None] + (goals - starts)[..., None] * s
 
 
-# ---------------------------------------------------------------------------------------------
-# Procedural scenarios (batched; collision-free by construction)
-# ---------------------------------------------------------------------------------------------
+# --- Procedural scenarios (batched; collision-free by construction) ------------------------------------------------
 @dataclass
 class World:
     """Geometry and limits shared by the sampler, the solver and the metrics."""
@@ -417,7 +372,8 @@ def check_scenario_args(n: int, num_obstacles: int, world: World, layouts: tuple
         raise ScenarioError(f"{num_obstacles} obstacles do not fit a {2 * world.workspace:g} m workspace (at most "
                             f"{cells} grid cells); lower --num-obstacles or enlarge --workspace")
     smallest = antipodal_radius(world) - 0.5  # circle radius in [R - 0.5, R], angular jitter +-10% of the spacing
-    if "antipodal" in layouts and (smallest <= 0 or 2 * smallest * math.sin(0.8 * math.pi / n) < 2 * world.robot_radius + 0.05):
+    gap = 2 * smallest * math.sin(0.8 * math.pi / n)  # the least distance of two neighbours on the circle
+    if "antipodal" in layouts and (smallest <= 0 or gap < 2 * world.robot_radius + 0.05):
         raise ScenarioError(f"{n} robots do not fit on the antipodal circle of radius {antipodal_radius(world):g} m; "
                             f"enlarge --workspace or drop the antipodal layout")
 
@@ -505,9 +461,7 @@ def repeat_scenarios(scen: dict, k: int) -> dict:
     return {key: value.repeat_interleave(k, 0) for key, value in scen.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Safety filter / centralized optimizer: batched augmented-Lagrangian projection, constant KKT matrix
-# ---------------------------------------------------------------------------------------------
+# --- Safety filter / centralized optimizer: batched augmented-Lagrangian projection, constant KKT matrix -----------
 class TrajectorySolver:
     """min_c  w_p/2 ||c - c_bar||^2 + w_s/2 ||Pddot c||^2   s.t.  A c = b (rest-to-rest boundary conditions),
                                                          F_j c - b_j = s_j,  s_j in S_j  for every constraint j.
@@ -539,7 +493,8 @@ class TrajectorySolver:
         laplacian = n * torch.eye(n, dtype=torch.float64) - torch.ones(n, n, dtype=torch.float64)  # D^T D of all pairs
         H = torch.kron(torch.eye(n, dtype=torch.float64), Hi) + rho["agent"] * torch.kron(laplacian, P.T @ P)
         Aeq = torch.kron(torch.eye(n, dtype=torch.float64), boundary_matrix(P, Pd, Pdd))
-        kkt = torch.cat([torch.cat([H, Aeq.T], 1), torch.cat([Aeq, torch.zeros(6 * n, 6 * n, dtype=torch.float64)], 1)], 0)
+        zero = torch.zeros(6 * n, 6 * n, dtype=torch.float64)
+        kkt = torch.cat([torch.cat([H, Aeq.T], 1), torch.cat([Aeq, zero], 1)], 0)
         inv = torch.linalg.inv(kkt)  # constant: factorised once
         dim = n * nv
         self.G = inv[:dim, :dim].to(device, dtype).contiguous()  # (n nv, n nv), symmetric
@@ -629,18 +584,20 @@ class TrajectorySolver:
         q_s, f_res, violation, collision = self.project(c, obstacles)
         return c, lam - f_res, q_s, violation, collision
 
-    def solve(self, scen: dict, c_bar: torch.Tensor, c0: Optional[torch.Tensor] = None, lam0: Optional[torch.Tensor] = None,
-              iters: int = 15) -> dict:
+    def solve(self, scen: dict, c_bar: torch.Tensor, c0: Optional[torch.Tensor] = None,
+              lam0: Optional[torch.Tensor] = None, iters: int = 15) -> dict:
         """`iters` iterations from (c0, lambda0) (default: c_bar's equality projection, 0): differentiable by unrolling.
-        Returns the final iterate and the per-iteration fixed-point residuals
-        ||c_k - c_{k-1}|| + ||lambda_k - lambda_{k-1}||."""
+        Returns the final iterate, the fixed-point residuals ||c_k - c_{k-1}|| + ||lambda_k - lambda_{k-1}|| (B, iters)
+        and the violations (B, iters + 1) of the start and of every iterate."""
         b_eq, c, lam, q_s, violation, collision = self.start(scen, c_bar, c0, lam0)
-        fixed_point = []
+        fixed_point, violations = [], [violation]
         for _ in range(iters):
             c_new, lam_new, q_s, violation, collision = self.iterate(c_bar, lam, q_s, b_eq, scen["obstacles"])
             fixed_point.append((c_new - c).flatten(1).norm(dim=1) + (lam_new - lam).flatten(1).norm(dim=1))
+            violations.append(violation)
             c, lam = c_new, lam_new
         return {"c": c, "lam": lam, "violation": violation, "collision": collision,
+                "violations": torch.stack(violations, 1),
                 "fixed_point": torch.stack(fixed_point, 1) if fixed_point else c.new_zeros(c.shape[0], 0)}
 
     @torch.no_grad()
@@ -709,11 +666,11 @@ class TrajectorySolver:
                     retire(finished)
                     groups_done += num_done
                     live = ~finished
-                    rows, c, lam, q_s, c_bar_a, b_eq = rows[live], c[live], lam[live], q_s[live], c_bar_a[live], b_eq[live]
+                    rows, c, lam, q_s, c_bar_a, b_eq = (x[live] for x in (rows, c, lam, q_s, c_bar_a, b_eq))
                     kick = kick[live] if kick_every else None
                     window_min, last_min, stalls = window_min[live], last_min[live], stalls[live]
-                    obstacles, best_c, best_viol, best_coll, solved_at = (obstacles[live], best_c[live], best_viol[live],
-                                                                           best_coll[live], solved_at[live])
+                    obstacles, best_c, best_viol, best_coll, solved_at = (
+                        x[live] for x in (obstacles, best_c, best_viol, best_coll, solved_at))
         retire(torch.ones_like(rows, dtype=torch.bool))
         out["iters"] = it
         return out
@@ -723,9 +680,7 @@ class TrajectorySolver:
         return (c @ self.Pdd.T).square().sum((1, 2, 3)) * self.dt
 
 
-# ---------------------------------------------------------------------------------------------
-# Continuous-time certificate: Bernstein convex-hull bounds on every constraint over the whole horizon
-# ---------------------------------------------------------------------------------------------
+# --- Continuous-time certificate: Bernstein convex-hull bounds on every constraint over the whole horizon ----------
 def sample_margins(world: World, horizon: float, num_times: int, tol: float) -> dict:
     """How much the solver inflates each constraint at its `num_times` instants so that a trajectory within `tol` at
     the instants is within `tol` between them (the one rule of the data generator, the SF and the optimizer).
@@ -799,7 +754,9 @@ def certify(c: torch.Tensor, scen: dict, world: World, horizon: float, tol: floa
     B, n, _, nv = c.shape
     r, o = world.robot_radius, scen["obstacles"].double()
     one = torch.ones((), dtype=torch.float64, device=c.device)
-    sq = lambda d: bernstein_product(d[..., 0, :], d[..., 0, :]) + bernstein_product(d[..., 1, :], d[..., 1, :])  # noqa: E731
+    def sq(d: torch.Tensor) -> torch.Tensor:  # ||d(t)||^2 of a 2-D Bernstein polynomial d (..., 2, m + 1)
+        return bernstein_product(d[..., 0, :], d[..., 0, :]) + bernstein_product(d[..., 1, :], d[..., 1, :])
+
     i, j = torch.triu_indices(n, n, 1, device=c.device)
     d2 = certified_min(sq(c[:, i] - c[:, j]), one * (2 * r - tol) ** 2)  # (B, pairs)
     out = {"agent": (2 * r - d2.clamp(min=0).sqrt()).amax(1)}
@@ -829,9 +786,7 @@ def perturbed_guess(scen: dict, order: int, std: float, generator: torch.Generat
     return c + noise
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks: DiT flow model with permutation-invariant robot and map encoders; init network
-# ---------------------------------------------------------------------------------------------
+# --- Networks: DiT flow model with permutation-invariant robot and map encoders; init network ----------------------
 def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
     layers, dim = [], in_dim
     for _ in range(num_layers):
@@ -930,7 +885,8 @@ class FlowDiT(nn.Module):
         r = self.robot(robot_features(scen["starts"], scen["goals"], self.scale))
         return r, self.context(torch.cat([r.mean(1), self.map(scen["obstacles"], self.scale)], -1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, enc: tuple, residual: Optional[Callable] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, enc: tuple,
+                residual: Optional[Callable] = None) -> torch.Tensor:
         """`residual`: x -> constraint residual tokens (`residual_input`), required when the model was built with it."""
         robots, context = enc
         h = self.x_in(torch.cat([x, residual(x)], -1) if self.residual_input else x) + robots
@@ -968,9 +924,7 @@ class InitNet(nn.Module):
         return dc, lam
 
 
-# ---------------------------------------------------------------------------------------------
-# Flow matching: loss and sampler
-# ---------------------------------------------------------------------------------------------
+# --- Flow matching: loss and sampler -------------------------------------------------------------------------------
 def normalised_residual(solver: "TrajectorySolver", c: torch.Tensor, scen: dict, coef_scale: float) -> torch.Tensor:
     """F^T res of one polar step at eqproj(c), per robot (B, N, 2 nv), in token units: where and how far the
     trajectories violate a constraint (input of the init network, and of the DiT with --flow-residual)."""
@@ -993,7 +947,8 @@ def from_tokens(x: torch.Tensor, scen: dict, order: int, coef_scale: float) -> t
     return x.view(B, N, 2, order + 1) * coef_scale + straight_line_coefs(scen["starts"], scen["goals"], order)
 
 
-def flow_matching_loss(model: FlowDiT, x1: torch.Tensor, scen: dict, residual: Optional[Callable] = None) -> torch.Tensor:
+def flow_matching_loss(model: FlowDiT, x1: torch.Tensor, scen: dict,
+                       residual: Optional[Callable] = None) -> torch.Tensor:
     """Conditional flow matching with the linear path x_t = (1 - t) x0 + t x1, x0 ~ N(0, I), target x1 - x0
     (Lipman et al. 2023 Eq. 23 with sigma_min = 0; the paper's generative loss)."""
     x0 = torch.randn_like(x1)
@@ -1023,18 +978,78 @@ def init_from_net(init_net: InitNet, solver: TrajectorySolver, scen: dict, x_gen
     return c0, lam * lam_scale
 
 
-def init_loss(out: dict, c_gen: torch.Tensor, args: Args) -> tuple:
+def init_loss(out: dict, c_gen: torch.Tensor, args: Args) -> dict:
     """Self-supervised init loss through the unrolled SF (Swarm-Gen recipe + violation term):
     mean_k fixed-point residual_k + ||c_K - c_gen||^2 (mean over coefficients) + final violation."""
-    fp = out["fixed_point"].mean()
+    fp, dist, viol = out["fixed_point"].mean(), (out["c"] - c_gen).square().mean(), out["violation"].mean()
+    return {"init_loss": args.init_w_fp * fp + args.init_w_dist * dist + args.init_w_viol * viol,
+            "init_fixed_point_residual": fp, "init_distance": dist, "init_violation": viol}
+
+
+def iterations_loss(out: dict, c_gen: torch.Tensor, args: Args) -> dict:
+    """This repo's init loss, for fewer SF iterations to tolerance: the SF stops at the first iterate k whose violation
+    v_k (its largest constraint excess) is <= --tol, after sum_k 1[v_k > tol] iterations when v falls; the surrogate
+    mean_{k=0..K} max(v_k - tol, 0) over the start and the K unrolled iterates makes every early iterate count;
+    + --init-w-dist ||c_K - c_gen||^2 keeps the filtered trajectory near the generated sample."""
+    excess = (out["violations"] - args.tol).clamp(min=0.0).mean()
     dist = (out["c"] - c_gen).square().mean()
-    viol = out["violation"].mean()
-    return args.init_w_fp * fp + args.init_w_dist * dist + args.init_w_viol * viol, fp, dist, viol
+    return {"init_loss": excess + args.init_w_dist * dist, "init_excess": excess, "init_distance": dist,
+            "init_violation": out["violation"].mean()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Data generation: the centralized optimizer run to convergence
-# ---------------------------------------------------------------------------------------------
+INIT_LOSSES = {"swarmgen": init_loss, "iterations": iterations_loss}
+
+
+# --- Training: the flow model, then the init network through the unrolled SF ---------------------------------------
+def training_batch(data: dict, n: int, size: int, solver: TrajectorySolver, norm: dict, args: Args,
+                   generator: torch.Generator) -> tuple:
+    """`size` random training scenarios with n robots: (indices, scenarios, the DiT's residual input)."""
+    idx = torch.randint(0, data[n]["coefs"].shape[0], (size,), device=data[n]["coefs"].device, generator=generator)
+    scen = {k: data[n][k][idx] for k in ("starts", "goals", "obstacles")}
+    return idx, scen, residual_input(solver, scen, args.order, norm["coef_scale"])
+
+
+def train_flow(model: FlowDiT, data: dict, solvers: dict, norm: dict, args: Args, generator: torch.Generator,
+               log: Callable) -> None:
+    """--total-steps Adam steps of conditional flow matching on the normalised coefficient residuals of the data,
+    batches cycling through the robot counts; log(step, losses, nonfinite) every --log-freq steps."""
+    targets = {n: to_tokens(data[n]["coefs"], data[n], args.order, norm["coef_scale"]) for n in args.train_robots}
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=next(model.parameters()).device)
+    for step in range(1, args.total_steps + 1):
+        n = args.train_robots[step % len(args.train_robots)]
+        idx, scen, residual = training_batch(data, n, args.batch_size, solvers[n], norm, args, generator)
+        loss = flow_matching_loss(model, targets[n][idx], scen, residual)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        nonfinite |= ~torch.isfinite(loss.detach())
+        if step % args.log_freq == 0 or step == args.total_steps:
+            log(step, {"flow_matching_loss": loss}, nonfinite)
+
+
+def train_init_net(init_net: InitNet, model: FlowDiT, data: dict, solvers: dict, norm: dict, args: Args,
+                   generator: torch.Generator, log: Callable) -> None:
+    """--init-steps Adam steps of the init network (loss --init-loss through --sf-iters unrolled SF iterations), one
+    flow sample per training scenario; log(step, losses, nonfinite) every --log-freq steps."""
+    optimizer = torch.optim.Adam(init_net.parameters(), lr=args.init_learning_rate)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=next(init_net.parameters()).device)
+    for step in range(1, args.init_steps + 1):
+        n = args.train_robots[step % len(args.train_robots)]
+        _, scen, residual = training_batch(data, n, args.init_batch_size, solvers[n], norm, args, generator)
+        x_gen = sample_flow(model, scen, args.flow_steps, generator, residual)
+        c_gen = from_tokens(x_gen, scen, args.order, norm["coef_scale"])
+        c0, lam0 = init_from_net(init_net, solvers[n], scen, x_gen, c_gen, norm["coef_scale"], norm["lam_scale"])
+        losses = INIT_LOSSES[args.init_loss](solvers[n].solve(scen, c_gen, c0, lam0, iters=args.sf_iters), c_gen, args)
+        optimizer.zero_grad(set_to_none=True)
+        losses["init_loss"].backward()
+        optimizer.step()
+        nonfinite |= ~torch.isfinite(losses["init_loss"].detach())
+        if step % args.log_freq == 0 or step == args.init_steps:
+            log(step, losses, nonfinite)
+
+
+# --- Data generation: the centralized optimizer run to convergence -------------------------------------------------
 def optimizer_for(n: int, num_obstacles: int, world: World, args: Args, device: torch.device) -> TrajectorySolver:
     return TrajectorySolver(n, num_obstacles, world, args, w_prox=1.0, w_smooth=args.opt_smoothness, device=device)
 
@@ -1045,12 +1060,11 @@ def kick_args(args: Args) -> dict:
                 kick_patience=args.kick_patience, kick_robots=args.kick_robots)
 
 
-def optimize_from_scratch(opt: TrajectorySolver, scen: dict, args: Args, generator: torch.Generator, max_iters: int,
+def optimize_from_scratch(opt: TrajectorySolver, scen: dict, args: Args, guess: torch.Tensor, max_iters: int,
                           check_every: int, stop_fraction: float = 1.0) -> dict:
     """The centralized optimizer: min 1/2 ||c - c_line||^2 + w_s/2 ||Pddot c||^2 under every constraint (c_line: the
-    straight-line coefficients), started from a perturbed straight line; the perturbation breaks the symmetry of
-    swaps and picks the homotopy class (which side robots pass each other and the obstacles)."""
-    guess = perturbed_guess(scen, args.order, args.perturb_std, generator)
+    straight-line coefficients), started from `guess` (a perturbed straight line, `perturbed_guess`: the perturbation
+    breaks the symmetry of swaps and picks the homotopy class)."""
     c0 = opt.equality_projection(guess, boundary_values(scen["starts"], scen["goals"]))
     line = straight_line_coefs(scen["starts"], scen["goals"], args.order)
     return opt.solve_to_tolerance(scen, line, c0, max_iters=max_iters, tol=args.tol, check_every=check_every,
@@ -1090,7 +1104,8 @@ def optimize_multistart(opt: TrajectorySolver, scen: dict, args: Args, generator
     c0 = opt.equality_projection(torch.cat(parts, 1).flatten(0, 1), boundary_values(rep["starts"], rep["goals"]))
     out = opt.solve_to_tolerance(rep, straight_line_coefs(rep["starts"], rep["goals"], args.order), c0,
                                  max_iters=max_iters, tol=args.tol, group=R, check_every=10, **kick_args(args))
-    ok = ((out["solved_at"] >= 0) & (certify(out["c"], rep, opt.world, args.horizon, args.tol)["violation"] <= args.tol)).view(B, R)
+    cert = certify(out["c"], rep, opt.world, args.horizon, args.tol)["violation"]
+    ok = ((out["solved_at"] >= 0) & (cert <= args.tol)).view(B, R)
     best = torch.where(ok, opt.smoothness(out["c"]).view(B, R), math.inf).argmin(1)
     return ok.any(1), out["c"].unflatten(0, (B, R))[torch.arange(B, device=best.device), best]
 
@@ -1102,12 +1117,15 @@ def generate_data(n: int, args: Args, world: World, generator: torch.Generator, 
     opt = optimizer_for(n, args.num_obstacles, world, args, device)
     parts, tried = [], 0
     for start in range(0, args.num_scenarios, chunk):
-        scen = sample_scenarios(min(chunk, args.num_scenarios - start), n, args.num_obstacles, world, args.layouts, generator, device)
-        out = optimize_from_scratch(opt, scen, args, generator, args.data_iters, check_every=10, stop_fraction=0.95)
+        scen = sample_scenarios(min(chunk, args.num_scenarios - start), n, args.num_obstacles, world, args.layouts,
+                                generator, device)
+        guess = perturbed_guess(scen, args.order, args.perturb_std, generator)
+        out = optimize_from_scratch(opt, scen, args, guess, args.data_iters, check_every=10, stop_fraction=0.95)
         ok, coefs = out["solved_at"] >= 0, out["c"]
         if args.detour_scales and not ok.all():
             missed = (~ok).nonzero().squeeze(1)
-            solved, c = optimize_multistart(opt, {k: v[missed] for k, v in scen.items()}, args, generator, args.data_iters, 0)
+            rest = {k: v[missed] for k, v in scen.items()}
+            solved, c = optimize_multistart(opt, rest, args, generator, args.data_iters, 0)
             coefs[missed[solved]], ok[missed[solved]] = c[solved], True
         ok &= certify(coefs, scen, world, args.horizon, args.tol)["violation"] <= args.tol  # continuous-time criterion
         parts.append({**{k: v[ok] for k, v in scen.items()}, "coefs": coefs[ok]})
@@ -1117,13 +1135,11 @@ def generate_data(n: int, args: Args, world: World, generator: torch.Generator, 
     return data
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation: Flow-Opt pipeline vs the centralized optimizer from scratch, same scenarios, same tolerance
-# ---------------------------------------------------------------------------------------------
+# --- Evaluation: the Flow-Opt pipeline on held-out scenarios, success certified over the whole horizon -------------
 EVAL_SEED = 20_000  # held-out scenarios: seed EVAL_SEED + --seed (the data never uses it)
 
 
-def timed(device: torch.device):
+def timed(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter()
@@ -1132,20 +1148,17 @@ def timed(device: torch.device):
 @torch.no_grad()
 def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, world: World, device: torch.device,
              seed: int) -> tuple:
-    """One row of the evaluation table for n robots: Flow-Opt against the centralized optimizer from scratch on the
-    same held-out scenarios (seed `seed`), success certified over the whole horizon. Returns (row, parts): parts
-    holds the scenarios, solvers, solver outputs, generator and clock stamps (benchmarks/flow_opt_eval.py adds
-    the ablations, repeats and CPU-time columns from them)."""
+    """Flow-Opt on --eval-scenarios held-out scenarios with n robots (seed `seed`): sample, keep the S least violating
+    samples per scenario, predict the SF init, filter until --tol; per scenario the certified sample with the least
+    acceleration cost. Returns (row, parts): parts (scenarios, solver, outputs, generator, clock stamps) lets
+    benchmarks/flow_opt_eval.py run the baselines on the same scenarios."""
     gen = torch.Generator(device=device).manual_seed(seed)
     scen = sample_scenarios(args.eval_scenarios, n, args.num_obstacles, world, args.layouts, gen, device)
+    opt_start = perturbed_guess(scen, args.order, args.perturb_std, gen)  # the optimizer baseline's start (benchmarks/)
     S, num = min(args.filter_samples or args.num_samples, args.num_samples), args.eval_scenarios
     sf = TrajectorySolver(n, args.num_obstacles, world, args, device=device)
-    opt = optimizer_for(n, args.num_obstacles, world, args, device)
-    clock = {"opt": (timed(device), time.process_time())}  # centralized optimizer from scratch (the data generator)
-    base = optimize_from_scratch(opt, scen, args, gen, args.opt_max_iters, args.check_every)
-    # Flow-Opt: sample, keep the S least violating samples per scenario, predict the SF init, filter until tolerance
     drawn = repeat_scenarios(scen, args.num_samples)
-    clock["flow"] = (timed(device), time.process_time())
+    clock = {"flow": (timed(device), time.process_time())}  # (wall, process CPU) stamps
     x_gen = sample_flow(model, drawn, args.flow_steps, gen, residual_input(sf, drawn, args.order, norm["coef_scale"]))
     c_gen = from_tokens(x_gen, drawn, args.order, norm["coef_scale"])
     b_drawn = boundary_values(drawn["starts"], drawn["goals"])
@@ -1161,30 +1174,21 @@ def evaluate(model: FlowDiT, init_net: InitNet, norm: dict, n: int, args: Args, 
     to_tol = dict(max_iters=args.sf_max_iters, tol=args.tol, group=S, check_every=args.check_every, **kick_args(args))
     flt = sf.solve_to_tolerance(rep, c_gen, c0, lam0, **to_tol)
     clock["end"] = (timed(device), time.process_time())
-    for out, sc in ((base, scen), (flt, rep)):  # the continuous-time criterion (not timed)
-        certified(out, sc, world, args)
-    parts = dict(scen=scen, rep=rep, S=S, sf=sf, opt=opt, base=base, flt=flt, c_gen=c_gen, gen=gen, clock=clock,
+    certified(flt, rep, world, args)  # the continuous-time criterion (not timed)
+    parts = dict(scen=scen, rep=rep, S=S, sf=sf, flt=flt, c_gen=c_gen, opt_start=opt_start, gen=gen, clock=clock,
                  to_tol=to_tol)
-    chosen, success, smooth, smooth_ratio = best_sample(flt, parts, args)
+    chosen, success, smooth = best_sample(flt, parts, args)
     t = {k: v[0] for k, v in clock.items()}
-    t_flow, t_opt = t["end"] - t["flow"], t["flow"] - t["opt"]
-    median_flow, median_opt = ready(flt, S, t["flow"], args).median().item(), ready(base, 1, t["opt"], args).median().item()
-    row = {
+    return {
         "robots": n, "scenarios": num, "samples": args.num_samples, "filtered": S, "batch": num * S,
         "success": success.float().mean().item(),
         "success_at_instants": (chosen(flt["violation"]) <= args.tol).float().mean().item(),
         "collision_before_sf": (coll_gen > args.tol).float().mean().item(),
         "collision_after_sf": (chosen(flt["collision_ct"]) > args.tol).float().mean().item(),
-        "violation_before_sf": viol_gen.mean().item(),
-        "smoothness": smooth.mean().item(), "smoothness_ratio_vs_opt": smooth_ratio,
-        "sf_iters": flt["iters"], "opt_success": (base["certified"] <= args.tol).float().mean().item(),
-        "opt_iters": base["iters"],
+        "violation_before_sf": viol_gen.mean().item(), "smoothness": smooth.mean().item(), "sf_iters": flt["iters"],
         "t_sample_s": t["init"] - t["flow"], "t_init_s": t["sf"] - t["init"], "t_sf_s": t["end"] - t["sf"],
-        "t_flowopt_s": t_flow, "t_opt_s": t_opt, "time_ratio_opt_over_flowopt": t_opt / max(t_flow, 1e-9),
-        "t_median_flowopt_s": median_flow, "t_median_opt_s": median_opt,
-        "median_time_ratio": median_opt / max(median_flow, 1e-9),
-    }
-    return row, parts
+        "t_flowopt_s": t["end"] - t["flow"], "t_median_flowopt_s": ready(flt, S, t["flow"], args).median().item(),
+    }, parts
 
 
 def certified(out: dict, scen: dict, world: World, args: Args) -> None:
@@ -1195,32 +1199,22 @@ def certified(out: dict, scen: dict, world: World, args: Args) -> None:
 
 def best_sample(out: dict, parts: dict, args: Args) -> tuple:
     """Per scenario: the certified sample with the least acceleration cost (else the least violating one). Returns
-    (selector of that sample's rows, success, smoothness, mean smoothness ratio to the optimizer's where both
-    succeed)."""
-    S, num, base = parts["S"], parts["scen"]["starts"].shape[0], parts["base"]
+    (selector of that sample's rows, success, smoothness)."""
+    S, num = parts["S"], parts["scen"]["starts"].shape[0]
     smooth = parts["sf"].smoothness(out["c"]).view(num, S)
-    pick = torch.where((out["certified"] <= args.tol).view(num, S), smooth, 1e9 + out["certified"].view(num, S)).argmin(1)
+    cert = out["certified"].view(num, S)
+    pick = torch.where(cert <= args.tol, smooth, 1e9 + cert).argmin(1)
     chosen = lambda x: x.view(num, S, *x.shape[1:])[torch.arange(num, device=x.device), pick]  # noqa: E731
-    ok = chosen(out["certified"]) <= args.tol
-    both = ok & (base["certified"] <= args.tol)
-    ratio = (chosen(smooth.view(-1))[both] / parts["opt"].smoothness(base["c"])[both]).mean().item() if both.any() else math.nan
-    return chosen, ok, chosen(smooth.view(-1)), ratio
+    return chosen, chosen(out["certified"]) <= args.tol, chosen(smooth.view(-1))
 
 
 def ready(out: dict, k: int, start: float, args: Args) -> torch.Tensor:
-    """Per scenario: seconds from `start` until it left the solver's batch with a certified sample (measured; inf
-    where none)."""
+    """Per scenario: seconds from `start` until it left the solver's batch with a certified sample (inf: never)."""
     solved = ((out["solved_at"] >= 0) & (out["certified"] <= args.tol)).view(-1, k).any(1).cpu()
     return torch.where(solved, out["finished_s"].view(-1, k)[:, 0] - start, float("inf"))
 
 
-def markdown_table(rows: list) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    return "\n".join(lines)
-
-
+# --- Files: checkpoints, the data cache, run directories -----------------------------------------------------------
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic save: write a fresh temporary file next to `path` (a name nobody else holds), then rename it over
     `path`. Callers write only to paths flow_opt made: its run directory or a checked data cache."""
@@ -1244,15 +1238,13 @@ DATA_ARGS = ("num_scenarios", "num_obstacles", "layouts", "workspace", "robot_ra
 DATA_CACHE = "flow_opt data cache"  # the `content` entry that marks a file as flow_opt's data cache
 
 
-def value_text(value) -> str:
-    """A flag value as it is written on the command line: `64`, `0.25 0.45`, `()` for an empty tuple."""
-    if isinstance(value, (tuple, list)):
-        return " ".join(str(v) for v in value) if value else "()"
-    return str(value)
-
-
-def tuple_of(value):
-    return tuple(value) if isinstance(value, (tuple, list)) else value
+def differences(args: Args, saved: dict, keys: tuple, what: str) -> str:
+    """`--flag <value> (<what>: <saved value>)` for each of `keys` whose saved value differs, as on the command line."""
+    text = lambda v: (" ".join(map(str, v)) or "()") if isinstance(v, (tuple, list)) else str(v)  # noqa: E731
+    value = lambda v: tuple(v) if isinstance(v, (tuple, list)) else v  # noqa: E731  (a tuple saved as a list)
+    same = lambda a, b: value(a) == value(b)  # noqa: E731
+    return ", ".join(f"--{k.replace('_', '-')} {text(getattr(args, k))} ({what}: {text(saved.get(k, 'none'))})"
+                     for k in keys if k not in saved or not same(saved[k], getattr(args, k)))
 
 
 def read_torch_file(path: Path, flag: str, error: type, device: torch.device):
@@ -1290,7 +1282,8 @@ def load_checkpoint(path: str, args: Args, device: torch.device) -> dict:
     script (or flow_opt's data cache), other network settings (each listed against the checkpoint's), entries that
     do not load. (--checkpoint is a warm start: training then runs its full budget, so no step is compared.)"""
     state = read_torch_file(Path(path), "--checkpoint", CheckpointError, device)
-    if not isinstance(state, dict) or state.get("script", "flow_opt") != "flow_opt" or state.get("content") == DATA_CACHE:
+    if (not isinstance(state, dict) or state.get("script", "flow_opt") != "flow_opt"
+            or state.get("content") == DATA_CACHE):
         raise CheckpointError(f"--checkpoint {path} is not a flow_opt checkpoint: {describe(state)}")
     missing = [k for k in ("model", "init_net", "norm", "args") if k not in state]
     if missing:
@@ -1298,11 +1291,9 @@ def load_checkpoint(path: str, args: Args, device: torch.device) -> dict:
                               f"({describe(state)})")
     saved = dict(state["args"])
     saved.setdefault("flow_residual", False)  # checkpoints from before --flow-residual were made without it
-    differ = [f"--{k.replace('_', '-')} {value_text(getattr(args, k))} (checkpoint: {value_text(saved[k])})"
-              for k in NETWORK_ARGS if k in saved and saved[k] != getattr(args, k)]
+    differ = differences(args, saved, NETWORK_ARGS, "checkpoint")
     if differ:
-        raise CheckpointError(f"--checkpoint {path} holds other networks: {', '.join(differ)}; "
-                              "pass the checkpoint's values")
+        raise CheckpointError(f"--checkpoint {path} holds other networks: {differ}; pass the checkpoint's values")
     norm = state["norm"]
     if not (isinstance(norm, dict) and all(isinstance(norm.get(k), float) and math.isfinite(norm[k]) and norm[k] > 0
                                            for k in ("coef_scale", "lam_scale"))):
@@ -1313,7 +1304,8 @@ def load_checkpoint(path: str, args: Args, device: torch.device) -> dict:
         model.load_state_dict(state["model"])
         init_net.load_state_dict(state["init_net"])
     except Exception as e:  # missing/unexpected entries, shapes
-        raise CheckpointError(f"--checkpoint {path}: its networks do not load ({str(e).splitlines()[0].strip()})") from e
+        first = str(e).splitlines()[0].strip()
+        raise CheckpointError(f"--checkpoint {path}: its networks do not load ({first})") from e
     return state
 
 
@@ -1326,13 +1318,11 @@ def open_data_cache(path: Path, args: Args, device: torch.device) -> dict:
     state = read_torch_file(path, "--data-path", DatasetError, device)
     if not (isinstance(state, dict) and state.get("script") == "flow_opt" and state.get("content") == DATA_CACHE
             and isinstance(state.get("data"), dict) and isinstance(state.get("args"), dict)):
-        raise DatasetError(f"--data-path {path} is not a flow_opt data cache ({describe(state)}); it was left as it is: "
-                           "give a new path")
-    saved = state["args"]
-    differ = [f"--{k.replace('_', '-')} {value_text(getattr(args, k))} (cache: {value_text(saved.get(k, 'none'))})"
-              for k in DATA_ARGS if k not in saved or tuple_of(saved[k]) != tuple_of(getattr(args, k))]
+        raise DatasetError(f"--data-path {path} is not a flow_opt data cache ({describe(state)}); it was left as it "
+                           "is: give a new path")
+    differ = differences(args, state["args"], DATA_ARGS, "cache")
     if differ:
-        raise DatasetError(f"--data-path {path} was made with other data parameters: {', '.join(differ)}; give a new "
+        raise DatasetError(f"--data-path {path} was made with other data parameters: {differ}; give a new "
                            "--data-path or the cache's values")
     return state["data"]
 
@@ -1362,9 +1352,7 @@ def fresh_run_dir(run_name: str) -> Path:
             run_dir = Path("runs") / f"{run_name}_{k}"
 
 
-# ---------------------------------------------------------------------------------------------
-# main: data -> flow model -> init network -> evaluation table
-# ---------------------------------------------------------------------------------------------
+# --- main: data -> flow model -> init network -> evaluation table --------------------------------------------------
 def main(args: Args) -> dict:
     # every input checked before any work: flags, scenario geometry, the checkpoint, the data cache
     check_args(args)
@@ -1380,18 +1368,20 @@ def main(args: Args) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     world = World.from_args(args)
-
-    run_name = f"multirobot__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = fresh_run_dir(run_name)
+    run_dir = fresh_run_dir(f"multirobot__{args.exp_name}__{args.seed}__{int(time.time())}")
     writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("hyperparameters",
+                    "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     checkpoint_path = run_dir / f"{args.exp_name}.pt"
-    stage_time, stage_cpu = {}, {}  # wall-clock and process CPU time (the latter is robust to a shared machine)
+    stages, metrics = {}, {}  # stage -> (wall-clock, process CPU time) [s]; the latter is robust to a shared machine
+
+    def clocked(stage: str, t0: float, c0: float) -> None:
+        stages[stage] = (time.perf_counter() - t0, time.process_time() - c0)
 
     if not args.evaluate:
         # 1) data: the centralized optimizer run to convergence from perturbed straight lines
-        t0, c0_cpu = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), time.process_time()
         cache = cache or run_dir / "data.pt"
         missing = [n for n in dict.fromkeys(args.train_robots) if n not in data or data[n]["coefs"].shape[0] == 0]
         for n in missing:
@@ -1400,7 +1390,7 @@ def main(args: Args) -> dict:
                   f"({data[n]['solved_fraction'].item():.1%} of scenarios)", flush=True)
         if missing:  # the file is a fresh path or flow_opt's cache made with these data parameters (checked above)
             save_data_cache(cache, args, data)
-        stage_time["data"], stage_cpu["data"] = time.perf_counter() - t0, time.process_time() - c0_cpu
+        clocked("data", t0, c0)
         for n in args.train_robots:
             if data[n]["coefs"].shape[0] == 0:
                 raise ScenarioError(f"the optimizer solved none of the N={n} training scenarios; raise --data-iters")
@@ -1415,102 +1405,61 @@ def main(args: Args) -> dict:
         model.load_state_dict(state["model"])
         init_net.load_state_dict(state["init_net"])
 
-    def checkpoint_state() -> dict:
-        return {"script": "flow_opt", "model": model.state_dict(), "init_net": init_net.state_dict(), "norm": norm,
-                "args": asdict(args)}
-
-    metrics: dict = {}
-    if not args.evaluate:
-        # 2) flow model: conditional flow matching on normalised coefficient residuals
-        t0, c0_cpu = time.perf_counter(), time.process_time()
-        targets = {n: to_tokens(data[n]["coefs"], data[n], args.order, norm["coef_scale"]) for n in args.train_robots}
-        solvers = {n: TrajectorySolver(n, args.num_obstacles, world, args, device=device) for n in args.train_robots}
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        progress = Progress(args.total_steps + args.init_steps, 0)
-        last_t, last_step = time.perf_counter(), 0
-        for step in range(1, args.total_steps + 1):
-            n = args.train_robots[step % len(args.train_robots)]
-            idx = torch.randint(0, targets[n].shape[0], (args.batch_size,), device=device, generator=generator)
-            scen = {k: data[n][k][idx] for k in ("starts", "goals", "obstacles")}
-            loss = flow_matching_loss(model, targets[n][idx], scen, residual_input(solvers[n], scen, args.order, norm["coef_scale"]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            nonfinite |= ~torch.isfinite(loss.detach())
-            if step % args.log_freq == 0 or step == args.total_steps:
-                if nonfinite.item():
-                    raise NonFiniteLossError(f"non-finite flow-matching loss before step {step}; training stopped"
-                                             + (f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
-                sps = (step - last_step) / (time.perf_counter() - last_t)
-                writer.add_scalar("losses/flow_matching_loss", loss.item(), step)
-                writer.add_scalar("charts/SPS", sps, step)
-                progress.update(step, sps=sps, fm_loss=loss.item())
-                last_t, last_step = time.perf_counter(), step
-                if args.save_model:
-                    save_checkpoint(checkpoint_path, checkpoint_state())
-        stage_time["flow"], stage_cpu["flow"] = time.perf_counter() - t0, time.process_time() - c0_cpu
-
-        # 3) init network: self-supervised through the unrolled safety filter (sf_iters iterations)
-        t0, c0_cpu = time.perf_counter(), time.process_time()
-        init_opt = torch.optim.Adam(init_net.parameters(), lr=args.init_learning_rate)
-        last_t = time.perf_counter()
-        for step in range(1, args.init_steps + 1):
-            n = args.train_robots[step % len(args.train_robots)]
-            idx = torch.randint(0, targets[n].shape[0], (args.init_batch_size,), device=device, generator=generator)
-            scen = {k: data[n][k][idx] for k in ("starts", "goals", "obstacles")}
-            x_gen = sample_flow(model, scen, args.flow_steps, generator, residual_input(solvers[n], scen, args.order, norm["coef_scale"]))
-            c_gen = from_tokens(x_gen, scen, args.order, norm["coef_scale"])
-            c0, lam0 = init_from_net(init_net, solvers[n], scen, x_gen, c_gen, norm["coef_scale"], norm["lam_scale"])
-            out = solvers[n].solve(scen, c_gen, c0, lam0, iters=args.sf_iters)
-            loss, fp, dist, viol = init_loss(out, c_gen, args)
-            init_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            init_opt.step()
-            nonfinite |= ~torch.isfinite(loss.detach())
-            if step % args.log_freq == 0 or step == args.init_steps:
-                if nonfinite.item():
-                    raise NonFiniteLossError(f"non-finite init-network loss before step {step}; training stopped"
-                                             + (f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
-                g = args.total_steps + step
-                sps = step / (time.perf_counter() - last_t)
-                for name, value in (("init_loss", loss), ("init_fixed_point_residual", fp), ("init_distance", dist),
-                                    ("init_violation", viol)):
-                    writer.add_scalar(f"losses/{name}", value.item(), g)
-                progress.update(g, sps=sps, init_loss=loss.item(), fp=fp.item(), viol=viol.item())
-                if args.save_model:
-                    save_checkpoint(checkpoint_path, checkpoint_state())
-        stage_time["init"], stage_cpu["init"] = time.perf_counter() - t0, time.process_time() - c0_cpu
-        progress.close()
-        train_time = sum(stage_time.values())
-        train_cpu = sum(stage_cpu.values())
-        print("training wall-clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in stage_time.items()) + f", total {train_time:.1f}s; "
-              "process CPU time: " + ", ".join(f"{k} {v:.1f}s" for k, v in stage_cpu.items()) + f", total {train_cpu:.1f}s", flush=True)
-        for k in stage_time:
-            writer.add_scalar(f"charts/time_{k}_s", stage_time[k], 0)
-            writer.add_scalar(f"charts/cpu_time_{k}_s", stage_cpu[k], 0)
-            metrics[f"train/time_{k}_s"], metrics[f"train/cpu_time_{k}_s"] = stage_time[k], stage_cpu[k]
-        metrics["train/time_s"], metrics["train/cpu_time_s"] = train_time, train_cpu
+    def save() -> None:
         if args.save_model:
-            save_checkpoint(checkpoint_path, checkpoint_state())
+            save_checkpoint(checkpoint_path, {"script": "flow_opt", "model": model.state_dict(),
+                                              "init_net": init_net.state_dict(), "norm": norm, "args": asdict(args)})
 
-    # 4) evaluation table on held-out scenarios (a seed the training data never used)
+    last = [time.perf_counter(), 0]  # time and step of the last log
+
+    def log(what: str, offset: int) -> Callable:
+        def logged(step: int, losses: dict, nonfinite: torch.Tensor) -> None:  # the only host syncs of training
+            g = offset + step
+            if nonfinite.item():
+                raise NonFiniteLossError(f"non-finite {what} loss before step {g}; training stopped" + (
+                    f", last good checkpoint kept at {checkpoint_path}" if checkpoint_path.exists() else ""))
+            sps = (g - last[1]) / (time.perf_counter() - last[0])
+            for name, value in losses.items():
+                writer.add_scalar(f"losses/{name}", value.item(), g)
+            writer.add_scalar("charts/SPS", sps, g)
+            progress.update(g, sps=sps, **{k: v.item() for k, v in list(losses.items())[:3]})
+            last[:] = time.perf_counter(), g
+            save()
+        return logged
+
+    if not args.evaluate:
+        progress = Progress(args.total_steps + args.init_steps)
+        solvers = {n: TrajectorySolver(n, args.num_obstacles, world, args, device=device) for n in args.train_robots}
+        t0, c0 = time.perf_counter(), time.process_time()  # 2) flow model: conditional flow matching
+        train_flow(model, data, solvers, norm, args, generator, log("flow-matching", 0))
+        clocked("flow", t0, c0)
+        t0, c0 = time.perf_counter(), time.process_time()  # 3) init network: through the unrolled safety filter
+        train_init_net(init_net, model, data, solvers, norm, args, generator, log("init-network", args.total_steps))
+        clocked("init", t0, c0)
+        progress.close()
+        stages["total"] = tuple(map(sum, zip(*stages.values())))
+        print("training wall-clock / process CPU time: " + ", ".join(f"{k} {w:.1f}s / {c:.1f}s" for k, (w, c) in
+                                                                     stages.items()), flush=True)
+        for k, (wall, cpu) in stages.items():
+            writer.add_scalar(f"charts/time_{k}_s", wall, 0)
+            writer.add_scalar(f"charts/cpu_time_{k}_s", cpu, 0)
+            metrics[f"train/time_{k}_s"], metrics[f"train/cpu_time_{k}_s"] = wall, cpu
+        save()
+
+    # 4) evaluation on held-out scenarios (a seed the training data never used)
     model.eval()
     init_net.eval()
     rows = []
     for n in args.eval_robots:
-        row = evaluate(model, init_net, norm, n, args, world, device, seed=EVAL_SEED + args.seed)[0]
-        rows.append(row)
-        for k, v in row.items():
+        rows.append(evaluate(model, init_net, norm, n, args, world, device, seed=EVAL_SEED + args.seed)[0])
+        for k, v in rows[-1].items():
             writer.add_scalar(f"eval/N{n}/{k}", v, 0)
             metrics[f"eval/N{n}/{k}"] = v
-        print(f"eval N={n}: certified success {row['success']:.2f} (optimizer {row['opt_success']:.2f}), collisions "
-              f"{row['collision_before_sf']:.2f} -> {row['collision_after_sf']:.2f}, Flow-Opt {row['t_flowopt_s']:.3f}s vs "
-              f"optimizer {row['t_opt_s']:.3f}s, smoothness ratio {row['smoothness_ratio_vs_opt']:.2f}", flush=True)
+        row = rows[-1]
+        print(f"eval N={n}: certified success {row['success']:.2f} of {row['scenarios']} scenarios, collisions "
+              f"{row['collision_before_sf']:.2f} -> {row['collision_after_sf']:.2f}, {row['t_flowopt_s']:.3f}s per "
+              f"batch, median {row['t_median_flowopt_s']:.3f}s per instance", flush=True)
     if rows:
-        table = markdown_table(rows)
-        print(table)
-        (run_dir / "evaluation.md").write_text(table + "\n")
         with open(run_dir / "evaluation.csv", "w") as f:
             f.write(",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in row.values()) for row in rows) + "\n")
     writer.close()
@@ -1520,21 +1469,19 @@ def main(args: Args) -> dict:
 class Progress:
     """tqdm bar on a terminal, plain log lines otherwise."""
 
-    def __init__(self, total: int, initial: int):
-        self.bar = None
-        if sys.stdout.isatty():
-            from tqdm import tqdm
+    def __init__(self, total: int):
+        from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True)
-        self.total, self.last = total, initial
+        self.bar = tqdm(total=total, dynamic_ncols=True) if sys.stdout.isatty() else None
+        self.total, self.last = total, 0
 
     def update(self, step: int, **postfix) -> None:
         text = {k: f"{v:.3g}" for k, v in postfix.items()}
-        if self.bar is not None:
+        if self.bar is None:
+            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()), flush=True)
+        else:
             self.bar.update(step - self.last)
             self.bar.set_postfix(text, refresh=False)
-        else:
-            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()), flush=True)
         self.last = step
 
     def close(self) -> None:

@@ -500,6 +500,7 @@ TABLES["flow_opt"] = [
     (["--init-w-fp", "-1"], "--init-w-fp must be finite and >= 0 (got -1.0)"),
     (["--init-w-dist", "nan"], "--init-w-dist must be finite and >= 0 (got nan)"),
     (["--init-w-viol", "-0.5"], "--init-w-viol must be finite and >= 0 (got -0.5)"),
+    (["--init-loss", "fast"], "--init-loss must be one of swarmgen, iterations (got 'fast')"),
     # shares (probabilities) outside their range
     (["--kick-progress", "0"], "--kick-progress must be in (0, 1] (got 0.0)"),
     (["--kick-progress", "1.5"], "--kick-progress must be in (0, 1] (got 1.5)"),

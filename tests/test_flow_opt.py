@@ -384,9 +384,9 @@ def load_networks(args, ckpt):
 def test_main_runs_end_to_end_and_writes_the_table(trained):
     args, metrics, ckpt, data = trained
     run = ckpt.parent
-    assert (run / "evaluation.md").exists() and (run / "evaluation.csv").exists()
-    for key in ("success", "success_at_instants", "collision_before_sf", "collision_after_sf", "t_flowopt_s", "t_opt_s",
-                "t_median_flowopt_s", "opt_success"):
+    assert (run / "evaluation.csv").exists()
+    for key in ("success", "success_at_instants", "collision_before_sf", "collision_after_sf", "t_flowopt_s",
+                "t_median_flowopt_s"):
         assert f"eval/N4/{key}" in metrics
     assert data[4]["coefs"].shape[0] > 0.8 * args.num_scenarios  # the optimizer solved most training scenarios
 
@@ -405,6 +405,47 @@ def test_learned_init_reduces_the_sf_residual_vs_zero_init_on_held_out_scenarios
     zero = solver.solve(scen, c_gen, iters=args.sf_iters)
     assert learned["fixed_point"][:, -1].mean() < 0.9 * zero["fixed_point"][:, -1].mean()
     assert learned["fixed_point"].mean() < zero["fixed_point"].mean()
+
+
+def test_iterations_loss_known_answer_and_the_violations_it_reads():
+    """The loss is the mean excess over --tol of the start's and every unrolled iterate's violation, + the distance."""
+    args = tiny(tol=0.02, init_w_dist=2.0)
+    out = {"violations": torch.tensor([[0.52, 0.01, 0.05]]), "violation": torch.tensor([0.05]),
+           "c": torch.ones(1, 1, 2, 2), "fixed_point": torch.zeros(1, 2)}
+    losses = fo.iterations_loss(out, torch.zeros(1, 1, 2, 2), args)
+    assert losses["init_excess"].item() == pytest.approx((0.5 + 0.0 + 0.03) / 3)
+    assert losses["init_loss"].item() == pytest.approx((0.5 + 0.03) / 3 + 2.0 * 1.0)
+    scen = fo.sample_scenarios(3, 4, args.num_obstacles, world_of(args), args.layouts, torch.Generator().manual_seed(3),
+                               CPU)
+    solver = fo.TrajectorySolver(4, args.num_obstacles, world_of(args), args)
+    c = fo.perturbed_guess(scen, args.order, 0.5, torch.Generator().manual_seed(4))
+    run = solver.solve(scen, c, iters=3)
+    start = solver.start(scen, c, None, None)[4]
+    assert run["violations"].shape == (3, 4) and torch.equal(run["violations"][:, 0], start)
+    assert torch.equal(run["violations"][:, -1], run["violation"])
+
+
+def test_init_net_trained_on_iterations_loss_lowers_what_it_targets_vs_zero_init(trained):
+    """--init-loss iterations: a fresh init network trained briefly (same flow model and training data) lowers the
+    mean excess violation over the unrolled SF iterates on held-out scenarios below the zero init's (seen: 0.75x)."""
+    args, _, ckpt, data = trained
+    model, _, norm = load_networks(args, ckpt)
+    solver = fo.TrajectorySolver(4, args.num_obstacles, world_of(args), args)
+    torch.manual_seed(0)
+    net = fo.InitNet(args.order + 1, args.hidden_dim, args.heads, args.workspace)
+    fo.train_init_net(net, model, data, {4: solver}, norm, replace(args, init_loss="iterations", init_steps=40,
+                      init_batch_size=16), torch.Generator().manual_seed(5), lambda *a: None)
+    g = torch.Generator().manual_seed(2468)  # never used by training
+    scen = fo.sample_scenarios(64, 4, args.num_obstacles, world_of(args), args.layouts, g, CPU)
+    with torch.no_grad():
+        residual = fo.residual_input(solver, scen, args.order, norm["coef_scale"])
+        x = fo.sample_flow(model, scen, args.flow_steps, g, residual)
+        c_gen = fo.from_tokens(x, scen, args.order, norm["coef_scale"])
+        c0, lam0 = fo.init_from_net(net, solver, scen, x, c_gen, norm["coef_scale"], norm["lam_scale"])
+        excess = lambda out: fo.iterations_loss(out, c_gen, args)["init_excess"].item()  # noqa: E731
+        learned = excess(solver.solve(scen, c_gen, c0, lam0, iters=args.sf_iters))
+        zero = excess(solver.solve(scen, c_gen, iters=args.sf_iters))
+    assert learned < 0.85 * zero, (learned, zero)
 
 
 @torch.no_grad()
@@ -435,7 +476,7 @@ def test_feasibility_certificate_only_adds_solvable_instances(trained):
     lean, _ = fo.evaluate(model, init_net, norm, 4, args, world_of(args), CPU, seed=99)
     for key in ("success", "opt_success", "line_sf_success", "sf_zero_init_success", "smoothness"):
         assert cert[key] == plain[key], key
-    assert all(plain[k] == lean[k] for k in ("success", "opt_success", "smoothness"))
+    assert all(plain[k] == lean[k] for k in lean if not k.startswith("t_"))  # the harness changes none of flow_opt's
     assert cert["solvable"] >= plain["solvable"] >= max(plain["success"], plain["opt_success"], plain["line_sf_success"])
 
 
