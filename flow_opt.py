@@ -39,6 +39,7 @@ solvers, adapted to 2-D; assumptions, named:
 Usage:
   OMP_NUM_THREADS=1 python flow_opt.py --no-cuda                       # small CPU config (train N=4 and 8, evaluate)
   python flow_opt.py --evaluate --checkpoint runs/<run>/flow_opt.pt   # evaluate a checkpoint for N in {4, 8, 16, 32}
+  python flow_opt.py --cudagraphs                                     # GPU: training steps compiled and CUDA-graphed
 See docs/flow_opt.md for the pipeline, the paper <-> code map and the measured results.
 """
 
@@ -50,7 +51,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -75,6 +76,10 @@ class Args:
     """if toggled, cuda will be enabled when available"""
     threads: int = 0
     """torch.set_num_threads(threads) when > 0 (use 1 to measure single-threaded CPU time)"""
+    compile: bool = False
+    """torch.compile the training steps (flow matching, init network)"""
+    cudagraphs: bool = False
+    """replay the training steps as CUDA graphs (implies --compile; CUDA only)"""
     save_model: bool = True
     """save the networks to runs/<run>/<exp_name>.pt (atomically, at every log step and at the end)"""
     checkpoint: Optional[str] = None
@@ -236,7 +241,10 @@ def check_args(args: Args) -> None:
     def finite(*values: float) -> bool:
         return all(math.isfinite(v) for v in values)
 
-    # generic (torch_deterministic, cuda, save_model, evaluate, flow_residual: booleans, any value is fine)
+    # generic (torch_deterministic, cuda, save_model, evaluate, flow_residual, compile: booleans, any value is fine)
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise ArgumentError("--cudagraphs needs a CUDA device (" + ("--no-cuda was given" if not args.cuda else
+                                                                   "torch.cuda.is_available() is False") + ")")
     need(bool(args.exp_name) and "/" not in args.exp_name and args.exp_name not in (".", ".."), "exp_name",
          "a non-empty file name without '/'")
     need(0 <= args.seed < 2**32, "seed", "in [0, 2**32) (numpy's seed range)")
@@ -1009,21 +1017,37 @@ def training_batch(data: dict, n: int, size: int, solver: TrajectorySolver, norm
     return idx, scen, residual_input(solver, scen, args.order, norm["coef_scale"])
 
 
+def compiled(step: Callable, args: Args) -> Callable:
+    """--compile: torch.compile of a whole training step (loss, backward, Adam); --cudagraphs: inductor's CUDA-graph
+    trees ("reduce-overhead"), not tensordict: no extra dependency, one code path with --compile. One graph set per
+    robot count (static shapes); torch breaks the step at zero_grad, backward and around optimizer.step."""
+    return torch.compile(step, mode="reduce-overhead" if args.cudagraphs else None) if args.compile else step
+
+
 def train_flow(model: FlowDiT, data: dict, solvers: dict, norm: dict, args: Args, generator: torch.Generator,
                log: Callable) -> None:
     """--total-steps Adam steps of conditional flow matching on the normalised coefficient residuals of the data,
     batches cycling through the robot counts; log(step, losses, nonfinite) every --log-freq steps."""
     targets = {n: to_tokens(data[n]["coefs"], data[n], args.order, norm["coef_scale"]) for n in args.train_robots}
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate,
+                                 capturable=args.cudagraphs)  # capture: Adam's step counter lives on the device
+
+    def flow_step(x1: torch.Tensor, scen: dict, residual: Callable) -> torch.Tensor:
+        loss = flow_matching_loss(model, x1, scen, residual)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    flow_step = compiled(flow_step, args)
     nonfinite = torch.zeros((), dtype=torch.bool, device=next(model.parameters()).device)
     for step in range(1, args.total_steps + 1):
         n = args.train_robots[step % len(args.train_robots)]
         idx, scen, residual = training_batch(data, n, args.batch_size, solvers[n], norm, args, generator)
-        loss = flow_matching_loss(model, targets[n][idx], scen, residual)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        nonfinite |= ~torch.isfinite(loss.detach())
+        if args.cudagraphs:  # capture: a new replay may overwrite the previous output (read before the next call)
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = flow_step(targets[n][idx], scen, residual)
+        nonfinite |= ~torch.isfinite(loss)  # the NaN/inf guard: an eager op on a returned tensor
         if step % args.log_freq == 0 or step == args.total_steps:
             log(step, {"flow_matching_loss": loss}, nonfinite)
 
@@ -1032,19 +1056,28 @@ def train_init_net(init_net: InitNet, model: FlowDiT, data: dict, solvers: dict,
                    generator: torch.Generator, log: Callable) -> None:
     """--init-steps Adam steps of the init network (loss --init-loss through --sf-iters unrolled SF iterations), one
     flow sample per training scenario; log(step, losses, nonfinite) every --log-freq steps."""
-    optimizer = torch.optim.Adam(init_net.parameters(), lr=args.init_learning_rate)
+    optimizer = torch.optim.Adam(init_net.parameters(), lr=args.init_learning_rate,
+                                 capturable=args.cudagraphs)  # capture: Adam's step counter lives on the device
+
+    def init_step(solver: TrajectorySolver, scen: dict, x_gen: torch.Tensor) -> dict:
+        c_gen = from_tokens(x_gen, scen, args.order, norm["coef_scale"])
+        c0, lam0 = init_from_net(init_net, solver, scen, x_gen, c_gen, norm["coef_scale"], norm["lam_scale"])
+        losses = INIT_LOSSES[args.init_loss](solver.solve(scen, c_gen, c0, lam0, iters=args.sf_iters), c_gen, args)
+        optimizer.zero_grad(set_to_none=True)
+        losses["init_loss"].backward()
+        optimizer.step()
+        return {k: v.detach() for k, v in losses.items()}
+
+    init_step = compiled(init_step, args)
     nonfinite = torch.zeros((), dtype=torch.bool, device=next(init_net.parameters()).device)
     for step in range(1, args.init_steps + 1):
         n = args.train_robots[step % len(args.train_robots)]
         _, scen, residual = training_batch(data, n, args.init_batch_size, solvers[n], norm, args, generator)
-        x_gen = sample_flow(model, scen, args.flow_steps, generator, residual)
-        c_gen = from_tokens(x_gen, scen, args.order, norm["coef_scale"])
-        c0, lam0 = init_from_net(init_net, solvers[n], scen, x_gen, c_gen, norm["coef_scale"], norm["lam_scale"])
-        losses = INIT_LOSSES[args.init_loss](solvers[n].solve(scen, c_gen, c0, lam0, iters=args.sf_iters), c_gen, args)
-        optimizer.zero_grad(set_to_none=True)
-        losses["init_loss"].backward()
-        optimizer.step()
-        nonfinite |= ~torch.isfinite(losses["init_loss"].detach())
+        x_gen = sample_flow(model, scen, args.flow_steps, generator, residual)  # eager: it draws from `generator`
+        if args.cudagraphs:  # capture: a new replay may overwrite the previous outputs (read before the next call)
+            torch.compiler.cudagraph_mark_step_begin()
+        losses = init_step(solvers[n], scen, x_gen)
+        nonfinite |= ~torch.isfinite(losses["init_loss"])
         if step % args.log_freq == 0 or step == args.init_steps:
             log(step, losses, nonfinite)
 
@@ -1356,6 +1389,8 @@ def fresh_run_dir(run_name: str) -> Path:
 def main(args: Args) -> dict:
     # every input checked before any work: flags, scenario geometry, the checkpoint, the data cache
     check_args(args)
+    if args.cudagraphs:  # CUDA graphs are torch.compile's "reduce-overhead" mode: --cudagraphs implies --compile
+        args = replace(args, compile=True)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     state = load_checkpoint(args.checkpoint, args, device) if args.checkpoint else None
     cache = Path(args.data_path) if args.data_path else None  # None: runs/<run>/data.pt, a fresh file
@@ -1421,6 +1456,7 @@ def main(args: Args) -> dict:
             sps = (g - last[1]) / (time.perf_counter() - last[0])
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value.item(), g)
+                metrics[f"losses/{name}"] = value.item()
             writer.add_scalar("charts/SPS", sps, g)
             progress.update(g, sps=sps, **{k: v.item() for k, v in list(losses.items())[:3]})
             last[:] = time.perf_counter(), g

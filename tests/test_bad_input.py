@@ -441,6 +441,7 @@ TABLES["flow_opt"] = [
     (["--kick-every", "-5"], "--kick-every must be >= 0 (0: no kick) (got -5)"),
     (["--filter-samples", "-1"], "--filter-samples must be >= 0 (0: all samples) (got -1)"),
     (["--threads", "-2"], "--threads must be >= 0 (0: torch's default) (got -2)"),
+    (["--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device (--no-cuda was given)"),
     # counts and sizes 0 (or below what the method needs)
     (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
     (["--init-batch-size", "0"], "--init-batch-size must be >= 1 (got 0)"),

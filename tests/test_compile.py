@@ -49,6 +49,12 @@ CASES = {
     "swfp": dict(cuda=False, env_id=WALK, pretrain_steps=6, critic_warmup_steps=4, total_timesteps=10, batch_size=32,
                  hidden_dim=16, num_layers=1, blocks=2, block_hidden_dim=8, eval_freq=10, log_freq=1, eval_episodes=1,
                  eval_envs=1),
+    # trajectory optimisation, no env: data from the optimizer (4 robots), then 20 flow-matching steps and 2 init-network
+    # steps through 1 unrolled safety-filter iteration (its trace is what costs), both compiled
+    "flow_opt": dict(cuda=False, train_robots=(4,), num_obstacles=2, num_scenarios=32, data_iters=60, total_steps=20,
+                     batch_size=16, hidden_dim=16, depth=1, heads=2, init_steps=2, init_batch_size=4, sf_iters=1,
+                     log_freq=20, eval_robots=(4,), eval_scenarios=2, num_samples=1, sf_max_iters=10, opt_max_iters=10,
+                     flow_steps=2),
 }
 RTOL, ATOL = 1e-4, 1e-5  # float32; eager and compiled differ only by the rounding of fused or reordered ops
 # graphs dynamo compiles for a script's update: torch breaks it at optimizer.zero_grad, loss.backward and around
@@ -59,7 +65,9 @@ GRAPHS = {"fql": 3, "qam": 4, "gfp": 3,
           # gradients; fpmd has 3 backward() and 4 optimizer steps (critic twice, policy, alpha); swfp compiles three
           # update steps (BC, critic warm-up, online) around its eager JKO block losses (--entropy-coef > 0: a double
           # backward, which AOT autograd refuses)
-          "decision_flow": 9, "swfp": 11, "fpmd": 8, "streaming_flow": 3}
+          "decision_flow": 9, "swfp": 11, "fpmd": 8, "streaming_flow": 3,
+          # flow_opt: 3 for the flow-matching step, 3 for the init step (a second Adam: its step recompiles once)
+          "flow_opt": 6}
 
 
 @pytest.fixture(scope="session")
