@@ -449,7 +449,8 @@ def read_csv(path: Path) -> list:
             if row["kind"] == "eval":
                 r["curve"].append((int(row["step"]), float(row["success"])))
             else:
-                r["rates"], r["cpu_s"] = [float(row["updates_per_s"])], float(row["cpu_s"])
+                ups = float(row["updates_per_s"])  # nan: a run without a throughput measurement (write_csv)
+                r["rates"], r["cpu_s"] = ([] if math.isnan(ups) else [ups]), float(row["cpu_s"])
     return list(runs.values())
 
 
@@ -625,11 +626,11 @@ def parse_args(argv=None):
                    help="the official code's venv (outside the repo); reused when it works")
     p.add_argument("--make-venv", action="store_true", help="create --official-venv with the pinned versions if needed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, the same on both sides")
-    p.add_argument("--total-steps", type=int, default=10_000, help="offline gradient steps of every run (paper: 1M)")
+    p.add_argument("--total-steps", type=int, default=40_000, help="offline gradient steps of every run (paper: 1M)")
     p.add_argument("--hidden-dim", type=int, default=128, help="width of every MLP, both sides (paper: 512)")
     p.add_argument("--num-layers", type=int, default=2, help="hidden layers of every MLP, both sides (paper: 4)")
-    p.add_argument("--eval-every", type=int, default=5_000, help="evaluate every this many steps (and at the end)")
-    p.add_argument("--eval-episodes", type=int, default=50, help="episodes per evaluation, both sides")
+    p.add_argument("--eval-every", type=int, default=20_000, help="evaluate every this many steps (and at the end)")
+    p.add_argument("--eval-episodes", type=int, default=100, help="episodes per evaluation, both sides")
     p.add_argument("--log-every", type=int, default=1000, help="throughput/loss logging interval, both sides")
     p.add_argument("--num-episodes", type=int, default=200, help="training episodes of the generated dataset")
     p.add_argument("--val-episodes", type=int, default=10, help="validation episodes of the generated dataset")

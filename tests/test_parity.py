@@ -86,7 +86,8 @@ def test_dry_run_gives_both_sides_the_same_settings(tmp_path, capsys):
     (official / "main.py").write_text("")
     (official / "agents" / "fql.py").write_text("")
     parity.main(["--official-dir", str(official), "--dry-run", "--seeds", "3", "4", "--total-steps", "600",
-                 "--eval-every", "300", "--log-every", "100", "--hidden-dim", "64", "--num-layers", "3"])
+                 "--eval-every", "300", "--log-every", "100", "--hidden-dim", "64", "--num-layers", "3",
+                 "--eval-episodes", "50"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("/", sys.executable))]
     assert len(lines) == 4  # 2 seeds x 2 sides
     official_cmd, ours_cmd = lines[0], lines[1]
@@ -148,7 +149,8 @@ def fake_checkout(tmp_path, script):
 
 def dry_run(capsys, script, official, *flags):
     parity.main(["--script", script, "--official-dir", str(official), "--dry-run", "--seeds", "3", "4", "--total-steps", "600",
-                 "--eval-every", "300", "--log-every", "100", "--hidden-dim", "64", "--num-layers", "3", *flags])
+                 "--eval-every", "300", "--log-every", "100", "--hidden-dim", "64", "--num-layers", "3",
+                 "--eval-episodes", "50", *flags])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("/", sys.executable))]
     assert len(lines) == 4  # 2 seeds x 2 sides
     return lines[0], lines[1]
@@ -233,6 +235,15 @@ def test_plot_only_redraws_the_table_and_plot_from_the_csv(tmp_path, capsys, scr
     assert summary["official_mean"] == pytest.approx(0.3) and summary["diff"] == pytest.approx(0.1)
     assert (tmp_path / f"parity_{script}_cube-single-play-singletask-task2-v0.png").stat().st_size > 1000
     assert f"| {script} | cube-single-play-singletask-task2-v0 | 0.300 ± 0.100 | 0.400 ± 0.100 |" in capsys.readouterr().out
+
+
+def test_a_run_without_throughput_is_left_out_of_the_rate_after_a_csv_round_trip(tmp_path):
+    """write_csv writes nan for a run with no rate measured; read_csv must not turn it into a rate of nan."""
+    results = [dict(side="official", seed=0, curve=[(10, 0.5)], rates=[], cpu_s=1.0),
+               dict(side="official", seed=1, curve=[(10, 0.5)], rates=[20.0, 30.0], cpu_s=1.0)]
+    parity.write_csv(tmp_path / "r.csv", results)
+    back = {r["seed"]: r for r in parity.read_csv(tmp_path / "r.csv")}
+    assert back[0]["rates"] == [] and back[1]["rates"] == [pytest.approx(25.0)]
 
 
 def test_report_only_reads_finished_runs_of_the_work_dir(tmp_path, capsys):
