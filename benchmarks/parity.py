@@ -322,24 +322,24 @@ def parse_official(run_dir: Path, script: str = "fql") -> dict:
         return parse_official_qam(run_dir)
     if script == "gfp":
         return parse_official_gfp(run_dir)
-    folder = official_folder(run_dir)
-    with open(folder / "eval.csv") as f:
-        curve = [(int(float(r["step"])), float(r["evaluation/success"])) for r in csv.DictReader(f)]
-    curve = [(s, v) for s, v in curve if s != 1]  # the 1-episode evaluation of the untrained policy
-    with open(folder / "train.csv") as f:
-        rows = list(csv.DictReader(f))
-    steps = [int(float(r["step"])) for r in rows]
-    spu = [float(r["time/epoch_time"]) for r in rows]
-    return dict(curve=curve, rates=interval_rates(steps, spu, {s for s, _ in curve}))
+    # the 1-episode evaluation at step 1 is of the untrained policy (DRIVER)
+    return parse_epoch_logs(run_dir, "evaluation/success", "train.csv", skip_steps={1})
 
 
 def parse_official_qam(run_dir: Path) -> dict:
     """QAM main.py: save_dir/qam-reproduce/<group>/<env>/<hash>/eval.csv ('success', 'step'; evaluations every
     --eval_interval and at the end only) and offline_agent.csv, whose time/epoch_time the driver adds."""
+    return parse_epoch_logs(run_dir, "success", "offline_agent.csv")
+
+
+def parse_epoch_logs(run_dir: Path, success_key: str, train_file: str, skip_steps: frozenset = frozenset()) -> dict:
+    """eval.csv (success per step, without skip_steps) and a training csv with 'step' and 'time/epoch_time' (seconds
+    per update of each logging interval), both in the one output folder under run_dir (official FQL and QAM)."""
     folder = official_folder(run_dir)
     with open(folder / "eval.csv") as f:
-        curve = [(int(float(r["step"])), float(r["success"])) for r in csv.DictReader(f)]
-    with open(folder / "offline_agent.csv") as f:
+        curve = [(int(float(r["step"])), float(r[success_key])) for r in csv.DictReader(f)]
+    curve = [(s, v) for s, v in curve if s not in skip_steps]
+    with open(folder / train_file) as f:
         rows = list(csv.DictReader(f))
     steps = [int(float(r["step"])) for r in rows]
     spu = [float(r["time/epoch_time"]) for r in rows]
