@@ -18,6 +18,7 @@ writes --out/evaluation.csv, evaluation.md and trajectories.png (default --out: 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import sys
 import time
@@ -100,6 +101,20 @@ def repeated(model, init_net, norm, n, args, world, device, seed, repeats: int, 
     return row, example
 
 
+def row_text(row: dict) -> str:
+    """A result row for the log: 'key value, ...', floats to 4 significant digits."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+
+
+def write_rows(path: Path, rows: list) -> None:
+    """The rows as a CSV (csv.DictWriter, the first row's keys as header); the folder is made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def markdown_table(rows: list) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     for row in rows:
@@ -172,8 +187,7 @@ def main() -> None:
         row, examples[n] = repeated(model, init_net, state["norm"], n, args, world, device, seed,
                                     cli.repeats, certify_restarts=cli.certify_restarts, certify_iters=cli.certify_iters)
         rows.append(row)
-        print(f"N={n} ({time.perf_counter() - t0:.0f}s): "
-              + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+        print(f"N={n} ({time.perf_counter() - t0:.0f}s): " + row_text(row), flush=True)
     out = Path(cli.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "evaluation.csv", "w") as f:

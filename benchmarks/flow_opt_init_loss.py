@@ -17,7 +17,6 @@ writes --out (CSV, one row per seed and init; default /tmp/flow_opt_init_loss.cs
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from dataclasses import replace
@@ -29,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import flow_opt as fo  # noqa: E402
+from benchmarks.flow_opt_eval import row_text, write_rows  # noqa: E402
 
 
 def load(path: str, device: torch.device) -> tuple:
@@ -99,13 +99,8 @@ def main() -> None:
                     d = its[row["init"]] - its[ref]
                     row[f"iters_minus_{ref}_mean"] = d.mean().item()
                     row[f"iters_minus_{ref}_se"] = (d.std() / np.sqrt(d.numel())).item()
-                print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
-                      flush=True)
-    Path(cli.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(cli.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+                print(row_text(row), flush=True)
+    write_rows(Path(cli.out), rows)
 
 
 if __name__ == "__main__":

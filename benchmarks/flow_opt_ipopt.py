@@ -16,7 +16,6 @@ time per instance (wall and process CPU), iterations, and the in-repo optimizer'
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -28,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import flow_opt as fo  # noqa: E402
+from benchmarks.flow_opt_eval import row_text, write_rows  # noqa: E402
 
 try:
     import casadi as ca
@@ -138,12 +138,8 @@ def main() -> None:
                "opt_median_s": torch.where(base_ok, base["finished_s"] - w0, math.inf).median().item(),
                "ipopt_success_on_opt_solved": ok[base_ok].float().mean().item() if base_ok.any() else math.nan}
         rows.append(row)
-        print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
-    Path(cli.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(cli.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        print(row_text(row), flush=True)
+    write_rows(Path(cli.out), rows)
 
 
 if __name__ == "__main__":
