@@ -146,3 +146,37 @@ def test_throughput_cuda_without_a_gpu_writes_no_gpu_rows(tmp_path, capsys):
     code = throughput.main(["--cuda", "--scripts", "fql", "--sizes", "16x1", "--steps", "8", "--out", str(tmp_path)])
     assert code == 1 and "--cuda: torch sees no CUDA device" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+# benchmarks/loss_trace.py (issue 22's behaviour check): the comparison itself, without running the cases
+import loss_trace  # noqa: E402
+
+
+def test_loss_trace_cases_cover_every_training_script_for_200_updates_logged_at_each():
+    assert {script for script, _ in loss_trace.CASES.values()} == set(loss_trace.SCRIPTS)
+    for name, (_, argv) in loss_trace.CASES.items():
+        assert argv[argv.index("--log-freq") + 1] == "1", name
+        assert "--no-cuda" in argv, name
+
+
+def test_loss_trace_compare_finds_one_changed_loss_and_ignores_timings():
+    trace = {"fql": {"losses/critic_loss": [[1, 0.5], [2, 0.25]], "eval/normalized_score": [[2, 10.0]]}}
+    changed = {"fql": {"losses/critic_loss": [[1, 0.5], [2, 0.25000003]], "eval/normalized_score": [[2, 10.0]]}}
+    assert loss_trace.compare(trace, trace) == ["fql: same (3 values of 2 tags, bit for bit)"]
+    (line,) = loss_trace.compare(trace, changed)
+    assert "DIFFERS" in line and "losses/critic_loss at step 2" in line
+    assert ": same" in loss_trace.compare(trace, changed, rtol=1e-6)[0]
+    fewer = {"fql": {"losses/critic_loss": trace["fql"]["losses/critic_loss"]}}
+    assert "different tags" in loss_trace.compare(trace, fewer)[0]
+    assert "missing" in loss_trace.compare(trace, {})[0]
+    assert not loss_trace.compared("charts/SPS") and not loss_trace.compared("eval/N4/t_flowopt_s")
+    assert loss_trace.compared("losses/q_loss") and loss_trace.compared("eval/success")
+
+
+def test_loss_trace_bad_input_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        loss_trace.main(["--only", "nope", "--save", str(tmp_path / "t.json")])
+    assert "unknown case" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        loss_trace.main(["--only", "fql"])
+    assert "give --ref, --save or --against" in capsys.readouterr().err
