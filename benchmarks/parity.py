@@ -343,7 +343,17 @@ def parse_epoch_logs(run_dir: Path, success_key: str, train_file: str, skip_step
         rows = list(csv.DictReader(f))
     steps = [int(float(r["step"])) for r in rows]
     spu = [float(r["time/epoch_time"]) for r in rows]
-    return dict(curve=curve, rates=interval_rates(steps, spu, {s for s, _ in curve}))
+    return dict(curve=curve, rates=interval_rates(steps, spu, {s for s, _ in curve}), q=q_curve(rows))
+
+
+# the critic's mean Q on the training batch of each logged step: FQL's and GFP's train.csv, QAM's offline_agent.csv
+Q_COLUMNS = ("training/critic/q_mean", "critic/q_mean")
+
+
+def q_curve(rows: list) -> list:
+    """(step, mean Q of the critic on that step's batch) of an official training csv; [] without such a column."""
+    column = next((c for c in Q_COLUMNS if rows and c in rows[0]), None)
+    return [(int(float(r["step"])), float(r[column])) for r in rows] if column else []
 
 
 def parse_official_gfp(run_dir: Path) -> dict:
@@ -358,17 +368,18 @@ def parse_official_gfp(run_dir: Path) -> dict:
     steps = [int(float(r["step"])) for r in rows]
     total = [float(r["time/total_time"]) for r in rows]
     spu = [(t - t0) / (s - s0) for (s0, t0), (s, t) in zip([(0, 0.0)] + list(zip(steps, total)), zip(steps, total))]
-    return dict(curve=curve, rates=interval_rates(steps, spu, {s for s, _ in curve}))
+    return dict(curve=curve, rates=interval_rates(steps, spu, {s for s, _ in curve}), q=q_curve(rows))
 
 
 EVAL_LINE = re.compile(r"^step (\d+): (.*)$")
 LOG_LINE = re.compile(r"^step (\d+)/\d+ sps=([0-9.eE+-]+)")
+Q_FIELD = re.compile(r" q=([-0-9.eE+]+|nan|inf)")  # the critic's mean Q on the step's batch, in every script's log line
 
 
 def parse_ours(log_text: str, success_key: str = "success") -> dict:
     """The plain-text log of our script (stdout not a terminal): 'step N/T sps=...' and 'step N: success=...'
-    (gfp.py: 'step N: actor_success=...')."""
-    curve, steps, spu = [], [], []
+    (gfp.py: 'step N: actor_success=...'); the log line's q= is the critic's mean Q on that step's batch."""
+    curve, steps, spu, q = [], [], [], []
     for line in log_text.splitlines():
         m = EVAL_LINE.match(line.strip())
         if m:
@@ -379,9 +390,12 @@ def parse_ours(log_text: str, success_key: str = "success") -> dict:
         if m:
             steps.append(int(m.group(1)))
             spu.append(1.0 / float(m.group(2)) if float(m.group(2)) > 0 else 0.0)
+            mq = Q_FIELD.search(line)
+            if mq:
+                q.append((steps[-1], float(mq.group(1))))
     if not curve:
         raise RuntimeError("no evaluation line in the log")
-    return dict(curve=curve, rates=interval_rates(steps, spu, {s for s, _ in curve}))
+    return dict(curve=curve, rates=interval_rates(steps, spu, {s for s, _ in curve}), q=q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,25 +443,33 @@ TABLE_HEADER = ("| script | task | official success | ours success | ours − of
 
 
 def write_csv(path: Path, results: list) -> None:
-    """One row per evaluation of every run, then one 'run' row per run (updates/s, CPU seconds)."""
+    """One row per evaluation of every run, then one 'run' row per run (updates/s, CPU seconds), then one 'q' row per
+    logged step of every run (the critic's mean Q on that step's batch)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["kind", "side", "seed", "step", "success", "updates_per_s", "cpu_s"])
+        w.writerow(["kind", "side", "seed", "step", "success", "updates_per_s", "cpu_s", "q_mean"])
         for r in results:
             for step, success in r["curve"]:
-                w.writerow(["eval", r["side"], r["seed"], step, f"{success:.4f}", "", ""])
+                w.writerow(["eval", r["side"], r["seed"], step, f"{success:.4f}", "", "", ""])
         for r in results:
             ups = sum(r["rates"]) / len(r["rates"]) if r["rates"] else float("nan")
-            w.writerow(["run", r["side"], r["seed"], r["curve"][-1][0], "", f"{ups:.2f}", f"{r.get('cpu_s', float('nan')):.1f}"])
+            w.writerow(["run", r["side"], r["seed"], r["curve"][-1][0], "", f"{ups:.2f}",
+                        f"{r.get('cpu_s', float('nan')):.1f}", ""])
+        for r in results:
+            for step, q in r.get("q", []):
+                w.writerow(["q", r["side"], r["seed"], step, "", "", "", f"{q:.6g}"])
 
 
 def read_csv(path: Path) -> list:
     runs = {}
     with open(path) as f:
         for row in csv.DictReader(f):
-            r = runs.setdefault((row["side"], int(row["seed"])), dict(side=row["side"], seed=int(row["seed"]), curve=[], rates=[]))
+            r = runs.setdefault((row["side"], int(row["seed"])),
+                                dict(side=row["side"], seed=int(row["seed"]), curve=[], rates=[], q=[]))
             if row["kind"] == "eval":
                 r["curve"].append((int(row["step"]), float(row["success"])))
+            elif row["kind"] == "q":  # CSVs written before the q rows existed have none
+                r["q"].append((int(row["step"]), float(row["q_mean"])))
             else:
                 ups = float(row["updates_per_s"])  # nan: a run without a throughput measurement (write_csv)
                 r["rates"], r["cpu_s"] = ([] if math.isnan(ups) else [ups]), float(row["cpu_s"])
@@ -461,19 +483,23 @@ def plot(path: Path, results: list, title: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for side, color, label in (("official", "tab:blue", "official (JAX)"), ("ours", "tab:orange", "flowrl (PyTorch)")):
-        runs = [r for r in results if r["side"] == side]
-        steps = sorted({s for r in runs for s, _ in r["curve"]})
-        values = np.array([[dict(r["curve"])[s] for s in steps] for r in runs])
-        mean, std = values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
-        ax.plot(steps, mean, "o-", color=color, label=f"{label}, {len(runs)} seeds")
-        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
-    ax.set_xlabel("gradient steps")
-    ax.set_ylabel("success rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    with_q = q_steps(results)  # a second panel: the critic's mean Q, where both sides logged it
+    fig, axes = plt.subplots(1, 2 if with_q else 1, figsize=(11, 3.8) if with_q else (5.5, 3.6), squeeze=False)
+    panels = [(axes[0, 0], "curve", "success rate", "o-")] + ([(axes[0, 1], "q", "critic mean Q (training batch)", "-")]
+                                                              if with_q else [])
+    for ax, key, ylabel, style in panels:
+        for side, color, label in (("official", "tab:blue", "official (JAX)"), ("ours", "tab:orange", "flowrl (PyTorch)")):
+            runs = [r for r in results if r["side"] == side]
+            steps = sorted({s for r in runs for s, _ in r["curve"]}) if key == "curve" else with_q
+            values = np.array([[dict(r[key])[s] for s in steps] for r in runs])
+            mean, std = values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
+            ax.plot(steps, mean, style, color=color, label=f"{label}, {len(runs)} seeds")
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+        ax.set_xlabel("gradient steps")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylim(-0.02, 1.02)
+    fig.suptitle(title, fontsize=9) if with_q else axes[0, 0].set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -485,6 +511,26 @@ def plot_title(a, results: list) -> str:
             f"{a.eval_episodes} eval episodes, mean ± std over {seeds} seeds")
 
 
+def q_steps(results: list) -> list:
+    """The steps at which every run of both sides logged its critic's mean Q ([] when a run has none)."""
+    if not results or not all(r.get("q") for r in results):
+        return []
+    return sorted(set.intersection(*[{s for s, _ in r["q"]} for r in results]))
+
+
+def q_summary(results: list) -> dict:
+    """The critic's mean Q on the training batch at the last step logged by every run: mean +- std over seeds per
+    side. Success near 0 or 1 says little; the value the critics learn is a second, denser comparison."""
+    steps = q_steps(results)
+    if not steps:
+        return {}
+    out = dict(q_step=steps[-1])
+    for side in ("official", "ours"):
+        out[f"{side}_q_mean"], out[f"{side}_q_std"] = mean_std([dict(r["q"])[steps[-1]] for r in results
+                                                                if r["side"] == side])
+    return out
+
+
 def report(a, results: list) -> dict:
     final = {side: [r["curve"][-1][1] for r in results if r["side"] == side] for side in ("official", "ours")}
     rates = {side: [sum(r["rates"]) / len(r["rates"]) for r in results if r["side"] == side and r["rates"]]
@@ -492,6 +538,10 @@ def report(a, results: list) -> dict:
     s = summarize(final, rates)
     print(TABLE_HEADER)
     print(table_row(a.script, a.task, s))
+    s.update(q_summary(results))
+    if "q_step" in s:
+        print(f"critic mean Q on the training batch at step {s['q_step']}: official {s['official_q_mean']:.2f} ± "
+              f"{s['official_q_std']:.2f}, ours {s['ours_q_mean']:.2f} ± {s['ours_q_std']:.2f}")
     return s
 
 
@@ -587,6 +637,17 @@ def result_of(job: dict) -> dict:
     else:
         parsed = parse_ours((job["run_dir"] / "log.txt").read_text(), OFFICIAL[job["script"]]["success_key"])
     return dict(side=job["side"], seed=job["seed"], **parsed)
+
+
+def finished_run(job: dict) -> dict:
+    """A run's done.json; one written before the Q curves were recorded gets its Q curve from the run's own files."""
+    result = json.loads((job["run_dir"] / "done.json").read_text())
+    if "q" not in result:
+        try:
+            result["q"] = result_of(job)["q"]
+        except (OSError, RuntimeError, KeyError, ValueError):  # the run's logs are gone: no Q curve
+            result["q"] = []
+    return result
 
 
 def run_jobs(jobs: list, n_parallel: int) -> None:
@@ -687,7 +748,7 @@ def main(argv=None) -> dict:
     missing = [str(j["run_dir"]) for j in jobs if not (j["run_dir"] / "done.json").exists()]
     if missing:
         raise ArgumentError(f"no finished run in {', '.join(missing)}")
-    results = [json.loads((j["run_dir"] / "done.json").read_text()) for j in jobs]
+    results = [finished_run(j) for j in jobs]
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / f"{stem}.csv", results)
     plot(out / f"{stem}.png", results, plot_title(a, results))

@@ -269,3 +269,25 @@ def test_the_venv_probe_asks_hydra_of_gfp_only(tmp_path):
         parity.ensure_venv(parity.parse_args(["--script", script, "--official-venv", str(tmp_path)]))
     with pytest.raises(parity.ArgumentError, match="not a working venv"):
         parity.ensure_venv(parity.parse_args(["--script", "gfp", "--official-venv", str(tmp_path)]))
+
+
+def test_the_critics_mean_q_is_read_from_both_sides_and_survives_the_csv(tmp_path, capsys):
+    """The second comparison (success near 0 says little): each side's critic mean Q at every logged step."""
+    log = "\n".join(["step 100/200 sps=5 critic=0.1 q=-4.5 w=0.5", "step 200/200 sps=10 critic=0.1 q=-9.25",
+                     "step 200: success=0.100"])
+    assert parity.parse_ours(log)["q"] == [(100, -4.5), (200, -9.25)]
+    rows = [{"critic/q_mean": "-3.0", "step": "100"}, {"critic/q_mean": "-8.0", "step": "200"}]
+    assert parity.q_curve(rows) == [(100, -3.0), (200, -8.0)]  # QAM's column; FQL/GFP: training/critic/q_mean
+    assert parity.q_curve([{"step": "100", "time/epoch_time": "0.1"}]) == []
+    results = [dict(side=side, seed=seed, curve=[(200, 0.1)], rates=[10.0], cpu_s=6.0,
+                    q=[(100, -4.0 - seed), (200, (-9.0 if side == "ours" else -8.0) - seed)])
+               for side in ("official", "ours") for seed in (0, 1, 2)]
+    parity.write_csv(tmp_path / "q.csv", results)
+    back = {(r["side"], r["seed"]): r for r in parity.read_csv(tmp_path / "q.csv")}
+    assert back[("ours", 2)]["q"] == [(100, -6.0), (200, -11.0)]
+    s = parity.q_summary(list(back.values()))
+    assert s["q_step"] == 200 and s["official_q_mean"] == pytest.approx(-9.0) and s["ours_q_mean"] == pytest.approx(-10.0)
+    parity.plot(tmp_path / "q.png", list(back.values()), "title")
+    assert (tmp_path / "q.png").stat().st_size > 1000
+    results[0]["q"] = []  # one run without a Q curve (e.g. a CSV written before they were recorded): no Q comparison
+    assert parity.q_steps(results) == [] and parity.q_summary(results) == {}
