@@ -39,6 +39,8 @@ Usage:
   python benchmarks/parity.py --script qam --official-dir /tmp/qam-official        # work dir /tmp/parity-work-qam
   git clone https://github.com/ZhangJL16/FQLbaseline /tmp/gfp-official && git -C /tmp/gfp-official checkout 49f6b17
   python benchmarks/parity.py --script gfp --official-dir /tmp/gfp-official        # work dir /tmp/parity-work-gfp
+  python benchmarks/parity.py --all /tmp/official --make-venv   # every pair of docs/parity.md, then FPMD (parity_fpmd.py):
+      # /tmp/official holds the clones fql, qam, FQLbaseline, rectified_flow_policy at the pinned commits
 """
 
 from __future__ import annotations
@@ -678,8 +680,45 @@ def run_jobs(jobs: list, n_parallel: int) -> None:
               f"{result['curve'][-1][1]:.3f}, cpu {result['cpu_s']:.0f} s, wall {result['wall_s']:.0f} s", flush=True)
 
 
+# Every pair of docs/parity.md, for --all ROOT: (script, task, the clone's folder name under ROOT, as the clone commands
+# of docs/parity.md name it), each at this file's defaults; then FPMD (parity_fpmd.py, its own official code and venv).
+ALL_PAIRS = [("fql", "cube-single-play-singletask-task2-v0", "fql"),
+             ("qam", "cube-single-play-singletask-task2-v0", "qam"),
+             ("gfp", "cube-single-play-singletask-task2-v0", "FQLbaseline")]
+FPMD_CLONE = "rectified_flow_policy"
+FPMD_FLAGS = ["--seeds", "1", "2", "3", "4", "--steps", "35000", "--throughput", "--reuse"]  # the runs of docs/parity.md
+
+
+def run_all(a) -> dict:
+    """--all ROOT: every pair of ALL_PAIRS at the defaults (each in its own default work dir), then FPMD."""
+    root = Path(os.path.expanduser(a.all)).resolve()
+    clones = [root / folder for _, _, folder in ALL_PAIRS] + [root / FPMD_CLONE]
+    missing = [str(c) for c in clones if not c.is_dir()]
+    if missing:
+        raise ArgumentError(f"--all {a.all}: no checkout {', '.join(missing)}; clone them there as in docs/parity.md")
+    passed = (["--make-venv"] if a.make_venv else []) + ["--official-venv", a.official_venv, "--jobs", str(a.jobs),
+                                                         "--data-dir", a.data_dir, "--results-dir", a.results_dir]
+    summaries, t0 = {}, time.time()
+    for script, task, folder in ALL_PAIRS:
+        print(f"== {script} on {task}", flush=True)
+        summaries[(script, task)] = main(["--script", script, "--task", task, "--official-dir", str(root / folder),
+                                          *passed, *(["--dry-run"] if a.dry_run else [])])
+    fpmd = ["--official-dir", str(root / FPMD_CLONE), *FPMD_FLAGS, "--jobs", str(a.jobs)]
+    print(f"== fpmd: python benchmarks/parity_fpmd.py {shlex.join(fpmd)}", flush=True)
+    if not a.dry_run:
+        import parity_fpmd  # noqa: PLC0415  (it imports this file; only --all needs it)
+
+        if parity_fpmd.main(fpmd) != 0:
+            raise ArgumentError("parity_fpmd.py failed (its error is printed above)")
+        print(f"--all done in {time.time() - t0:.0f} s of wall time", flush=True)
+    return summaries
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--all", metavar="ROOT", default=None,
+                   help="every pair of docs/parity.md at the defaults, then FPMD: ROOT holds the clones "
+                        f"{', '.join(f for _, _, f in ALL_PAIRS)} and {FPMD_CLONE} made as docs/parity.md says")
     p.add_argument("--script", default="fql", help="the flowrl script: fql, qam or gfp")
     p.add_argument("--task", default="cube-single-play-singletask-task2-v0", help="OGBench singletask name")
     p.add_argument("--official-dir", default=None, help="a checkout of the official code at the pinned commit")
@@ -709,6 +748,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    if a.all is not None:
+        return run_all(a)
     if a.work_dir is None:
         a.work_dir = "/tmp/parity-work" if a.script == "fql" else f"/tmp/parity-work-{a.script}"
     check_args(a)

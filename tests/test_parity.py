@@ -291,3 +291,22 @@ def test_the_critics_mean_q_is_read_from_both_sides_and_survives_the_csv(tmp_pat
     assert (tmp_path / "q.png").stat().st_size > 1000
     results[0]["q"] = []  # one run without a Q curve (e.g. a CSV written before they were recorded): no Q comparison
     assert parity.q_steps(results) == [] and parity.q_summary(results) == {}
+
+
+def test_all_runs_every_pair_from_one_root_of_clones(tmp_path, capsys):
+    """--all ROOT: one command for every pair of docs/parity.md (dry run: the commands of each, then FPMD's)."""
+    for folder, files in (("fql", ("main.py", "agents/fql.py")), ("qam", ("main.py", "agents/qam.py")),
+                          ("FQLbaseline", ("main.py", "agents/gfp.py", "config/agent/gfp.yaml"))):
+        for f in files:
+            (tmp_path / folder / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / folder / f).write_text("")
+    with pytest.raises(parity.ArgumentError, match="rectified_flow_policy"):
+        parity.main(["--all", str(tmp_path), "--dry-run"])
+    (tmp_path / "rectified_flow_policy").mkdir()
+    summaries = parity.main(["--all", str(tmp_path), "--dry-run"])
+    out = capsys.readouterr().out
+    assert set(summaries) == {(s, t) for s, t, _ in parity.ALL_PAIRS}
+    for script, _, folder in parity.ALL_PAIRS:
+        assert f"== {script} on cube-single-play-singletask-task2-v0" in out
+        assert f"cwd {tmp_path / folder})" in out  # the official side runs in its clone under ROOT
+    assert f"== fpmd: python benchmarks/parity_fpmd.py --official-dir {tmp_path / 'rectified_flow_policy'}" in out
