@@ -17,7 +17,6 @@ Usage:
   python benchmarks/loss_trace.py --against /tmp/before.json  # record the working tree, compare with a saved trace
   python benchmarks/loss_trace.py --ref HEAD~3 --only fql qam_online
   python benchmarks/loss_trace.py --list                      # the cases and their flags
-On a 2-core CPU one side of all cases takes about 10 minutes (--jobs 2).
 """
 
 from __future__ import annotations
