@@ -703,7 +703,7 @@ def run_all(a) -> dict:
         print(f"== {script} on {task}", flush=True)
         summaries[(script, task)] = main(["--script", script, "--task", task, "--official-dir", str(root / folder),
                                           *passed, *(["--dry-run"] if a.dry_run else [])])
-    fpmd = ["--official-dir", str(root / FPMD_CLONE), *FPMD_FLAGS, "--jobs", str(a.jobs)]
+    fpmd = ["--official-dir", str(root / FPMD_CLONE), *FPMD_FLAGS, "--jobs", str(a.jobs), "--results-dir", a.results_dir]
     print(f"== fpmd: python benchmarks/parity_fpmd.py {shlex.join(fpmd)}", flush=True)
     if not a.dry_run:
         import parity_fpmd  # noqa: PLC0415  (it imports this file; only --all needs it)

@@ -303,10 +303,11 @@ def test_all_runs_every_pair_from_one_root_of_clones(tmp_path, capsys):
     with pytest.raises(parity.ArgumentError, match="rectified_flow_policy"):
         parity.main(["--all", str(tmp_path), "--dry-run"])
     (tmp_path / "rectified_flow_policy").mkdir()
-    summaries = parity.main(["--all", str(tmp_path), "--dry-run"])
+    summaries = parity.main(["--all", str(tmp_path), "--dry-run", "--results-dir", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert set(summaries) == {(s, t) for s, t, _ in parity.ALL_PAIRS}
     for script, _, folder in parity.ALL_PAIRS:
         assert f"== {script} on cube-single-play-singletask-task2-v0" in out
         assert f"cwd {tmp_path / folder})" in out  # the official side runs in its clone under ROOT
     assert f"== fpmd: python benchmarks/parity_fpmd.py --official-dir {tmp_path / 'rectified_flow_policy'}" in out
+    assert f"--results-dir {tmp_path / 'out'}" in out.split("== fpmd:")[1]  # FPMD writes where the pairs write
