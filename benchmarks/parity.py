@@ -478,6 +478,39 @@ def read_csv(path: Path) -> list:
     return list(runs.values())
 
 
+def write_config(path: Path, config: dict, results: list) -> None:
+    """The settings a CSV's runs were made with, beside it (<stem>.json), so that --add-csv can check them."""
+    seeds = sorted({r["seed"] for r in results})
+    path.write_text(json.dumps(dict(comparable(config), seeds=seeds), indent=1))
+
+
+def comparable(config: dict) -> dict:
+    """run_config without where the data is: the generated dataset is a function of its name, sizes and seed."""
+    return {k: v for k, v in config.items() if k != "data_dir"}
+
+
+def added_runs(a, config: dict, results: list) -> list:
+    """--add-csv: the runs of earlier CSVs of the same pair and settings. A CSV without its .json, with other settings,
+    or with a (side, seed) already counted, is refused: seeds run apart are only comparable at equal settings."""
+    added, have = [], {(r["side"], r["seed"]) for r in results}
+    for name in a.add_csv:
+        path = Path(os.path.expanduser(name))
+        meta = path.with_suffix(".json")
+        if not path.is_file() or not meta.is_file():
+            raise ArgumentError(f"--add-csv {name}: needs the CSV and the .json beside it that parity.py writes")
+        old, config = {k: v for k, v in json.loads(meta.read_text()).items() if k != "seeds"}, comparable(config)
+        if old != config:
+            changed = ", ".join(f"{k}: {old.get(k)} here {config.get(k)}" for k in sorted(set(old) | set(config))
+                                if old.get(k) != config.get(k))
+            raise ArgumentError(f"--add-csv {name} was made with other settings ({changed})")
+        for r in read_csv(path):
+            if (r["side"], r["seed"]) in have:
+                raise ArgumentError(f"--add-csv {name}: {r['side']} seed {r['seed']} is already counted")
+            have.add((r["side"], r["seed"]))
+            added.append(r)
+    return added
+
+
 def plot(path: Path, results: list, title: str) -> None:
     import matplotlib
 
@@ -743,6 +776,9 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("--report-only", action="store_true", help="table and plot from the finished runs in --work-dir")
     p.add_argument("--plot-only", action="store_true", help="table and plot from the CSV in --results-dir (no runs needed)")
+    p.add_argument("--add-csv", nargs="+", default=[], metavar="CSV",
+                   help="also count the runs of these earlier CSVs of this pair (other seeds, e.g. run in another session "
+                        "or on another machine); each must have been written with the same settings (its .json beside it)")
     return p.parse_args(argv)
 
 
@@ -766,6 +802,8 @@ def main(argv=None) -> dict:
         if not (out / f"{stem}.csv").is_file():
             raise ArgumentError(f"no {out / stem}.csv to plot; run without --plot-only first")
         results = read_csv(out / f"{stem}.csv")
+        if a.add_csv:
+            results += added_runs(a, run_config(a, settings), results)
         plot(out / f"{stem}.png", results, plot_title(a, results))
         return report(a, results)
     if not a.report_only:
@@ -790,8 +828,10 @@ def main(argv=None) -> dict:
     if missing:
         raise ArgumentError(f"no finished run in {', '.join(missing)}")
     results = [finished_run(j) for j in jobs]
+    results += added_runs(a, run_config(a, settings), results)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / f"{stem}.csv", results)
+    write_config(out / f"{stem}.json", run_config(a, settings), results)
     plot(out / f"{stem}.png", results, plot_title(a, results))
     summary = report(a, results)
     cpu = sum(r.get("cpu_s", 0.0) for r in results)

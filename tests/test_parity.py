@@ -311,3 +311,37 @@ def test_all_runs_every_pair_from_one_root_of_clones(tmp_path, capsys):
         assert f"cwd {tmp_path / folder})" in out  # the official side runs in its clone under ROOT
     assert f"== fpmd: python benchmarks/parity_fpmd.py --official-dir {tmp_path / 'rectified_flow_policy'}" in out
     assert f"--results-dir {tmp_path / 'out'}" in out.split("== fpmd:")[1]  # FPMD writes where the pairs write
+
+
+def test_seeds_run_apart_are_merged_only_at_the_same_settings(tmp_path, capsys):
+    """--add-csv: seed 0 of a pair from one invocation (say, one session), seeds 1 and 2 from another; the table counts
+    all three. Another CSV without its .json, with other settings, or counting a seed twice is one clear error."""
+    stem = "parity_qam_cube-single-play-singletask-task2-v0"
+    flags = ["--script", "qam", "--total-steps", "300", "--eval-every", "300", "--log-every", "100"]
+    a = parity.parse_args(flags)
+    config = parity.run_config(a, parity.paper_settings("qam", a.task))
+    earlier, later = tmp_path / "earlier", tmp_path / "later"
+    earlier.mkdir()
+    seed0 = [dict(side=side, seed=0, curve=[(300, value)], rates=[8.0], cpu_s=60.0) for side, value in
+             (("official", 0.1), ("ours", 0.2))]
+    parity.write_csv(earlier / f"{stem}.csv", seed0)
+    parity.write_config(earlier / f"{stem}.json", config, seed0)
+    for side, values in (("official", (0.2, 0.3)), ("ours", (0.3, 0.4))):
+        for seed, value in zip((1, 2), values):
+            (later / f"{side}_seed{seed}").mkdir(parents=True)
+            (later / f"{side}_seed{seed}" / "done.json").write_text(json.dumps(
+                dict(side=side, seed=seed, curve=[[300, value]], rates=[8.0], cpu_s=60.0)))
+    run = flags + ["--report-only", "--work-dir", str(later), "--seeds", "1", "2", "--results-dir", str(later)]
+    summary = parity.main(run + ["--add-csv", str(earlier / f"{stem}.csv")])
+    assert summary["n_official"] == summary["n_ours"] == 3
+    assert summary["official_mean"] == pytest.approx(0.2) and summary["diff"] == pytest.approx(0.1)
+    assert {r["seed"] for r in parity.read_csv(later / f"{stem}.csv")} == {0, 1, 2}
+    assert json.loads((later / f"{stem}.json").read_text())["seeds"] == [0, 1, 2]
+    with pytest.raises(parity.ArgumentError, match="already counted"):  # seed 0 is now in later's CSV too
+        parity.main(run + ["--add-csv", str(earlier / f"{stem}.csv"), str(later / f"{stem}.csv")])
+    parity.write_config(earlier / f"{stem}.json", dict(config, total_steps=600), seed0)
+    with pytest.raises(parity.ArgumentError, match="total_steps: 600 here 300"):
+        parity.main(run + ["--add-csv", str(earlier / f"{stem}.csv")])
+    (earlier / f"{stem}.json").unlink()
+    with pytest.raises(parity.ArgumentError, match="needs the CSV and the .json"):
+        parity.main(run + ["--add-csv", str(earlier / f"{stem}.csv")])
