@@ -492,17 +492,15 @@ def comparable(config: dict) -> dict:
 def added_runs(a, config: dict, results: list) -> list:
     """--add-csv: the runs of earlier CSVs of the same pair and settings. A CSV without its .json, with other settings,
     or with a (side, seed) already counted, is refused: seeds run apart are only comparable at equal settings."""
-    added, have = [], {(r["side"], r["seed"]) for r in results}
+    added, have, config = [], {(r["side"], r["seed"]) for r in results}, comparable(config)
     for name in a.add_csv:
         path = Path(os.path.expanduser(name))
         meta = path.with_suffix(".json")
         if not path.is_file() or not meta.is_file():
             raise ArgumentError(f"--add-csv {name}: needs the CSV and the .json beside it that parity.py writes")
-        old, config = {k: v for k, v in json.loads(meta.read_text()).items() if k != "seeds"}, comparable(config)
+        old = {k: v for k, v in json.loads(meta.read_text()).items() if k != "seeds"}
         if old != config:
-            changed = ", ".join(f"{k}: {old.get(k)} here {config.get(k)}" for k in sorted(set(old) | set(config))
-                                if old.get(k) != config.get(k))
-            raise ArgumentError(f"--add-csv {name} was made with other settings ({changed})")
+            raise ArgumentError(f"--add-csv {name} was made with other settings ({changes(old, config, 'here')})")
         for r in read_csv(path):
             if (r["side"], r["seed"]) in have:
                 raise ArgumentError(f"--add-csv {name}: {r['side']} seed {r['seed']} is already counted")
@@ -653,15 +651,19 @@ def run_config(a, settings: dict) -> dict:
     return dict({k: getattr(a, k) for k in keys}, **settings)
 
 
+def changes(old: dict, new: dict, sep: str) -> str:
+    """The settings that differ, as `key: old <sep> new, ...` (for the one-line refusals)."""
+    return ", ".join(f"{k}: {old.get(k)} {sep} {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
 def check_work_dir(work: Path, config: dict) -> None:
     """Finished runs are reused (resume); refuse a work dir whose runs had other settings."""
     path = work / "config.json"
     if path.exists():
         old = json.loads(path.read_text())
         if old != config:
-            changed = ", ".join(f"{k}: {old.get(k)} -> {config.get(k)}" for k in sorted(set(old) | set(config))
-                                if old.get(k) != config.get(k))
-            raise ArgumentError(f"--work-dir {work} holds runs made with other settings ({changed}); use another one")
+            raise ArgumentError(f"--work-dir {work} holds runs made with other settings ({changes(old, config, '->')}); "
+                                "use another one")
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=1))
 
@@ -791,6 +793,7 @@ def main(argv=None) -> dict:
     check_args(a)
     a.data_dir, a.work_dir = os.path.abspath(os.path.expanduser(a.data_dir)), os.path.abspath(os.path.expanduser(a.work_dir))
     settings = paper_settings(a.script, a.task)
+    config = run_config(a, settings)
     jobs = jobs_for(a, settings)
     stem = f"parity_{a.script}_{a.task}"
     if a.dry_run:
@@ -802,8 +805,7 @@ def main(argv=None) -> dict:
         if not (out / f"{stem}.csv").is_file():
             raise ArgumentError(f"no {out / stem}.csv to plot; run without --plot-only first")
         results = read_csv(out / f"{stem}.csv")
-        if a.add_csv:
-            results += added_runs(a, run_config(a, settings), results)
+        results += added_runs(a, config, results)
         plot(out / f"{stem}.png", results, plot_title(a, results))
         return report(a, results)
     if not a.report_only:
@@ -813,7 +815,7 @@ def main(argv=None) -> dict:
         ensure_venv(a)
         ensure_data(a)
         work = Path(a.work_dir)
-        check_work_dir(work, run_config(a, settings))
+        check_work_dir(work, config)
         (work / "home" / ".ogbench").mkdir(parents=True, exist_ok=True)
         link = work / "home" / ".ogbench" / "data"
         if link.is_symlink() and os.readlink(link) != a.data_dir:
@@ -828,10 +830,10 @@ def main(argv=None) -> dict:
     if missing:
         raise ArgumentError(f"no finished run in {', '.join(missing)}")
     results = [finished_run(j) for j in jobs]
-    results += added_runs(a, run_config(a, settings), results)
+    results += added_runs(a, config, results)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / f"{stem}.csv", results)
-    write_config(out / f"{stem}.json", run_config(a, settings), results)
+    write_config(out / f"{stem}.json", config, results)
     plot(out / f"{stem}.png", results, plot_title(a, results))
     summary = report(a, results)
     cpu = sum(r.get("cpu_s", 0.0) for r in results)
