@@ -916,7 +916,7 @@ def main(args: Args) -> dict:
     critic_params, target_params = list(critic.parameters()), list(target_critic.parameters())
 
     def update(batch: dict) -> dict:
-        """One gradient step: the losses, backward, Adam and the Polyak update, all in the (compiled) function."""
+        """One gradient step: the losses, backward, the Polyak update, Adam, all in the (compiled) function."""
         loss_critic, q = critic_loss(critic, target_critic, actor_onestep_flow, batch, args.gamma, args.q_agg)
         loss_bc_flow = bc_flow_loss(actor_bc_flow, batch["observations"], batch["actions"])
         loss_distill, loss_q = onestep_losses(actor_onestep_flow, actor_bc_flow, critic, batch["observations"], act_dim,
@@ -924,9 +924,9 @@ def main(args: Args) -> dict:
         loss = loss_critic + loss_bc_flow + args.alpha * loss_distill + loss_q
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        with torch.no_grad():
+        with torch.no_grad():  # Polyak with the critic before this step, as agents/fql.py's target_update
             torch._foreach_lerp_(target_params, critic_params, args.tau)
+        optimizer.step()
         return {"critic_loss": loss_critic.detach(), "bc_flow_loss": loss_bc_flow.detach(), "distill_loss": loss_distill.detach(),
                 "q_loss": loss_q.detach(), "q_mean": q.detach().mean(), "total_loss": loss.detach()}
 

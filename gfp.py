@@ -1119,9 +1119,9 @@ def main(args: Args) -> dict:
         loss = loss_critic + loss_vabc + args.alpha * loss_distill + loss_q  # one summed loss, one Adam step
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        with torch.no_grad():
+        with torch.no_grad():  # Polyak with the critic before this step, as agents/gfp.py's target_update
             torch._foreach_lerp_(target_params, critic_params, args.tau)
+        optimizer.step()
         out = {"critic_loss": loss_critic.detach(), "vabc_loss": loss_vabc.detach(), "distill_loss": loss_distill.detach(),
                "q_loss": loss_q.detach(), "q_mean": q.detach().mean(), "total_loss": loss.detach()}
         if weights is not None:

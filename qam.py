@@ -1171,9 +1171,9 @@ def main(args: Args) -> dict:
         loss.backward()
         if args.max_grad_norm > 0:
             out["grad_norm"] = nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
-        optimizer.step()
-        with torch.no_grad():
+        with torch.no_grad():  # Polyak with the weights before this step, as agents/qam.py's target_update
             torch._foreach_lerp_(polyak[1], polyak[0], args.tau)
+        optimizer.step()
         out.update(q_mean=q.mean(), total_loss=loss)
         return {k: v.detach() for k, v in out.items()}
 
