@@ -1,0 +1,101 @@
+"""Checks of benchmarks/parity_step.py and parity_crosseval.py that need no official code (their runs: docs/parity.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import parity_step  # noqa: E402
+
+import fql  # noqa: E402
+
+
+def randomized(modules: dict, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in modules.values():
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+    return modules
+
+
+def test_weights_map_to_the_official_layout_and_back_exactly():
+    obs_dim, act_dim, hidden, layers = 7, 3, 16, 2
+    ours = randomized(parity_step.fql_modules(fql, obs_dim, act_dim, hidden, layers), 1)
+    flat = parity_step.ours_as_official(fql, ours)
+    # flax layouts: Dense kernels (in, out); the critic ensemble's vmapped parameters with the member axis first
+    assert flat["modules_actor_onestep_flow/mlp/Dense_0/kernel"].shape == (obs_dim + act_dim, hidden)
+    assert flat["modules_actor_bc_flow/mlp/Dense_0/kernel"].shape == (obs_dim + act_dim + 1, hidden)
+    assert flat["modules_critic/value_net/Dense_0/kernel"].shape == (2, obs_dim + act_dim, hidden)
+    assert flat["modules_critic/value_net/Dense_2/bias"].shape == (2, 1)
+    assert flat["modules_target_critic/value_net/LayerNorm_1/scale"].shape == (2, hidden)
+    assert len(flat) == 2 * 2 * (layers + 1) + 2 * (2 * (layers + 1) + 2 * layers)
+    other = randomized(parity_step.fql_modules(fql, obs_dim, act_dim, hidden, layers), 2)
+    parity_step.official_to_ours({f"init/{k}": v for k, v in flat.items()}, "init/", fql, other, layers)
+    for name in ours:
+        for (key, a), b in zip(ours[name].state_dict().items(), other[name].state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{key}"
+    flat["modules_critic/value_net/Dense_0/bias"][1, 0] += 1.0  # the copy is not a view of the weights
+    assert not np.array_equal(flat["modules_critic/value_net/Dense_0/bias"],
+                              parity_step.ours_as_official(fql, ours)["modules_critic/value_net/Dense_0/bias"])
+
+
+def test_recorded_noise_is_what_fql_update_draws_in_its_order():
+    """critic_loss, bc_flow_loss and onestep_losses, as fql.py's update calls them, draw exactly the official update's
+    noise: normal next_z, x_0, z and uniform t (a change of fql.py's draws fails here, not silently in the check)."""
+    b, obs_dim, act_dim, hidden = 5, 4, 2, 8
+    m = randomized(parity_step.fql_modules(fql, obs_dim, act_dim, hidden, 2), 0)
+    g = torch.Generator().manual_seed(0)
+    batch = {"observations": torch.randn(b, obs_dim, generator=g), "actions": torch.rand(b, act_dim, generator=g) * 2 - 1,
+             "rewards": -torch.ones(b), "masks": torch.ones(b), "next_observations": torch.randn(b, obs_dim, generator=g)}
+    normal = [np.full((b, act_dim), v, np.float32) for v in (0.1, 0.2, 0.3)]
+    uniform = [np.full((b, 1), 0.5, np.float32)]
+    with parity_step.recorded_noise(list(normal), list(uniform)):
+        fql.critic_loss(m["critic"], m["target_critic"], m["actor_onestep_flow"], batch, 0.99, "mean")
+        fql.bc_flow_loss(m["actor_bc_flow"], batch["observations"], batch["actions"])
+        fql.onestep_losses(m["actor_onestep_flow"], m["actor_bc_flow"], m["critic"], batch["observations"], act_dim, 10, False)
+    with pytest.raises(AssertionError, match="drew less noise"):
+        with parity_step.recorded_noise(list(normal), list(uniform)):
+            fql.critic_loss(m["critic"], m["target_critic"], m["actor_onestep_flow"], batch, 0.99, "mean")
+    with pytest.raises(AssertionError, match="drew more normal noise"):
+        with parity_step.recorded_noise([], []):
+            torch.randn(b, act_dim)
+    with pytest.raises(AssertionError, match="of shape"):
+        with parity_step.recorded_noise([np.zeros((3, 3), np.float32)], []):
+            torch.randn(b, act_dim)
+    assert torch.randn(2).shape == (2,)  # restored after the block, also after an error
+
+
+def test_summary_names_the_worst_tensor_of_each_order():
+    result = {"losses": {"critic_loss": {"worst_rel": 1e-6, "at_step": 3}},
+              "grad": {"a": 1e-7, "b": 2e-7},
+              "after1": {"modules_critic/x": 1e-6, "modules_target_critic/x": 0.0},
+              "after_last": {"modules_critic/x": 3e-3, "modules_target_critic/x": 5e-2}}
+    lines = "\n".join(parity_step.summary({"fql.py before 2026-12-03": result, "agents/fql.py and fql.py": result}, 20))
+    assert "after Adam's step (as fql.py before 2026-12-03)" in lines and "before Adam's step (as agents/fql.py and fql.py)" in lines
+    assert "2.00e-07 (b; 2 tensors)" in lines and "5.00e-02 (modules_target_critic/x; 1 tensors)" in lines
+
+
+def test_official_drivers_are_valid_python():
+    import parity_crosseval
+
+    compile(parity_step.OFFICIAL_DRIVER, "parity_step_driver", "exec")
+    compile(parity_crosseval.OFFICIAL_DRIVER, "parity_crosseval_driver", "exec")
+
+
+@pytest.mark.parametrize("script,argv,message", [
+    ("parity_step.py", ["--official-dir", "/nonexistent"], "has no agents/fql.py"),
+    ("parity_step.py", ["--official-dir", str(ROOT), "--steps", "0"], "must be >= 1"),
+    ("parity_crosseval.py", ["--official-dir", str(ROOT)], "give --official-params, --ours-checkpoint or both"),
+    ("parity_crosseval.py", ["--official-dir", str(ROOT), "--ours-checkpoint", "/nonexistent.pt"], "is not a file"),
+])
+def test_bad_input_is_one_clear_line(script, argv, message):
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *argv], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
