@@ -922,10 +922,12 @@ def main(args: Args) -> dict:
         loss_distill, loss_q = onestep_losses(actor_onestep_flow, actor_bc_flow, critic, batch["observations"], act_dim,
                                               args.flow_steps, args.normalize_q_loss)
         loss = loss_critic + loss_bc_flow + args.alpha * loss_distill + loss_q
+        # Polyak with the critic before this step, as agents/fql.py's target_update; taken here, once the target has been
+        # used (under no_grad: backward needs none of it), so that it stays in the compiled graph of the forward
+        with torch.no_grad():
+            torch._foreach_lerp_(target_params, critic_params, args.tau)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        with torch.no_grad():  # Polyak with the critic before this step, as agents/fql.py's target_update
-            torch._foreach_lerp_(target_params, critic_params, args.tau)
         optimizer.step()
         return {"critic_loss": loss_critic.detach(), "bc_flow_loss": loss_bc_flow.detach(), "distill_loss": loss_distill.detach(),
                 "q_loss": loss_q.detach(), "q_mean": q.detach().mean(), "total_loss": loss.detach()}

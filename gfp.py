@@ -1117,10 +1117,12 @@ def main(args: Args) -> dict:
         loss_vabc, weights, advantage = vabc_loss(vabc, target_critic, obs, batch["actions"], actor_actions, flow_actions,
                                                   lam, eta["now"], args.guidance_fn, args.q_agg, args.guidance_agg)
         loss = loss_critic + loss_vabc + args.alpha * loss_distill + loss_q  # one summed loss, one Adam step
+        # Polyak with the critic before this step, as agents/gfp.py's target_update; taken here, once the target has been
+        # used (under no_grad: backward needs none of it), so that it stays in the compiled graph of the forward
+        with torch.no_grad():
+            torch._foreach_lerp_(target_params, critic_params, args.tau)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        with torch.no_grad():  # Polyak with the critic before this step, as agents/gfp.py's target_update
-            torch._foreach_lerp_(target_params, critic_params, args.tau)
         optimizer.step()
         out = {"critic_loss": loss_critic.detach(), "vabc_loss": loss_vabc.detach(), "distill_loss": loss_distill.detach(),
                "q_loss": loss_q.detach(), "q_mean": q.detach().mean(), "total_loss": loss.detach()}
