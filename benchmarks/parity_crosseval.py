@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,7 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from parity_step import fql_modules, official_to_ours, ours_as_official  # noqa: E402
+from parity_step import (ONE_THREAD_JAX, CheckError, add_official_args, check_official, fql_modules,  # noqa: E402
+                         load_data, official_to_ours, ours_as_official, run_official)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the algorithm scripts are top-level files
@@ -69,19 +68,11 @@ json.dump({"success": float(stats["success"]), "episodes": a["episodes"]}, open(
 '''
 
 
-class CheckError(ValueError):
-    """Bad input or a missing file: one line, exit 2."""
+DRIVER_ENV = {**ONE_THREAD_JAX, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}  # the official evaluation steps MuJoCo
 
 
-def run_official(a, settings: dict) -> None:
-    driver = Path(a.work_dir) / "crosseval_driver.py"
-    driver.write_text(OFFICIAL_DRIVER)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MUJOCO_GL="egl", OMP_NUM_THREADS="1",
-               XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-    run = subprocess.run([str(Path(a.official_venv) / "bin" / "python"), str(driver), json.dumps(settings)],
-                         cwd=a.official_dir, env=env, capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        raise CheckError(f"the official side failed (rc {run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
+def run_crosseval_driver(a, settings: dict) -> None:
+    run_official(a, OFFICIAL_DRIVER, "crosseval_driver.py", settings, DRIVER_ENV)
 
 
 def evaluate_ours(fql, data, modules: dict, a) -> float:
@@ -105,7 +96,7 @@ def both(fql, data, modules: dict, a, name: str) -> dict:
     flat = ours_as_official(fql, modules)
     np.savez(work / f"{name}.npz", **flat)
     obs_dim, act_dim = data.transitions["observations"].shape[1], data.transitions["actions"].shape[1]
-    run_official(a, dict(mode="evaluate", params=str(work / f"{name}.npz"), out=str(work / f"{name}_official.json"),
+    run_crosseval_driver(a, dict(mode="evaluate", params=str(work / f"{name}.npz"), out=str(work / f"{name}_official.json"),
                          task=a.task, seed=a.seed, episodes=a.episodes, hidden_dim=a.hidden_dim,
                          num_layers=a.num_layers, obs_dim=obs_dim, act_dim=act_dim))
     official = json.loads((work / f"{name}_official.json").read_text())["success"]
@@ -114,11 +105,7 @@ def both(fql, data, modules: dict, a, name: str) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--official-dir", required=True, help="a checkout of seohongpark/fql at 719d044")
-    p.add_argument("--official-venv", default=os.path.expanduser("~/.cache/flowrl/parity-venv"),
-                   help="the official code's venv (benchmarks/parity.py --make-venv makes it)")
-    p.add_argument("--task", default="scene-play-singletask-task1-v0", help="OGBench singletask name")
-    p.add_argument("--data-dir", default="/tmp/parity-data", help="the generated dataset (for fql.py's loader)")
+    add_official_args(p)
     p.add_argument("--official-params", help="params_<step>.pkl written by the official main.py")
     p.add_argument("--ours-checkpoint", help="fql.pt written by fql.py --save-model")
     p.add_argument("--episodes", type=int, default=100, help="episodes per evaluation, both evaluators")
@@ -135,10 +122,7 @@ def parse_args(argv=None):
             raise CheckError(f"{flag} {path} is not a file")
     if a.episodes < 1:
         raise CheckError("--episodes must be >= 1")
-    if not (Path(a.official_dir) / "utils" / "evaluation.py").is_file():
-        raise CheckError(f"--official-dir {a.official_dir} has no utils/evaluation.py (a checkout of seohongpark/fql @719d044)")
-    if not (Path(a.official_venv) / "bin" / "python").is_file():
-        raise CheckError(f"--official-venv {a.official_venv} has no bin/python (make it with benchmarks/parity.py --make-venv)")
+    check_official(a, "utils/evaluation.py")
     return a
 
 
@@ -146,16 +130,13 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     import fql
 
-    try:
-        data = fql.load_offline_data(a.task, a.data_dir)
-    except fql.DatasetError as e:
-        raise CheckError(str(e)) from None
+    data = load_data(fql, a)
     work = Path(a.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     obs_dim, act_dim = data.transitions["observations"].shape[1], data.transitions["actions"].shape[1]
     table = {}
     if a.official_params:
-        run_official(a, dict(mode="export", params=str(Path(a.official_params).resolve()), out=str(work / "official_params.npz")))
+        run_crosseval_driver(a, dict(mode="export", params=str(Path(a.official_params).resolve()), out=str(work / "official_params.npz")))
         with np.load(work / "official_params.npz") as f:
             flat = dict(f)
         modules = fql_modules(fql, obs_dim, act_dim, a.hidden_dim, a.num_layers)

@@ -101,6 +101,45 @@ class CheckError(ValueError):
     """Bad input or a missing file: one line, exit 2."""
 
 
+# The pieces parity_step.py and parity_crosseval.py share: the official checkout, its venv, the data, the driver run.
+ONE_THREAD_JAX = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+
+
+def add_official_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--official-dir", required=True, help="a checkout of seohongpark/fql at 719d044")
+    p.add_argument("--official-venv", default=os.path.expanduser("~/.cache/flowrl/parity-venv"),
+                   help="the official code's venv (benchmarks/parity.py --make-venv makes it)")
+    p.add_argument("--task", default="scene-play-singletask-task1-v0", help="OGBench singletask name")
+    p.add_argument("--data-dir", default="/tmp/parity-data", help="the generated dataset (benchmarks/parity.py makes it)")
+
+
+def check_official(a, needed: str) -> None:
+    """--official-dir must hold `needed` (a file of the official checkout) and --official-venv a python."""
+    if not (Path(a.official_dir) / needed).is_file():
+        raise CheckError(f"--official-dir {a.official_dir} has no {needed} (a checkout of seohongpark/fql @719d044)")
+    if not (Path(a.official_venv) / "bin" / "python").is_file():
+        raise CheckError(f"--official-venv {a.official_venv} has no bin/python (make it with benchmarks/parity.py --make-venv)")
+
+
+def load_data(fql, a):
+    """fql.py's OfflineData of --task from --data-dir; a missing or bad dataset is one CheckError line."""
+    try:
+        return fql.load_offline_data(a.task, a.data_dir)
+    except fql.DatasetError as e:
+        raise CheckError(f"{e} (benchmarks/parity.py --task {a.task} generates it)") from None
+
+
+def run_official(a, driver: str, name: str, settings: dict, env: dict = ONE_THREAD_JAX) -> None:
+    """Write `driver` to --work-dir/`name` and run it with the official venv's python in --official-dir, its settings
+    as one JSON argument; a failure is one CheckError line with the driver's last line of stderr."""
+    path = Path(a.work_dir) / name
+    path.write_text(driver)
+    run = subprocess.run([str(Path(a.official_venv) / "bin" / "python"), str(path), json.dumps(settings)],
+                         cwd=a.official_dir, env=dict(os.environ, **env), capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        raise CheckError(f"the official side failed (rc {run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
+
+
 def fql_modules(fql, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: int) -> dict:
     """fql.py's four networks (2 critics, as the official default num_qs), named as in its checkpoints and the
     official agent's `modules_<name>`. Their initial weights are meant to be overwritten."""
@@ -267,11 +306,7 @@ def summary(results: dict, steps: int) -> list:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--official-dir", required=True, help="a checkout of seohongpark/fql at 719d044")
-    p.add_argument("--official-venv", default=os.path.expanduser("~/.cache/flowrl/parity-venv"),
-                   help="the official code's venv (benchmarks/parity.py --make-venv makes it)")
-    p.add_argument("--task", default="scene-play-singletask-task1-v0", help="OGBench singletask name")
-    p.add_argument("--data-dir", default="/tmp/parity-data", help="the generated dataset (benchmarks/parity.py makes it)")
+    add_official_args(p)
     p.add_argument("--work-dir", default="/tmp/parity-step", help="batches and the official side's output")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20, help="updates compared")
@@ -285,10 +320,7 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.steps < 1 or a.batch_size < 1 or a.hidden_dim < 1 or a.num_layers < 1:
         raise CheckError("--steps, --batch-size, --hidden-dim and --num-layers must be >= 1")
-    if not (Path(a.official_dir) / "agents" / "fql.py").is_file():
-        raise CheckError(f"--official-dir {a.official_dir} has no agents/fql.py (a checkout of seohongpark/fql @719d044)")
-    if not (Path(a.official_venv) / "bin" / "python").is_file():
-        raise CheckError(f"--official-venv {a.official_venv} has no bin/python (make it with benchmarks/parity.py --make-venv)")
+    check_official(a, "agents/fql.py")
     return a
 
 
@@ -296,10 +328,7 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     import fql
 
-    try:
-        data = fql.load_offline_data(a.task, a.data_dir)
-    except fql.DatasetError as e:
-        raise CheckError(f"{e} (benchmarks/parity.py --task {a.task} generates it)") from None
+    data = load_data(fql, a)
     work = Path(a.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(a.seed)
@@ -307,14 +336,9 @@ def main(argv=None) -> dict:
     idx = rng.integers(0, n, size=(a.steps, a.batch_size))
     batches = {k: v[idx].astype(np.float32) for k, v in data.transitions.items()}
     np.savez(work / "batches.npz", **batches)
-    (work / "official_driver.py").write_text(OFFICIAL_DRIVER)
     settings = dict(batches=str(work / "batches.npz"), out=str(work / "official.npz"), seed=a.seed, alpha=a.alpha,
                     gamma=a.gamma, q_agg=a.q_agg, hidden_dim=a.hidden_dim, num_layers=a.num_layers, batch_size=a.batch_size)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-    run = subprocess.run([str(Path(a.official_venv) / "bin" / "python"), str(work / "official_driver.py"), json.dumps(settings)],
-                         cwd=a.official_dir, env=env, capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        raise CheckError(f"the official side failed (rc {run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
+    run_official(a, OFFICIAL_DRIVER, "official_driver.py", settings)
     with np.load(work / "official.npz") as f:
         official = dict(f)
     result = {order: compare(fql, official, batches, a, polyak_first) for order, polyak_first in ORDERS.items()}
