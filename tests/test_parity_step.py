@@ -1,4 +1,4 @@
-"""Checks of benchmarks/parity_step.py and parity_crosseval.py that need no official code (their runs: docs/parity.md)."""
+"""Checks of benchmarks/parity_step.py, parity_crosseval.py and parity_swap.py that need no official code (their runs: docs/parity.md)."""
 
 from __future__ import annotations
 
@@ -85,9 +85,46 @@ def test_summary_names_the_worst_tensor_of_each_order():
 
 def test_official_drivers_are_valid_python():
     import parity_crosseval
+    import parity_swap
 
     compile(parity_step.OFFICIAL_DRIVER, "parity_step_driver", "exec")
     compile(parity_crosseval.OFFICIAL_DRIVER, "parity_crosseval_driver", "exec")
+    compile(parity_swap.OFFICIAL_DRIVER, "parity_swap_driver", "exec")
+
+
+def test_swap_moves_weights_and_adam_state_to_the_official_layout_and_back_exactly(tmp_path):
+    """An fql.py checkpoint after a few Adam steps -> the official state (params, mu, nu, count) -> a checkpoint that
+    fql.py loads: the same weights and Adam state, bit for bit, and the moments under the weights' official names."""
+    import parity_swap
+
+    obs_dim, act_dim, hidden, layers = 6, 2, 8, 2
+    modules = randomized(parity_step.fql_modules(fql, obs_dim, act_dim, hidden, layers), 3)
+    params = parity_swap.trained(modules)
+    optimizer = torch.optim.Adam(params, lr=1e-2, foreach=True)
+    for k in range(3):
+        optimizer.zero_grad()
+        sum(((p - k) ** 2).sum() for p in params).backward()
+        optimizer.step()
+    args = fql.Args(env_id="x", hidden_dim=hidden, num_layers=layers, cuda=False)
+    fql.save_checkpoint(tmp_path / "a.pt", modules, optimizer, 3, args, obs_dim, act_dim)
+    flat, h, n = parity_swap.checkpoint_to_official(fql, tmp_path / "a.pt", obs_dim, act_dim)
+    assert (h, n, int(flat["count"]), int(flat["step"])) == (hidden, layers, 3, 4)  # TrainState counts from 1
+    key = "modules_critic/value_net/Dense_0/kernel"
+    assert flat[f"mu/{key}"].shape == flat[f"params/{key}"].shape == (2, obs_dim + act_dim, hidden)
+    assert np.array_equal(flat[f"nu/{key}"], optimizer.state[modules["critic"].net[0].weight]["exp_avg_sq"].numpy())
+    assert not flat[f"mu/modules_target_critic/value_net/Dense_0/kernel"].any()  # no gradient reaches it
+    parity_swap.official_to_checkpoint(fql, flat, "x", hidden, layers, obs_dim, act_dim, tmp_path / "b.pt")
+    a, b = (torch.load(tmp_path / f, weights_only=True) for f in ("a.pt", "b.pt"))
+    assert b["step"] == 3
+    for name in ("actor_bc_flow", "actor_onestep_flow", "critic", "target_critic"):
+        for key, tensor in a[name].items():
+            assert torch.equal(tensor, b[name][key]), f"{name}.{key}"
+    for i, state in a["optimizer"]["state"].items():
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[key], b["optimizer"]["state"][i][key]), f"{i}.{key}"
+    other = parity_swap.trained(randomized(parity_step.fql_modules(fql, obs_dim, act_dim, hidden, layers), 4))
+    loaded = torch.optim.Adam(other, lr=1e-2, foreach=True)
+    loaded.load_state_dict(b["optimizer"])  # fql.py's load_checkpoint does this
 
 
 @pytest.mark.parametrize("script,argv,message", [
@@ -95,6 +132,10 @@ def test_official_drivers_are_valid_python():
     ("parity_step.py", ["--official-dir", str(ROOT), "--steps", "0"], "must be >= 1"),
     ("parity_crosseval.py", ["--official-dir", str(ROOT)], "give --official-params, --ours-checkpoint or both"),
     ("parity_crosseval.py", ["--official-dir", str(ROOT), "--ours-checkpoint", "/nonexistent.pt"], "is not a file"),
+    ("parity_swap.py", ["--official-dir", str(ROOT)], "give one of --official-params or --ours-checkpoint"),
+    ("parity_swap.py", ["--official-dir", str(ROOT), "--ours-checkpoint", "/nonexistent.pt", "--out-official-dir", "/tmp/x"],
+     "is not a file"),
+    ("parity_swap.py", ["--official-dir", str(ROOT), "--official-params", __file__], "needs --out-checkpoint"),
 ])
 def test_bad_input_is_one_clear_line(script, argv, message):
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *argv], capture_output=True, text=True, timeout=60)
