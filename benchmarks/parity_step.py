@@ -19,6 +19,9 @@ numbers, and compares them term by term.
      recorded arrays for the call), and takes the step as fql.py's `update` does (the loss sum, the Polyak update
      of the target critic, Adam over all networks).
 
+Before that, the dataset: fql.py's loader is compared with the official envs/env_utils.py `make_env_and_datasets`
+(main.py's training data, read from the same files through HOME=<work dir>/home), key by key.
+
 Printed: each loss term of every step (relative difference, worst step), the gradient of every parameter at
 step 1, and every parameter after step 1 and after the last step (relative difference of the tensor,
 ||ours - official|| / ||official||), twice: with the Polyak update of the target critic after Adam's step
@@ -95,6 +98,21 @@ for k in range(steps):
 np.savez(a["out"], **out)
 print("official: done", steps, "updates")
 '''
+
+
+DATA_DRIVER = r'''
+"""flowrl benchmarks/parity_step.py driver: the official FQL's training dataset (not part of it)."""
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+import numpy as np
+from envs.env_utils import make_env_and_datasets
+
+a = json.loads(sys.argv[1])
+_, _, train, _ = make_env_and_datasets(a["task"])  # main.py's call; ogbench reads $HOME/.ogbench/data
+np.savez(a["out"], **{k: np.asarray(train[k]) for k in a["keys"]})
+'''
+
+DATA_KEYS = ("observations", "actions", "rewards", "masks", "next_observations")
 
 
 class CheckError(ValueError):
@@ -228,6 +246,32 @@ def rel(ours: np.ndarray, official: np.ndarray) -> float:
     return diff / scale if scale > 0 else diff
 
 
+def compare_data(ours: dict, official: dict) -> dict:
+    """fql.py's transitions against the official training dataset, key by key: shapes, largest |difference|, and how
+    many entries differ at all."""
+    out = {}
+    for key in DATA_KEYS:
+        x, y = np.asarray(ours[key]), np.asarray(official[key])
+        if x.shape != y.shape:
+            out[key] = {"shape": [list(x.shape), list(y.shape)]}
+            continue
+        d = np.abs(x.astype(np.float64) - y.astype(np.float64))
+        out[key] = {"shape": list(x.shape), "max_abs": float(d.max(initial=0.0)), "differ": int((d > 0).sum())}
+    return out
+
+
+def data_lines(result: dict) -> list:
+    lines = ["dataset: fql.py's loader against the official envs/env_utils.py (main.py's training data)"]
+    for key, r in result.items():
+        if "max_abs" not in r:
+            lines.append(f"  {key:17s} SHAPES DIFFER: ours {r['shape'][0]}, official {r['shape'][1]}")
+        else:
+            n = int(np.prod(r["shape"]))
+            lines.append(f"  {key:17s} {tuple(r['shape'])}: " + ("identical" if r["differ"] == 0 else
+                         f"{r['differ']} of {n} entries differ, largest |difference| {r['max_abs']:.2e}"))
+    return lines
+
+
 def compare(fql, official: dict, batches: dict, a, polyak_first: bool = False) -> dict:
     """fql.py's side of every update, from the official initial weights and noise; the table as a dict.
 
@@ -331,6 +375,16 @@ def main(argv=None) -> dict:
     data = load_data(fql, a)
     work = Path(a.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    # the batches below come from fql.py's loader: first, that it reads what the official main.py trains on
+    home = work / "home" / ".ogbench"
+    home.mkdir(parents=True, exist_ok=True)
+    if (home / "data").is_symlink():
+        (home / "data").unlink()
+    (home / "data").symlink_to(Path(a.data_dir).expanduser().resolve())
+    run_official(a, DATA_DRIVER, "data_driver.py", dict(task=a.task, out=str(work / "official_data.npz"), keys=DATA_KEYS),
+                 dict(ONE_THREAD_JAX, HOME=str(work / "home"), MUJOCO_GL="egl"))
+    with np.load(work / "official_data.npz") as f:
+        data_result = compare_data(data.transitions, f)
     rng = np.random.default_rng(a.seed)
     n = len(data.transitions["rewards"])
     idx = rng.integers(0, n, size=(a.steps, a.batch_size))
@@ -344,10 +398,10 @@ def main(argv=None) -> dict:
     result = {order: compare(fql, official, batches, a, polyak_first) for order, polyak_first in ORDERS.items()}
     print(f"fql.py vs official FQL on {a.task}: {a.steps} updates, batch {a.batch_size}, {a.hidden_dim}x{a.num_layers}, "
           f"alpha {a.alpha:g}, seed {a.seed}")
-    print("\n".join(summary(result, a.steps)))
+    print("\n".join(data_lines(data_result) + summary(result, a.steps)))
     if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=1))
-    return result
+        Path(a.json).write_text(json.dumps({"data": data_result, **result}, indent=1))
+    return {"data": data_result, **result}
 
 
 if __name__ == "__main__":

@@ -83,11 +83,25 @@ def test_summary_names_the_worst_tensor_of_each_order():
     assert "2.00e-07 (b; 2 tensors)" in lines and "5.00e-02 (modules_target_critic/x; 1 tensors)" in lines
 
 
+def test_data_comparison_counts_what_differs():
+    ours = {k: np.zeros((4, 3), np.float32) for k in parity_step.DATA_KEYS}
+    official = {k: v.copy() for k, v in ours.items()}
+    official["actions"][1, 2] = 6e-8
+    official["masks"] = np.zeros((5, 3), np.float32)
+    result = parity_step.compare_data(ours, official)
+    assert result["observations"] == {"shape": [4, 3], "max_abs": 0.0, "differ": 0}
+    assert result["actions"]["differ"] == 1 and abs(result["actions"]["max_abs"] - 6e-8) < 1e-12
+    lines = "\n".join(parity_step.data_lines(result))
+    assert "observations      (4, 3): identical" in lines and "1 of 12 entries differ, largest |difference| 6.00e-08" in lines
+    assert "masks             SHAPES DIFFER: ours [4, 3], official [5, 3]" in lines
+
+
 def test_official_drivers_are_valid_python():
     import parity_crosseval
     import parity_swap
 
     compile(parity_step.OFFICIAL_DRIVER, "parity_step_driver", "exec")
+    compile(parity_step.DATA_DRIVER, "parity_step_data_driver", "exec")
     compile(parity_crosseval.OFFICIAL_DRIVER, "parity_crosseval_driver", "exec")
     compile(parity_swap.OFFICIAL_DRIVER, "parity_swap_driver", "exec")
 
