@@ -628,6 +628,19 @@ def ensure_venv(a) -> None:
     subprocess.run([str(python), "-c", probe], check=True)
 
 
+def ogbench_home(work: Path, data_dir: str) -> Path:
+    """<work>/home, whose .ogbench/data is a symlink to `data_dir`: the official codes' HOME, so that ogbench's default
+    ~/.ogbench/data is the generated data (also used by parity_step.py)."""
+    link = work / "home" / ".ogbench" / "data"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = str(Path(data_dir).expanduser().resolve())
+    if link.is_symlink() and os.readlink(link) != target:
+        link.unlink()
+    if not link.is_symlink():
+        link.symlink_to(target, target_is_directory=True)
+    return work / "home"
+
+
 def ensure_data(a) -> None:
     name = dataset_of(a.task)
     train, val = Path(a.data_dir) / f"{name}.npz", Path(a.data_dir) / f"{name}-val.npz"
@@ -816,12 +829,7 @@ def main(argv=None) -> dict:
         ensure_data(a)
         work = Path(a.work_dir)
         check_work_dir(work, config)
-        (work / "home" / ".ogbench").mkdir(parents=True, exist_ok=True)
-        link = work / "home" / ".ogbench" / "data"
-        if link.is_symlink() and os.readlink(link) != a.data_dir:
-            link.unlink()
-        if not link.is_symlink():
-            link.symlink_to(a.data_dir, target_is_directory=True)
+        ogbench_home(work, a.data_dir)
         driver_path(a).write_text(DRIVERS[a.script])
         t0 = time.time()
         run_jobs(jobs, a.jobs)

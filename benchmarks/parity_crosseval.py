@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from parity_step import (ONE_THREAD_JAX, CheckError, add_official_args, check_official, fql_modules,  # noqa: E402
-                         load_data, official_to_ours, ours_as_official, run_official)
+                         load_data, load_fql_checkpoint, official_to_ours, ours_as_official, run_official)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the algorithm scripts are top-level files
@@ -143,13 +143,8 @@ def main(argv=None) -> dict:
         official_to_ours(flat, "", fql, modules, a.num_layers)
         table[f"official run ({a.official_params})"] = both(fql, data, modules, a, "weights_official_run")
     if a.ours_checkpoint:
-        state = torch.load(a.ours_checkpoint, map_location="cpu", weights_only=True)
+        state, modules = load_fql_checkpoint(fql, a.ours_checkpoint, obs_dim, act_dim)
         saved = state["args"]
-        if saved["num_critics"] != 2:
-            raise CheckError(f"{a.ours_checkpoint} has {saved['num_critics']} critics; the official agent has 2")
-        modules = fql_modules(fql, obs_dim, act_dim, saved["hidden_dim"], saved["num_layers"])
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
         ours_args = argparse.Namespace(**{**vars(a), "hidden_dim": saved["hidden_dim"], "num_layers": saved["num_layers"]})
         table[f"fql.py run ({a.ours_checkpoint})"] = both(fql, data, modules, ours_args, "weights_ours_run")
     print(f"{a.task}: success of the same weights under both evaluators, {a.episodes} episodes each, seed {a.seed} "

@@ -168,6 +168,26 @@ def fql_modules(fql, obs_dim: int, act_dim: int, hidden_dim: int, num_layers: in
             "target_critic": fql.Critic(obs_dim, act_dim, hidden_dim, num_layers, 2)}
 
 
+def trained(modules: dict) -> list:
+    """The parameters fql.py's Adam holds, in its order (main: actor_bc_flow, actor_onestep_flow, critic)."""
+    return [p for name in ("actor_bc_flow", "actor_onestep_flow", "critic") for p in modules[name].parameters()]
+
+
+def load_fql_checkpoint(fql, path, obs_dim: int, act_dim: int) -> tuple:
+    """fql.py's checkpoint (--save-model) and its four networks loaded from it; one CheckError line if it is not one
+    or has other than the official agent's 2 critics."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("script", "fql") != "fql" or any(k not in state for k in fql.CHECKPOINT_ENTRIES):
+        raise CheckError(f"{path} is not an fql.py checkpoint")
+    saved = state["args"]
+    if saved["num_critics"] != 2:
+        raise CheckError(f"{path} has {saved['num_critics']} critics; the official agent has 2")
+    modules = fql_modules(fql, obs_dim, act_dim, saved["hidden_dim"], saved["num_layers"])
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    return state, modules
+
+
 def official_to_ours(flat: dict, prefix: str, fql, modules: dict, num_layers: int) -> None:
     """Copy flax parameters (flattened with '/', under `prefix`) into fql.py's modules, in place.
 
@@ -280,7 +300,7 @@ def compare(fql, official: dict, batches: dict, a, polyak_first: bool = False) -
     modules = fql_modules(fql, obs_dim, act_dim, a.hidden_dim, a.num_layers)
     official_to_ours(official, "init/", fql, modules, a.num_layers)
     modules["target_critic"].requires_grad_(False)
-    params = [p for name in ("actor_bc_flow", "actor_onestep_flow", "critic") for p in modules[name].parameters()]
+    params = trained(modules)
     optimizer = torch.optim.Adam(params, lr=3e-4, foreach=True)  # fql.py's default learning rate and CPU Adam
     critic_params, target_params = list(modules["critic"].parameters()), list(modules["target_critic"].parameters())
     tau, steps = 0.005, batches["observations"].shape[0]
@@ -376,13 +396,10 @@ def main(argv=None) -> dict:
     work = Path(a.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     # the batches below come from fql.py's loader: first, that it reads what the official main.py trains on
-    home = work / "home" / ".ogbench"
-    home.mkdir(parents=True, exist_ok=True)
-    if (home / "data").is_symlink():
-        (home / "data").unlink()
-    (home / "data").symlink_to(Path(a.data_dir).expanduser().resolve())
+    from parity import ogbench_home
+
     run_official(a, DATA_DRIVER, "data_driver.py", dict(task=a.task, out=str(work / "official_data.npz"), keys=DATA_KEYS),
-                 dict(ONE_THREAD_JAX, HOME=str(work / "home"), MUJOCO_GL="egl"))
+                 dict(ONE_THREAD_JAX, HOME=str(ogbench_home(work, a.data_dir)), MUJOCO_GL="egl"))
     with np.load(work / "official_data.npz") as f:
         data_result = compare_data(data.transitions, f)
     rng = np.random.default_rng(a.seed)

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from parity_step import (CheckError, add_official_args, check_official, fql_modules, load_data,  # noqa: E402
-                         official_to_ours, ours_as_official, run_official)
+                         load_fql_checkpoint, official_to_ours, ours_as_official, run_official, trained)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the algorithm scripts are top-level files
@@ -76,26 +76,15 @@ else:  # npz -> <out dir>/params_<step>.pkl, the agent created from --seed with 
 '''
 
 
-def ours_modules_from(fql, flat: dict, group: str, modules: dict, num_layers: int) -> None:
-    """Copy the official tree `group` (params, mu or nu; flattened with '/') into `modules`, in place."""
-    official_to_ours({k[len(group) + 1:]: v for k, v in flat.items() if k.startswith(group + "/")}, "", fql, modules,
-                     num_layers)
-
-
-def trained(modules: dict) -> list:
-    """The parameters fql.py's Adam holds, in its order (main: actor_bc_flow, actor_onestep_flow, critic)."""
-    return [p for name in ("actor_bc_flow", "actor_onestep_flow", "critic") for p in modules[name].parameters()]
-
-
 def official_to_checkpoint(fql, flat: dict, task: str, hidden_dim: int, num_layers: int, obs_dim: int, act_dim: int,
                            out: Path) -> int:
     """An fql.py checkpoint (networks, Adam, step) from the official state `flat` (params/, mu/, nu/, count, step)."""
     modules = fql_modules(fql, obs_dim, act_dim, hidden_dim, num_layers)
-    ours_modules_from(fql, flat, "params", modules, num_layers)
+    official_to_ours(flat, "params/", fql, modules, num_layers)
     moments = {}
     for group in ("mu", "nu"):
         holder = fql_modules(fql, obs_dim, act_dim, hidden_dim, num_layers)
-        ours_modules_from(fql, flat, group, holder, num_layers)
+        official_to_ours(flat, f"{group}/", fql, holder, num_layers)
         moments[group] = [p.detach().clone() for p in trained(holder)]
     args = fql.Args(env_id=task, hidden_dim=hidden_dim, num_layers=num_layers, cuda=False)
     params = trained(modules)
@@ -113,16 +102,8 @@ def official_to_checkpoint(fql, flat: dict, task: str, hidden_dim: int, num_laye
 
 def checkpoint_to_official(fql, path: Path, obs_dim: int, act_dim: int) -> tuple:
     """The official state (params/, mu/, nu/, count, step) of an fql.py checkpoint, and its network sizes."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("script", "fql") != "fql" or "optimizer" not in state:
-        raise CheckError(f"{path} is not an fql.py checkpoint")
-    saved = state["args"]
-    if saved["num_critics"] != 2:
-        raise CheckError(f"{path} has {saved['num_critics']} critics; the official agent has 2")
-    hidden_dim, num_layers = saved["hidden_dim"], saved["num_layers"]
-    modules = fql_modules(fql, obs_dim, act_dim, hidden_dim, num_layers)
-    for name, module in modules.items():
-        module.load_state_dict(state[name])
+    state, modules = load_fql_checkpoint(fql, path, obs_dim, act_dim)
+    hidden_dim, num_layers = state["args"]["hidden_dim"], state["args"]["num_layers"]
     flat = {f"params/{k}": v for k, v in ours_as_official(fql, modules).items()}
     adam = state["optimizer"]["state"]
     params = trained(modules)
@@ -142,6 +123,11 @@ def checkpoint_to_official(fql, path: Path, obs_dim: int, act_dim: int) -> tuple
     flat["count"] = np.asarray(int(steps.pop()), np.int32)
     flat["step"] = np.asarray(int(state["step"]) + 1)  # the official TrainState's step: updates + 1
     return flat, hidden_dim, num_layers
+
+
+def without_target_moments(flat: dict) -> dict:
+    """`flat` less the target critic's Adam moments (fql.py keeps none: they come back as zeros)."""
+    return {k: v for k, v in flat.items() if not ("target_critic" in k and k.split("/")[0] in ("mu", "nu"))}
 
 
 def largest_difference(x: dict, y: dict) -> float:
@@ -175,9 +161,8 @@ def parse_args(argv=None):
     if a.official_params and (not Path(a.official_params).name.startswith("params_")
                               or not Path(a.official_params).stem[len("params_"):].isdigit()):
         raise CheckError(f"--official-params {a.official_params}: the official main.py names it params_<step>.pkl")
-    target = Path(a.out_checkpoint or Path(a.out_official_dir) / "x")
-    if a.out_checkpoint and target.exists():
-        raise CheckError(f"--out-checkpoint {target} exists; give a new path")
+    if a.out_checkpoint and Path(a.out_checkpoint).exists():
+        raise CheckError(f"--out-checkpoint {a.out_checkpoint} exists; give a new path")
     check_official(a, "utils/flax_utils.py")
     return a
 
@@ -203,9 +188,7 @@ def main(argv=None) -> float | None:
         print(f"official state at step {step} -> fql.py checkpoint {a.out_checkpoint}")
         if a.check:
             back, _, _ = checkpoint_to_official(fql, Path(a.out_checkpoint), obs_dim, act_dim)
-            flat = {k: v for k, v in flat.items() if not ("target_critic" in k and k[:3] in ("mu/", "nu/"))}
-            back = {k: v for k, v in back.items() if not ("target_critic" in k and k[:3] in ("mu/", "nu/"))}
-            diff = largest_difference(flat, back)
+            diff = largest_difference(without_target_moments(flat), without_target_moments(back))
     else:
         flat, hidden_dim, num_layers = checkpoint_to_official(fql, Path(a.ours_checkpoint), obs_dim, act_dim)
         np.savez(work / "ours.npz", **flat)
