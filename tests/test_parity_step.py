@@ -1,4 +1,5 @@
-"""Checks of benchmarks/parity_step.py, parity_crosseval.py and parity_swap.py that need no official code (their runs: docs/parity.md)."""
+"""Checks of benchmarks/parity_step.py, parity_crosseval.py, parity_swap.py and parity_stream.py that need no official code
+(their runs: docs/parity.md)."""
 
 from __future__ import annotations
 
@@ -98,12 +99,14 @@ def test_data_comparison_counts_what_differs():
 
 def test_official_drivers_are_valid_python():
     import parity_crosseval
+    import parity_stream
     import parity_swap
 
     compile(parity_step.OFFICIAL_DRIVER, "parity_step_driver", "exec")
     compile(parity_step.DATA_DRIVER, "parity_step_data_driver", "exec")
     compile(parity_crosseval.OFFICIAL_DRIVER, "parity_crosseval_driver", "exec")
     compile(parity_swap.OFFICIAL_DRIVER, "parity_swap_driver", "exec")
+    compile(parity_stream.STREAM_DRIVER, "parity_stream_driver", "exec")
 
 
 def test_swap_moves_weights_and_adam_state_to_the_official_layout_and_back_exactly(tmp_path):
@@ -141,6 +144,76 @@ def test_swap_moves_weights_and_adam_state_to_the_official_layout_and_back_exact
     loaded.load_state_dict(b["optimizer"])  # fql.py's load_checkpoint does this
 
 
+def test_stream_serves_fql_main_the_recorded_batch_and_noise_in_its_order(tmp_path, monkeypatch):
+    """fql.py's own main, one update on recorded streams (parity_stream.py): its logged losses are those of fql.py's loss
+    functions on the recorded batch, with next_z, x_0, t and z where the official update draws them; a stream that is
+    too short is one CheckError; torch and the buffer are restored after the block."""
+    import parity_stream
+    import parity_swap
+
+    env_id, hidden, layers, b = "flowrl/reacher/mixed-v0", 8, 2, 16
+    data = fql.load_offline_data(env_id, "")
+    n, obs_dim = len(data.transitions["rewards"]), data.transitions["observations"].shape[1]
+    act_dim = data.transitions["actions"].shape[1]
+    g = np.random.default_rng(0)
+    streams = {"idx": g.integers(0, n, (1, b)), "t": g.random((1, b, 1), np.float32),
+               **{name: g.standard_normal((1, b, act_dim), np.float32) for name in ("next_z", "x_0", "z")}}
+    for name, v in streams.items():
+        np.save(tmp_path / f"{name}.npy", v)
+    modules = randomized(parity_step.fql_modules(fql, obs_dim, act_dim, hidden, layers), 5)
+    modules["target_critic"].load_state_dict(modules["critic"].state_dict())
+    args = fql.Args(env_id=env_id, hidden_dim=hidden, num_layers=layers, total_steps=1, batch_size=b, log_freq=1, eval_freq=1,
+                    eval_episodes=1, eval_envs=1, eval_bc_flow=False, cuda=False, checkpoint=str(tmp_path / "init.pt"))
+    fql.save_checkpoint(tmp_path / "init.pt", modules, torch.optim.Adam(parity_swap.trained(modules)), 0, args, obs_dim, act_dim)
+    monkeypatch.chdir(tmp_path)
+    served = parity_stream.Streams(tmp_path)
+    with served.served(fql):
+        result = fql.main(args)
+    assert served.k == 1 and not served.normal and not served.uniform
+    batch = {k: torch.as_tensor(v[streams["idx"][0]], dtype=torch.float32) for k, v in data.transitions.items()}
+    with parity_step.recorded_noise([streams[k][0] for k in ("next_z", "x_0", "z")], [streams["t"][0]]):
+        critic, _ = fql.critic_loss(modules["critic"], modules["target_critic"], modules["actor_onestep_flow"], batch,
+                                    args.gamma or 0.99, "mean")
+        bc_flow = fql.bc_flow_loss(modules["actor_bc_flow"], batch["observations"], batch["actions"])
+        distill, q = fql.onestep_losses(modules["actor_onestep_flow"], modules["actor_bc_flow"], modules["critic"],
+                                        batch["observations"], act_dim, 10, False)
+    for name, value in (("critic_loss", critic), ("bc_flow_loss", bc_flow), ("distill_loss", distill), ("q_loss", q)):
+        assert result[f"losses/{name}"] == pytest.approx(value.item(), rel=1e-6), name
+    assert fql.ReplayBuffer.sample is not None and torch.randn(3).shape == (3,)  # restored
+    # --own-draws batches noise: fql.py's own draws, so the same update as fql.py's main alone, bit for bit
+    torch.manual_seed(args.seed)
+    alone = fql.main(args)
+    with parity_stream.Streams(tmp_path, serve=()).served(fql) as own:
+        mixed = fql.main(args)
+    assert own.k == 1 and all(alone[f"losses/{k}"] == mixed[f"losses/{k}"] for k in ("critic_loss", "bc_flow_loss", "q_loss"))
+    assert alone["losses/critic_loss"] != result["losses/critic_loss"]
+    buffer = fql.ReplayBuffer(data.transitions, n, torch.device("cpu"))
+    assert buffer.sample(4)["rewards"].shape == (4,)
+    with pytest.raises(parity_stream.CheckError, match="no recorded batch 2"):
+        with parity_stream.Streams(tmp_path).served(fql) as again:
+            buffer.sample(b)
+            again.normal, again.uniform = [], []
+            buffer.sample(b)
+    with pytest.raises(parity_stream.CheckError, match="drew more normal noise"):
+        with parity_stream.Streams(tmp_path).served(fql) as again:
+            buffer.sample(b)
+            again.normal = []
+            torch.randn(b, act_dim)
+
+
+def test_stream_prints_both_runs_losses_side_by_side(tmp_path):
+    import parity_stream
+
+    path = tmp_path / "train.csv"
+    keys = list(parity_stream.OFFICIAL_KEYS.values())
+    path.write_text(",".join(keys + ["step"]) + "\n" + ",".join(["2.0"] * len(keys) + ["1000.0"]) + "\n")
+    official = parity_stream.official_log(path)
+    assert official == {1000: {k: 2.0 for k in parity_stream.OFFICIAL_KEYS}}
+    ours = {1000: {k: 2.002 for k in parity_stream.OFFICIAL_KEYS}, 2000: {k: 1.0 for k in parity_stream.OFFICIAL_KEYS}}
+    lines = parity_stream.side_by_side(ours, official)
+    assert len(lines) == 2 and lines[1].startswith("  1000") and lines[1].count("1.00e-03") == 5
+
+
 @pytest.mark.parametrize("script,argv,message", [
     ("parity_step.py", ["--official-dir", "/nonexistent"], "has no agents/fql.py"),
     ("parity_step.py", ["--official-dir", str(ROOT), "--steps", "0"], "must be >= 1"),
@@ -150,6 +223,10 @@ def test_swap_moves_weights_and_adam_state_to_the_official_layout_and_back_exact
     ("parity_swap.py", ["--official-dir", str(ROOT), "--ours-checkpoint", "/nonexistent.pt", "--out-official-dir", "/tmp/x"],
      "is not a file"),
     ("parity_swap.py", ["--official-dir", str(ROOT), "--official-params", __file__], "needs --out-checkpoint"),
+    ("parity_stream.py", ["--official-dir", "/nonexistent", "--seed", "0"], "has no agents/fql.py"),
+    ("parity_stream.py", ["--official-dir", str(ROOT), "--seed", "0", "--total-steps", "0"], "must be >= 1"),
+    ("parity_stream.py", ["--official-dir", str(ROOT), "--seed", "0", "--official-train-csv", "/nonexistent.csv"],
+     "is not a file"),
 ])
 def test_bad_input_is_one_clear_line(script, argv, message):
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *argv], capture_output=True, text=True, timeout=60)
