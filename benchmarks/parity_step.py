@@ -49,6 +49,21 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the algorithm scripts are top-level files
 
+OFFICIAL_NOISE = r'''
+def noise(rng, shape):
+    """The noise agent.update draws with key `rng` (the agent's key before the update), in its order of use."""
+    _, rng = jax.random.split(rng)                               # update: new_rng, rng
+    _, actor_rng, critic_rng = jax.random.split(rng, 3)          # total_loss
+    _, sample_rng = jax.random.split(critic_rng)                 # critic_loss
+    action_seed, _ = jax.random.split(sample_rng)                # sample_actions
+    next_z = jax.random.normal(action_seed, shape)
+    rest, x_rng, t_rng = jax.random.split(actor_rng, 3)          # actor_loss: BC flow
+    x_0, t = jax.random.normal(x_rng, shape), jax.random.uniform(t_rng, (shape[0], 1))
+    _, noise_rng = jax.random.split(rest)                        # actor_loss: distillation
+    z = jax.random.normal(noise_rng, shape)
+    return rng, dict(next_z=next_z, x_0=x_0, t=t, z=z)
+'''
+
 OFFICIAL_DRIVER = r'''
 """flowrl benchmarks/parity_step.py driver for the official FQL (not part of it)."""
 import json, os, sys
@@ -70,19 +85,7 @@ flat = lambda params: {k: np.asarray(v) for k, v in flax.traverse_util.flatten_d
 out = {f"init/{k}": v for k, v in flat(agent.network.params).items()}
 
 
-def noise(rng, shape):
-    """The noise agent.update draws with key `rng` (the agent's key before the update), in its order of use."""
-    _, rng = jax.random.split(rng)                               # update: new_rng, rng
-    _, actor_rng, critic_rng = jax.random.split(rng, 3)          # total_loss
-    _, sample_rng = jax.random.split(critic_rng)                 # critic_loss
-    action_seed, _ = jax.random.split(sample_rng)                # sample_actions
-    next_z = jax.random.normal(action_seed, shape)
-    rest, x_rng, t_rng = jax.random.split(actor_rng, 3)          # actor_loss: BC flow
-    x_0, t = jax.random.normal(x_rng, shape), jax.random.uniform(t_rng, (shape[0], 1))
-    _, noise_rng = jax.random.split(rest)                        # actor_loss: distillation
-    z = jax.random.normal(noise_rng, shape)
-    return rng, dict(next_z=next_z, x_0=x_0, t=t, z=z)
-
+''' + OFFICIAL_NOISE + r'''
 
 for k in range(steps):
     b = batch(k)
@@ -129,6 +132,16 @@ def add_official_args(p: argparse.ArgumentParser) -> None:
                    help="the official code's venv (benchmarks/parity.py --make-venv makes it)")
     p.add_argument("--task", default="scene-play-singletask-task1-v0", help="OGBench singletask name")
     p.add_argument("--data-dir", default="/tmp/parity-data", help="the generated dataset (benchmarks/parity.py makes it)")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The training settings both sides take (the scene pair's by default)."""
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--hidden-dim", type=int, default=128)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--alpha", type=float, default=300.0)
+    p.add_argument("--gamma", type=float, default=0.99)
+    p.add_argument("--q-agg", default="mean", choices=["mean", "min"])
 
 
 def check_official(a, needed: str) -> None:
@@ -374,12 +387,7 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", default="/tmp/parity-step", help="batches and the official side's output")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20, help="updates compared")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--hidden-dim", type=int, default=128)
-    p.add_argument("--num-layers", type=int, default=2)
-    p.add_argument("--alpha", type=float, default=300.0)
-    p.add_argument("--gamma", type=float, default=0.99)
-    p.add_argument("--q-agg", default="mean", choices=["mean", "min"])
+    add_run_args(p)
     p.add_argument("--json", help="also write the comparison here")
     a = p.parse_args(argv)
     if a.steps < 1 or a.batch_size < 1 or a.hidden_dim < 1 or a.num_layers < 1:

@@ -44,7 +44,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the algorithm scripts are top-level files
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from parity_step import CheckError, ONE_THREAD_JAX, add_official_args, check_official, load_data, run_official  # noqa: E402
+from parity_step import (CheckError, OFFICIAL_NOISE, ONE_THREAD_JAX, add_official_args, add_run_args,  # noqa: E402
+                         check_official, load_data, run_official)
 from parity_swap import official_to_checkpoint  # noqa: E402
 
 STREAM_DRIVER = r'''
@@ -83,29 +84,20 @@ for i in range(1, steps + 1):  # main.py's loop: sample, update, log (validation
         np.random.randint(0, 2**32)
 idx.flush()
 shape = (batch, train["actions"].shape[-1])
+names = ("next_z", "x_0", "t", "z")
 
 
-def noise(rng):
-    """The noise agent.update draws with key `rng` (the agent's key before the update), as parity_step.py's driver."""
-    _, rng = jax.random.split(rng)
-    _, actor_rng, critic_rng = jax.random.split(rng, 3)
-    _, sample_rng = jax.random.split(critic_rng)
-    action_seed, _ = jax.random.split(sample_rng)
-    next_z = jax.random.normal(action_seed, shape)
-    rest, x_rng, t_rng = jax.random.split(actor_rng, 3)
-    x_0, t = jax.random.normal(x_rng, shape), jax.random.uniform(t_rng, (shape[0], 1))
-    _, noise_rng = jax.random.split(rest)
-    return next_z, x_0, t, jax.random.normal(noise_rng, shape)
+''' + OFFICIAL_NOISE + r'''
 
 
 @jax.jit
 def chunk(rng):
     def body(key, _):
-        return jax.random.split(key)[0], noise(key)  # update: new_rng, rng = split(self.rng)
+        drawn = noise(key, shape)[1]
+        return jax.random.split(key)[0], tuple(drawn[n] for n in names)  # update: new_rng, rng = split(self.rng)
     return jax.lax.scan(body, rng, None, length=a["chunk"])
 
 
-names = ("next_z", "x_0", "t", "z")
 out = {n: np.lib.format.open_memmap(os.path.join(a["out"], f"{n}.npy"), "w+", np.float32,
                                     (steps, batch, 1 if n == "t" else shape[1])) for n in names}
 rng = agent.rng
@@ -229,12 +221,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--eval-freq", type=int, help="fql.py's evaluations (default: --eval-interval; the official "
                    "draws follow --eval-interval whatever this is)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--hidden-dim", type=int, default=128)
-    p.add_argument("--num-layers", type=int, default=2)
-    p.add_argument("--alpha", type=float, default=300.0)
-    p.add_argument("--gamma", type=float, default=0.99)
-    p.add_argument("--q-agg", default="mean", choices=["mean", "min"])
+    add_run_args(p)
     p.add_argument("--work-dir", default="/tmp/parity-stream", help="the streams (about 17 kB per update) and fql.py's run")
     p.add_argument("--official-train-csv", help="the official run of this seed (same settings): its losses beside ours")
     p.add_argument("--own-draws", nargs="*", default=[], choices=PARTS,
