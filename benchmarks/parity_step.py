@@ -247,29 +247,39 @@ def ours_as_official(fql, modules: dict, grads: bool = False) -> dict:
 
 
 @contextlib.contextmanager
-def recorded_noise(normal: list, uniform: list):
-    """torch.randn and torch.rand_like return the given arrays, in order (their shapes checked), inside the block."""
+def recorded_noise(normal: list, uniform: list, error: type = AssertionError):
+    """torch.randn and torch.rand_like return the given arrays, in order (their shapes checked), inside the block; the
+    lists are read as they are at each draw, so a caller may refill them in place (parity_stream.py, per update). A
+    draw with its own `generator` (fql.py's evaluation) is not the update's and is drawn as usual. `error` is raised
+    for a draw too many, a shape that differs, and arrays left at the end."""
     real_randn, real_rand_like = torch.randn, torch.rand_like
 
     def take(queue: list, shape: tuple, what: str) -> torch.Tensor:
         if not queue:
-            raise AssertionError(f"fql.py drew more {what} noise than the official update")
+            raise error(f"fql.py drew more {what} noise than the official update")
         x = queue.pop(0)
         if tuple(x.shape) != tuple(shape):
-            raise AssertionError(f"fql.py drew {what} noise of shape {tuple(shape)}, the official {tuple(x.shape)}")
+            raise error(f"fql.py drew {what} noise of shape {tuple(shape)}, the official {tuple(x.shape)}")
         return torch.as_tensor(x, dtype=torch.float32).clone()
 
-    def randn(*size, **_):
+    def randn(*size, **kw):
+        if kw.get("generator") is not None:
+            return real_randn(*size, **kw)
         shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
         return take(normal, shape, "normal")
 
-    torch.randn, torch.rand_like = randn, lambda x, **_: take(uniform, x.shape, "uniform")
+    def rand_like(x, **kw):
+        if kw.get("generator") is not None:
+            return real_rand_like(x, **kw)
+        return take(uniform, x.shape, "uniform")
+
+    torch.randn, torch.rand_like = randn, rand_like
     try:
         yield
     finally:
         torch.randn, torch.rand_like = real_randn, real_rand_like
     if normal or uniform:
-        raise AssertionError(f"fql.py drew less noise than the official update ({len(normal)} normal, {len(uniform)} uniform left)")
+        raise error(f"fql.py drew less noise than the official update ({len(normal)} normal, {len(uniform)} uniform left)")
 
 
 def rel(ours: np.ndarray, official: np.ndarray) -> float:

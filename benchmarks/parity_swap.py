@@ -37,6 +37,17 @@ from parity_step import (CheckError, add_official_args, check_official, fql_modu
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the algorithm scripts are top-level files
 
+# The official agent's training state as official_to_checkpoint reads it (used by this driver and parity_stream.py's)
+OFFICIAL_STATE = r'''
+def official_state(agent):
+    """params/, mu/, nu/ (flax trees flattened with '/'), Adam's count and the TrainState step, as numpy arrays."""
+    flat = lambda tree: {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/").items()}
+    adam, _ = agent.network.opt_state
+    return {**{f"params/{k}": v for k, v in flat(agent.network.params).items()},
+            **{f"mu/{k}": v for k, v in flat(adam.mu).items()}, **{f"nu/{k}": v for k, v in flat(adam.nu).items()},
+            "count": np.asarray(adam.count), "step": np.asarray(agent.network.step)}
+'''
+
 OFFICIAL_DRIVER = r'''
 """flowrl benchmarks/parity_swap.py driver for the official FQL (not part of it)."""
 import json, os, pickle, sys
@@ -51,16 +62,12 @@ a = json.loads(sys.argv[1])
 config = get_config()
 config.actor_hidden_dims = config.value_hidden_dims = (a["hidden_dim"],) * a["num_layers"]
 agent = FQLAgent.create(a["seed"], np.zeros((1, a["obs_dim"]), np.float32), np.zeros((1, a["act_dim"]), np.float32), config)
-flat = lambda tree: {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/").items()}
+''' + OFFICIAL_STATE + r'''
 tree = lambda f, group: flax.traverse_util.unflatten_dict(
     {tuple(k[len(group) + 1:].split("/")): jax.numpy.asarray(f[k]) for k in f.files if k.startswith(group + "/")})
 if a["mode"] == "export":  # params_<step>.pkl -> npz of params/, mu/, nu/ and the counters
     agent = restore_agent(agent, os.path.dirname(a["params"]), int(a["step"]))
-    adam, rest = agent.network.opt_state
-    out = {**{f"params/{k}": v for k, v in flat(agent.network.params).items()},
-           **{f"mu/{k}": v for k, v in flat(adam.mu).items()}, **{f"nu/{k}": v for k, v in flat(adam.nu).items()},
-           "count": np.asarray(adam.count), "step": np.asarray(agent.network.step)}
-    np.savez(a["out"], **out)
+    np.savez(a["out"], **official_state(agent))
 else:  # npz -> <out dir>/params_<step>.pkl, the agent created from --seed with the state replaced
     with np.load(a["npz"]) as f:
         params, mu, nu = tree(f, "params"), tree(f, "mu"), tree(f, "nu")
