@@ -209,7 +209,7 @@ def test_gfp_driver_loads_the_python_312_fstring_and_runs_main(tmp_path):
     (["--script", "sac", "--dry-run"], "only fql, qam, gfp are wired"),
     (["--script", "gfp", "--total-steps", "300", "--eval-every", "150", "--log-every", "50", "--dry-run"], "multiple of 4"),
     (["--task", "cube-single-play-v0", "--dry-run"], "is not an OGBench singletask name"),
-    (["--seeds", "1", "--dry-run"], "at least 2 distinct seeds"),
+    (["--seeds", "1", "1", "--dry-run"], "must be distinct"),
     (["--total-steps", "1000", "--eval-every", "300", "--dry-run"], "must be a multiple of"),
 ])
 def test_bad_input_is_one_line(flags, message):
@@ -314,23 +314,25 @@ def test_all_runs_every_pair_from_one_root_of_clones(tmp_path, capsys):
 
 
 def test_seeds_run_apart_are_merged_only_at_the_same_settings(tmp_path, capsys):
-    """--add-csv: seed 0 of a pair from one invocation (say, one session), seeds 1 and 2 from another; the table counts
-    all three. Another CSV without its .json, with other settings, or counting a seed twice is one clear error."""
+    """--add-csv: seed 0 of a pair from one invocation (say, one session: one seed gives its runs and no verdict),
+    seeds 1 and 2 from another; the table counts all three. Another CSV without its .json, with other settings, or
+    counting a seed twice is one clear error."""
     stem = "parity_qam_cube-single-play-singletask-task2-v0"
     flags = ["--script", "qam", "--total-steps", "300", "--eval-every", "300", "--log-every", "100"]
     a = parity.parse_args(flags)
     config = parity.run_config(a, parity.paper_settings("qam", a.task))
     earlier, later = tmp_path / "earlier", tmp_path / "later"
-    earlier.mkdir()
-    seed0 = [dict(side=side, seed=0, curve=[(300, value)], rates=[8.0], cpu_s=60.0) for side, value in
-             (("official", 0.1), ("ours", 0.2))]
-    parity.write_csv(earlier / f"{stem}.csv", seed0)
-    parity.write_config(earlier / f"{stem}.json", config, seed0)
-    for side, values in (("official", (0.2, 0.3)), ("ours", (0.3, 0.4))):
-        for seed, value in zip((1, 2), values):
-            (later / f"{side}_seed{seed}").mkdir(parents=True)
-            (later / f"{side}_seed{seed}" / "done.json").write_text(json.dumps(
-                dict(side=side, seed=seed, curve=[[300, value]], rates=[8.0], cpu_s=60.0)))
+    for work, seeds, values in ((earlier, (0,), dict(official=(0.1,), ours=(0.2,))),
+                                (later, (1, 2), dict(official=(0.2, 0.3), ours=(0.3, 0.4)))):
+        for side in ("official", "ours"):
+            for seed, value in zip(seeds, values[side]):
+                (work / f"{side}_seed{seed}").mkdir(parents=True)
+                (work / f"{side}_seed{seed}" / "done.json").write_text(json.dumps(
+                    dict(side=side, seed=seed, curve=[[300, value]], rates=[8.0], cpu_s=60.0)))
+    alone = parity.main(flags + ["--report-only", "--work-dir", str(earlier), "--seeds", "0", "--results-dir", str(earlier)])
+    assert alone == dict(official_final=[0.1], ours_final=[0.2]) and "no verdict" in capsys.readouterr().out
+    assert (earlier / f"{stem}.csv").is_file() and json.loads((earlier / f"{stem}.json").read_text())["seeds"] == [0]
+    seed0 = parity.read_csv(earlier / f"{stem}.csv")
     run = flags + ["--report-only", "--work-dir", str(later), "--seeds", "1", "2", "--results-dir", str(later)]
     summary = parity.main(run + ["--add-csv", str(earlier / f"{stem}.csv")])
     assert summary["n_official"] == summary["n_ours"] == 3
