@@ -11,7 +11,9 @@ Issue 18. For one (script, task) pair this
   4. writes docs/results/parity_<script>_<task>.csv (every evaluation of every run, and the throughput and
      CPU time of every run) and .png (both curves, mean +- std over seeds), and prints the table of
      docs/parity.md: final success mean +- std per side, the difference with its standard error, the pass
-     rule |diff| <= max(0.05, 2 SE), updates/s per side.
+     rule |diff| <= max(0.05, 2 SE), updates/s per side. A pair too costly for one sitting runs a seed or a few
+     per invocation (--seeds 0), each writing its CSV and .json; one with fewer than 2 seeds per side prints its
+     per-seed finals and no verdict, and a later invocation counts the earlier CSVs with --add-csv.
 
 Supported pairs: fql (seohongpark/fql @719d044), qam (ColinQiyangLi/qam @f93efd2), gfp (the GFP release,
 ZhangJL16/FQLbaseline @49f6b17); OFFICIAL holds each one's commit and the files a checkout must have.
