@@ -59,7 +59,8 @@ def test_throughput_job_of_the_runner(tmp_path):
 def test_docs_results_holds_exactly_what_the_quick_suite_and_the_parity_benchmarks_write():
     """docs/results/ is reproduced by `python benchmarks/run.py --suite quick` and the parity benchmarks: no file there
     that they do not write. A parity_<name>_* file needs a benchmark that writes it: benchmarks/parity_<name>.py naming
-    that prefix, or benchmarks/parity.py with <name> among its --script choices (OFFICIAL)."""
+    that prefix, or benchmarks/parity.py with <name> among its --script choices (OFFICIAL); a parity_*.json is parity.py's
+    record of the settings of the CSV beside it."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import parity
     import run
@@ -68,9 +69,12 @@ def test_docs_results_holds_exactly_what_the_quick_suite_and_the_parity_benchmar
     written = {f"{g}.{ext}" for g in groups for ext in ("csv", "png")} | {"throughput_cpu.csv", "latency_cpu.csv", "quick_summary.md"}
     # benchmarks/throughput.py --cuda (benchmarks/gpu_throughput.sh) writes this one, once a GPU has run it
     present = {p.name for p in (ROOT / "docs" / "results").iterdir()} - {"throughput_gpu.csv"}
-    parity_files = {n for n in present - written if n.startswith("parity_") and n.endswith((".csv", ".png"))}
+    parity_files = {n for n in present - written if n.startswith("parity_") and n.endswith((".csv", ".png", ".json"))}
     for name in parity_files:
         stem = name.split("_")[1]
+        if name.endswith(".json"):  # parity.py's settings of a CSV (for --add-csv): only beside that CSV
+            assert stem in parity.OFFICIAL and name[:-5] + ".csv" in present, f"{name}: no parity.py CSV beside it"
+            continue
         own = ROOT / "benchmarks" / f"parity_{stem}.py"  # a benchmark of its own (parity_fpmd.py), or parity.py's --script
         assert (own.exists() and f"parity_{stem}_" in own.read_text()) or stem in parity.OFFICIAL, f"{name}: no benchmark writes it"
     assert present - parity_files == written, f"extra: {present - parity_files - written}, missing: {written - present}"
